@@ -1,0 +1,42 @@
+"""JSON-RPC 2.0 between services over Redis lists.
+
+Serve plain functions with :class:`Service` and ``rpc-worker``; call them through
+:class:`Client` proxies. The wire protocol is in docs/protocol.md.
+"""
+
+from .client import Batch, Client
+from .errors import (
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    RpcConnectionError,
+    RpcError,
+    RpcRedisError,
+    RpcTimeout,
+)
+from .proxy import BatchResult, ServiceProxy
+from .service import CallContext, Service, current_call
+from .worker import Worker, WorkerThread
+
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "CallContext",
+    "Client",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "MethodNotFound",
+    "ParseError",
+    "RpcConnectionError",
+    "RpcError",
+    "RpcRedisError",
+    "RpcTimeout",
+    "Service",
+    "ServiceProxy",
+    "Worker",
+    "WorkerThread",
+    "current_call",
+]

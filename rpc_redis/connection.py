@@ -1,0 +1,47 @@
+"""From a Redis URL to connections: one place for URLs, defaults and redaction."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+
+DEFAULT_URL = "redis://localhost:6379/0"
+URL_ENVIRONMENT_VARIABLES = ("RPC_REDIS_URL", "REDIS_URL")
+CONNECT_TIMEOUT = 5.0
+
+
+def default_url() -> str:
+    """The Redis URL from ``RPC_REDIS_URL``, then ``REDIS_URL``, then localhost."""
+    for name in URL_ENVIRONMENT_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return DEFAULT_URL
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def sync_pool(url: str, *, max_connections: int, **options: Any) -> redis.ConnectionPool:
+    """A connection pool for ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs."""
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    return redis.ConnectionPool.from_url(url, max_connections=max_connections, **options)
+
+
+def async_pool(url: str, *, max_connections: int, **options: Any) -> redis.asyncio.ConnectionPool:
+    """The asyncio twin of :func:`sync_pool`."""
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    return redis.asyncio.ConnectionPool.from_url(url, max_connections=max_connections, **options)

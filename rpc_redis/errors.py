@@ -1,0 +1,108 @@
+"""Exceptions, and the JSON-RPC error codes they stand for, in both directions.
+
+A handler raises :class:`RpcError` (or a subclass) to reply with that error; a client
+raises the same classes when a reply carries an error, so one ``except`` works on
+both sides of the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+
+class RpcRedisError(Exception):
+    """Base class of every exception this library raises."""
+
+
+class RpcError(RpcRedisError):
+    """A JSON-RPC error: raised by a handler to reply with it, raised by a client on receipt.
+
+    Application errors should use codes outside -32768..-32000, which JSON-RPC reserves.
+    """
+
+    default_code: int = INTERNAL_ERROR
+    default_message: str = "Internal error"
+
+    def __init__(
+        self, message: str | None = None, data: Any = None, *, code: int | None = None
+    ) -> None:
+        self.code = self.default_code if code is None else code
+        self.message = self.default_message if message is None else message
+        self.data = data
+        super().__init__(self.code, self.message, self.data)
+
+    def __str__(self) -> str:
+        text = f"[{self.code}] {self.message}"
+        return text if self.data is None else f"{text}: {self.data!r}"
+
+    def to_error_object(self) -> dict[str, Any]:
+        """The JSON-RPC ``error`` member for this exception."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class ParseError(RpcError):
+    default_code = PARSE_ERROR
+    default_message = "Parse error"
+
+
+class InvalidRequest(RpcError):
+    default_code = INVALID_REQUEST
+    default_message = "Invalid request"
+
+
+class MethodNotFound(RpcError):
+    default_code = METHOD_NOT_FOUND
+    default_message = "Method not found"
+
+
+class InvalidParams(RpcError):
+    default_code = INVALID_PARAMS
+    default_message = "Invalid params"
+
+
+class InternalError(RpcError):
+    default_code = INTERNAL_ERROR
+    default_message = "Internal error"
+
+
+_ERRORS_BY_CODE: dict[int, type[RpcError]] = {
+    cls.default_code: cls
+    for cls in (ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError)
+}
+
+
+def error_from_object(error: Any) -> RpcError:
+    """The exception for a reply's ``error`` member; tolerant of malformed members."""
+    if not isinstance(error, dict):
+        return InternalError("Malformed error in reply", data=error)
+    code = error.get("code")
+    message = error.get("message")
+    if not isinstance(code, int) or isinstance(code, bool):
+        return InternalError("Malformed error in reply", data=error)
+    cls = _ERRORS_BY_CODE.get(code, RpcError)
+    return cls(message if isinstance(message, str) else str(message), error.get("data"), code=code)
+
+
+class RpcTimeout(RpcRedisError, TimeoutError):
+    """No reply arrived within the call's timeout."""
+
+    def __init__(self, service: str, method: str, waited: float) -> None:
+        self.service = service
+        self.method = method
+        self.waited = waited
+        super().__init__(
+            f"no reply from service {service!r} to {method!r} within {waited:.3f}s"
+        )
+
+
+class RpcConnectionError(RpcRedisError, ConnectionError):
+    """Redis could not be reached, or the connection broke during a call."""

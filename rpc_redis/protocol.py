@@ -1,0 +1,360 @@
+"""The wire protocol, sans I/O: key names, envelopes, validation, replies, dead letters.
+
+Nothing here touches a socket, a clock or a logger, so the sync client, the async
+client and the worker all share one copy of the rules, and docs/protocol.md describes
+exactly this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import traceback
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonrpcclient
+import orjson
+
+from .errors import (
+    INTERNAL_ERROR,
+    InternalError,
+    InvalidRequest,
+    ParseError,
+    RpcError,
+    error_from_object,
+)
+
+ENVELOPE_VERSION = 1
+DEFAULT_PREFIX = "rpc"
+DEFAULT_REPLY_TTL = 60.0
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_REPLY_KEY_LENGTH = 1024
+
+JSONRPC = "2.0"
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+def queue_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The list a service's requests are pushed onto."""
+    return f"{prefix}:queue:{service}"
+
+
+def queue_namespace(prefix: str = DEFAULT_PREFIX) -> str:
+    """Every default queue key starts with this; replies are never pushed under it."""
+    return f"{prefix}:queue:"
+
+
+def reply_key(token: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A reply key for one call (or one client); the token makes it unique."""
+    return f"{prefix}:reply:{token}"
+
+
+def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The list where a service's undeliverable messages are kept, newest last."""
+    return f"{prefix}:dead:{service}"
+
+
+# -- JSON ---------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise to compact UTF-8 JSON; stdlib fallback for integers wider than 64 bits."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse strict JSON (no NaN, no Infinity, valid UTF-8); raises ValueError."""
+    return orjson.loads(data)
+
+
+# -- building requests (client side) ------------------------------------------------
+
+
+def params_from(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+    """JSON-RPC params from a Python call: positional ones or named ones, never both."""
+    if args and kwargs:
+        raise TypeError("JSON-RPC takes positional or keyword params, not both in one call")
+    return dict(kwargs) if kwargs else list(args)
+
+
+def request_object(method: str, params: list[Any] | dict[str, Any], id: Any) -> dict[str, Any]:
+    """A request object; ``params`` is left out when empty, as the spec allows."""
+    request: dict[str, Any] = jsonrpcclient.request(method, params=params, id=id)
+    return request
+
+
+def notification_object(method: str, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    """A notification: a request with no id, to which no reply is ever written."""
+    notification: dict[str, Any] = jsonrpcclient.notification(method, params=params)
+    return notification
+
+
+def encode_envelope(request: Any, reply_to: str | None, deadline: float | None) -> bytes:
+    """The message a client pushes: the JSON-RPC request (or batch) and where to reply."""
+    envelope: dict[str, Any] = {"v": ENVELOPE_VERSION}
+    if reply_to is not None:
+        envelope["reply_to"] = reply_to
+    if deadline is not None:
+        envelope["deadline"] = round(deadline, 6)
+    envelope["request"] = request
+    return dumps(envelope)
+
+
+# -- reading replies (client side) --------------------------------------------------
+
+
+def decode_reply(raw: bytes | str) -> Any:
+    """Parse a reply read from a reply key: a response object or a list of them."""
+    try:
+        return loads(raw)
+    except ValueError as exc:
+        raise InternalError("Reply is not valid JSON", data=str(exc)) from None
+
+
+def reply_ids(reply: Any) -> list[Any]:
+    """The ids a reply answers, so a client reading many calls off one key can route it."""
+    items = reply if isinstance(reply, list) else [reply]
+    return [item.get("id") for item in items if isinstance(item, dict)]
+
+
+def result_of(response: Any) -> Any:
+    """The result of one response object, or raise the :class:`RpcError` it carries."""
+    if not isinstance(response, dict) or ("result" in response) == ("error" in response):
+        raise InternalError("Malformed reply", data=response)
+    if "error" in response:
+        raise error_from_object(response["error"])
+    try:
+        parsed = jsonrpcclient.parse(response)
+    except (KeyError, TypeError):
+        raise InternalError("Malformed reply", data=response) from None
+    return parsed.result
+
+
+def outcomes_by_id(reply: Any) -> dict[Any, Any]:
+    """Map each id in a (batch) reply to its result, or to the RpcError it carries."""
+    if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
+        # The whole batch was rejected (too large, invalid envelope, ...).
+        raise error_from_object(reply["error"])
+    outcomes: dict[Any, Any] = {}
+    for response in reply if isinstance(reply, list) else [reply]:
+        if not isinstance(response, dict):
+            continue
+        try:
+            outcomes[response.get("id")] = result_of(response)
+        except RpcError as exc:
+            outcomes[response.get("id")] = exc
+    return outcomes
+
+
+# -- reading requests (worker side) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message that is JSON and names its reply key (if any); its requests not yet checked."""
+
+    payload: Any
+    reply_to: str | None
+    deadline: float | None
+    enveloped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that cannot be dispatched: reply with ``error`` if a reply key is known."""
+
+    reason: str
+    error: RpcError
+    reply_to: str | None = None
+    request_id: Any = None
+
+
+def decode_message(raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incoming | Rejected:
+    """Turn a message popped off a queue into an :class:`Incoming` or a :class:`Rejected`.
+
+    An envelope is a JSON object with a ``request`` member and no ``jsonrpc`` member;
+    anything else is taken as a bare JSON-RPC request, whose string id names its reply key.
+    """
+    too_large = len(raw) > max_bytes
+    try:
+        document = loads(raw)
+    except ValueError as exc:
+        if too_large:
+            return _too_large(raw, max_bytes, None, None)
+        return Rejected(f"not valid JSON: {exc}", ParseError(data=str(exc)))
+    if isinstance(document, dict) and "request" in document and "jsonrpc" not in document:
+        incoming = _from_envelope(document)
+    else:
+        incoming = Incoming(document, bare_reply_key(document), None, enveloped=False)
+    if too_large and isinstance(incoming, Incoming):
+        return _too_large(raw, max_bytes, incoming.reply_to, first_request_id(incoming.payload))
+    return incoming
+
+
+def _too_large(raw: bytes, max_bytes: int, reply_to: str | None, request_id: Any) -> Rejected:
+    reason = f"message of {len(raw)} bytes exceeds the limit of {max_bytes}"
+    error = InvalidRequest("Request too large", data={"size": len(raw), "limit": max_bytes})
+    return Rejected(reason, error, reply_to, request_id)
+
+
+def _from_envelope(envelope: dict[str, Any]) -> Incoming | Rejected:
+    reply_to = envelope.get("reply_to")
+    if not isinstance(reply_to, str) or not reply_to:
+        reply_to = None
+    request_id = first_request_id(envelope["request"])
+    version = envelope.get("v", ENVELOPE_VERSION)
+    if version != ENVELOPE_VERSION:
+        reason = f"unsupported envelope version {version!r}"
+        return Rejected(reason, InvalidRequest(reason), reply_to, request_id)
+    if "reply_to" in envelope and reply_to is None and envelope["reply_to"] is not None:
+        reason = "envelope reply_to must be a non-empty string"
+        return Rejected(reason, InvalidRequest(reason), None, request_id)
+    deadline = envelope.get("deadline")
+    if deadline is not None and (
+        not isinstance(deadline, (int, float)) or isinstance(deadline, bool)
+    ):
+        reason = "envelope deadline must be a number (seconds since the Unix epoch)"
+        return Rejected(reason, InvalidRequest(reason), reply_to, request_id)
+    return Incoming(envelope["request"], reply_to, deadline, enveloped=True)
+
+
+def bare_reply_key(document: Any) -> str | None:
+    """A bare request replies to the key its id names: the first string id in a batch."""
+    for item in document if isinstance(document, list) else [document]:
+        if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
+            return str(item["id"])
+    return None
+
+
+def first_request_id(payload: Any) -> Any:
+    """The id of a single request, or of a batch's first request; None if it has none."""
+    if isinstance(payload, list):
+        payload = payload[0] if payload else None
+    if isinstance(payload, dict):
+        request_id = payload.get("id")
+        if is_valid_id(request_id):
+            return request_id
+    return None
+
+
+def expects_reply(payload: Any) -> bool:
+    """True unless the payload is a notification or a batch of only notifications.
+
+    Anything malformed counts as expecting a reply, since its error is one.
+    """
+    if isinstance(payload, list):
+        return not payload or any(expects_reply(item) for item in payload)
+    return not (isinstance(payload, dict) and "id" not in payload and "method" in payload)
+
+
+def reply_key_problem(
+    reply_to: str, served_queues: Container[str], prefix: str = DEFAULT_PREFIX
+) -> str | None:
+    """Why a reply key must not be written to, or None; guards against reply loops."""
+    if len(reply_to) > MAX_REPLY_KEY_LENGTH:
+        return f"reply key longer than {MAX_REPLY_KEY_LENGTH} characters"
+    if reply_to in served_queues or reply_to.startswith(queue_namespace(prefix)):
+        return f"reply key {reply_to!r} names a request queue"
+    return None
+
+
+def is_valid_id(value: Any) -> bool:
+    """JSON-RPC ids are strings, numbers or null."""
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
+def request_problem(request: Any) -> str | None:
+    """What makes one request object invalid under JSON-RPC 2.0, or None if it is valid.
+
+    Checks exactly what the specification demands and nothing more (members it does
+    not define are ignored), at a fraction of the cost of a JSON Schema.
+    """
+    if not isinstance(request, dict):
+        return "a request must be a JSON object"
+    if request.get("jsonrpc") != JSONRPC:
+        return 'the member "jsonrpc" must be exactly "2.0"'
+    if not isinstance(request.get("method"), str):
+        return 'the member "method" must be a string'
+    if "params" in request and not isinstance(request["params"], (list, dict)):
+        return 'the member "params" must be an array or an object'
+    if "id" in request and not is_valid_id(request["id"]):
+        return 'the member "id" must be a string, a number or null'
+    return None
+
+
+def is_expired(deadline: float | None, now: float) -> bool:
+    return deadline is not None and now >= deadline
+
+
+# -- writing replies (worker side) ---------------------------------------------------
+
+
+def error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC, "error": error.to_error_object(), "id": request_id}
+
+
+def exception_data(exc: BaseException, with_traceback: bool = False) -> dict[str, Any]:
+    """The ``data`` of the error reply for an unexpected exception in a handler."""
+    data: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if with_traceback:
+        data["traceback"] = "".join(traceback.format_exception(exc))
+    return data
+
+
+def encode_response(response: Any) -> bytes:
+    """Serialise a response or a batch of them.
+
+    A result that cannot be serialised becomes an internal-error response for its own
+    id, so one bad result neither loses the reply nor spoils the rest of a batch.
+    """
+    try:
+        return dumps(response)
+    except (TypeError, ValueError):
+        if isinstance(response, list):
+            return b"[" + b",".join(encode_response(item) for item in response) + b"]"
+        return dumps(unserialisable_result_response(response))
+
+
+def unserialisable_result_response(response: Any) -> dict[str, Any]:
+    request_id = response.get("id") if isinstance(response, dict) else None
+    result = response.get("result") if isinstance(response, dict) else response
+    error = RpcError(
+        "Result is not JSON serialisable",
+        {"type": type(result).__name__},
+        code=INTERNAL_ERROR,
+    )
+    return error_response(request_id if is_valid_id(request_id) else None, error)
+
+
+def encode_dead_letter(raw: bytes, reason: str, queue: str, at: float) -> bytes:
+    """A dead-letter entry: the message exactly as received, why, where and when."""
+    entry: dict[str, Any] = {"reason": reason, "queue": queue, "time": round(at, 6)}
+    try:
+        entry["message"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["message_base64"] = base64.b64encode(raw).decode("ascii")
+    return dumps(entry)
+
+
+def decode_dead_letter(entry: bytes) -> dict[str, Any]:
+    """A dead-letter entry as a dict, with ``raw`` holding the original message bytes."""
+    decoded: dict[str, Any] = loads(entry)
+    if "message_base64" in decoded:
+        decoded["raw"] = base64.b64decode(decoded["message_base64"])
+    else:
+        decoded["raw"] = str(decoded.get("message", "")).encode("utf-8")
+    return decoded
+
+
+def summarize(values: Iterable[str], limit: int = 8) -> str:
+    """A short, log-friendly list: 'a, b, c (+4 more)'."""
+    items = list(values)
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} (+{len(items) - limit} more)"

@@ -1,0 +1,209 @@
+"""A Service: a named set of plain functions, and their dispatch through jsonrpcserver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import importlib
+import inspect
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast, overload
+
+from jsonrpcserver import JsonRpcError, Success
+from jsonrpcserver.async_dispatcher import dispatch_to_response_pure
+from jsonrpcserver.response import to_serializable_one
+from jsonrpcserver.sentinels import NODATA
+
+from . import protocol
+from .errors import INTERNAL_ERROR, InvalidRequest, RpcError
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+logger = logging.getLogger("rpc_redis.service")
+
+RunSync = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+async def run_inline(func: Callable[[], T]) -> T:
+    """Run a plain function on the event loop itself: for tests and tiny handlers."""
+    return func()
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler may ask about the call it is serving."""
+
+    service: str
+    method: str
+    deadline: float | None
+    run_sync: RunSync = run_inline
+    debug: bool = False
+
+    def remaining(self) -> float | None:
+        """Seconds until the caller stops waiting, or None if it set no deadline."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+
+_current_call: contextvars.ContextVar[CallContext] = contextvars.ContextVar("rpc_redis_call")
+
+
+def current_call() -> CallContext | None:
+    """The call being served by this handler, or None outside a handler."""
+    return _current_call.get(None)
+
+
+class Service:
+    """A named set of methods served from one Redis list.
+
+    >>> service = Service("calculator")
+    >>> @service.method
+    ... def add(a: float, b: float) -> float:
+    ...     return a + b
+    """
+
+    def __init__(self, name: str, *, queue: str | None = None) -> None:
+        if not name:
+            raise ValueError("a service needs a name")
+        self.name = name
+        self.queue = queue
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self._methods: dict[str, Callable[..., Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, methods={sorted(self.functions)})"
+
+    def queue_key(self, prefix: str = protocol.DEFAULT_PREFIX) -> str:
+        """The list this service is served from: ``queue`` if given, else derived from the name."""
+        return self.queue or protocol.queue_key(self.name, prefix)
+
+    @overload
+    def method(self, func: F, *, name: str | None = None) -> F: ...
+
+    @overload
+    def method(self, func: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def method(self, func: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+        """Expose a function (sync or async) as a method; ``name`` renames it on the wire."""
+
+        def register(func: F) -> F:
+            method_name = name or func.__name__
+            if method_name.startswith("rpc."):
+                raise ValueError("JSON-RPC reserves method names that start with 'rpc.'")
+            if method_name in self.functions:
+                raise ValueError(f"{self.name} already has a method named {method_name!r}")
+            self.functions[method_name] = func
+            self._methods[method_name] = _adapt(func, self.name, method_name)
+            return func
+
+        return register(func) if func is not None else register
+
+    async def dispatch(
+        self,
+        payload: Any,
+        *,
+        deadline: float | None = None,
+        run_sync: RunSync = run_inline,
+        debug: bool = False,
+    ) -> Any:
+        """Serve a request or a batch: the response(s) to send, or None if none are due."""
+        if isinstance(payload, list):
+            if not payload:
+                return protocol.error_response(None, InvalidRequest(data="empty batch"))
+            responses = await asyncio.gather(
+                *(self._dispatch_one(item, deadline, run_sync, debug) for item in payload)
+            )
+            return [response for response in responses if response is not None] or None
+        return await self._dispatch_one(payload, deadline, run_sync, debug)
+
+    async def _dispatch_one(
+        self, request: Any, deadline: float | None, run_sync: RunSync, debug: bool
+    ) -> Any:
+        problem = protocol.request_problem(request)
+        if problem is not None:
+            request_id = request.get("id") if isinstance(request, dict) else None
+            request_id = request_id if protocol.is_valid_id(request_id) else None
+            return protocol.error_response(request_id, InvalidRequest(data=problem))
+        context = CallContext(self.name, request["method"], deadline, run_sync, debug)
+        return await dispatch_to_response_pure(
+            deserializer=_already_parsed,
+            validator=_already_validated,
+            methods=self._methods,
+            context=context,
+            post_process=to_serializable_one,
+            request=request,
+        )
+
+
+def _already_parsed(request: Any) -> Any:
+    return request
+
+
+def _already_validated(request: Any) -> Any:
+    return request
+
+
+def _adapt(func: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+    """Wrap a plain function as a jsonrpcserver method: context first, Result out.
+
+    The wrapper keeps the function's signature (plus the context), so jsonrpcserver's
+    own check of the params yields -32602 before the function runs.
+    """
+    is_async = inspect.iscoroutinefunction(func)
+
+    async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+        token = _current_call.set(context)
+        try:
+            if is_async:
+                value = await func(*args, **kwargs)
+            else:
+                value = await context.run_sync(
+                    functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+                )
+        except RpcError as exc:
+            raise JsonRpcError(exc.code, exc.message, NODATA if exc.data is None else exc.data)
+        except Exception as exc:
+            logger.error("%s.%s raised %s: %s", service, method, type(exc).__name__, exc)
+            data = protocol.exception_data(exc, with_traceback=context.debug)
+            raise JsonRpcError(INTERNAL_ERROR, "Internal error", data) from exc
+        finally:
+            _current_call.reset(token)
+        return Success(value)
+
+    signature = inspect.signature(func)
+    context_parameter = inspect.Parameter("__context", inspect.Parameter.POSITIONAL_ONLY)
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[context_parameter, *signature.parameters.values()]
+    )
+    call.__name__ = method
+    call.__doc__ = func.__doc__
+    return call
+
+
+# -- finding services ---------------------------------------------------------------
+
+
+def load_services(target: str) -> list[Service]:
+    """Import ``MODULE[:ATTR]`` and return the Service it names, or every Service in it.
+
+    The current directory is importable, as with uvicorn and celery, so
+    ``services.calculator`` works from a project's root.
+    """
+    module_name, _, attribute = target.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    module = importlib.import_module(module_name)
+    if attribute:
+        found = getattr(module, attribute, None)
+        if not isinstance(found, Service):
+            raise LookupError(f"{target} is not a Service (found {type(found).__name__})")
+        return [found]
+    services = [value for value in vars(module).values() if isinstance(value, Service)]
+    if not services:
+        raise LookupError(f"module {module_name} defines no Service")
+    return cast(list[Service], services)

@@ -1,0 +1,1 @@
+"""Example services that really run: ``rpc-worker services.calculator``."""
