@@ -122,9 +122,12 @@ class EmbeddedRedis:
             "--logfile", str(self.log_path),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        except OSError as exc:
+            raise EmbeddedRedisError(f"cannot run {self.executable}: {exc}") from exc
         self._wait_until_ready(timeout)
         return self
 

@@ -9,6 +9,7 @@ reply or a dead-letter entry and one log line; nothing kills the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -95,6 +96,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._unblocker: asyncio.Future[None] | None = None
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="rpc-handler")
 
     def __repr__(self) -> str:
@@ -106,10 +108,11 @@ class Worker:
         """Serve until :meth:`stop`; then finish the requests in flight and return."""
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
+        self._receiving_done = asyncio.Event()
         if self._stopping:
             self._stop_requested.set()
-        self._redis = redis.asyncio.Redis(
-            connection_pool=async_pool(
+        self._redis = redis.asyncio.Redis.from_pool(
+            async_pool(
                 self.redis_url,
                 max_connections=self.concurrency + 4,
                 socket_timeout=self.block_seconds + 5,
@@ -117,8 +120,8 @@ class Worker:
         )
         # The receiving connection is named so that stop() can unblock its BLPOP at once.
         self._receiver_name = f"rpc-worker-{self.name}"
-        self._receiver = redis.asyncio.Redis(
-            connection_pool=async_pool(
+        self._receiver = redis.asyncio.Redis.from_pool(
+            async_pool(
                 self.redis_url,
                 max_connections=1,
                 socket_timeout=self.block_seconds + 5,
@@ -132,6 +135,9 @@ class Worker:
                 self.ready.set()
                 await self._receive_until_stopped()
         finally:
+            self._receiving_done.set()
+            if self._unblocker is not None:
+                await self._unblocker
             await self._drain()
             await self._receiver.aclose()
             await self._redis.aclose()
@@ -149,7 +155,7 @@ class Worker:
         if self._stop_requested is not None and not self._stop_requested.is_set():
             self._stop_requested.set()
             logger.info("stopping: finishing %d request(s) in flight", len(self._in_flight))
-            asyncio.ensure_future(self._unblock_receiver())
+            self._unblocker = asyncio.ensure_future(self._unblock_receiver())
 
     def describe(self) -> str:
         """The startup line: what is served, from where, how."""
@@ -163,13 +169,20 @@ class Worker:
         )
 
     async def _unblock_receiver(self) -> None:
-        try:
-            clients = await self._redis.client_list()
-            for client in clients:
-                if client.get("name") == self._receiver_name:
-                    await self._redis.client_unblock(int(client["id"]))
-        except REDIS_ERRORS:
-            pass  # The BLPOP returns by itself within block_seconds.
+        """CLIENT UNBLOCK the receiving BLPOP until the receive loop has exited.
+
+        An unblocked BLPOP returns nil, so no popped message is ever abandoned; repeating
+        covers a BLPOP sent just after the loop last checked for a stop.
+        """
+        while not self._receiving_done.is_set():
+            try:
+                for client in await self._redis.client_list():
+                    if client.get("name") == self._receiver_name:
+                        await self._redis.client_unblock(int(client["id"]))
+            except REDIS_ERRORS:
+                pass  # The BLPOP returns by itself within block_seconds.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._receiving_done.wait(), 0.05)
 
     async def _drain(self) -> None:
         if self._in_flight:

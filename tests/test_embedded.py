@@ -1,0 +1,66 @@
+"""The embedded redis-server: started on a free port, stopped by pid, restartable."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+
+from rpc_redis.embedded import EmbeddedRedis, EmbeddedRedisError, find_server_binary
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_start_serves_and_close_stops_by_pid_and_cleans_up() -> None:
+    server = EmbeddedRedis().start()
+    pid = server.pid
+    assert pid is not None and pid_alive(pid)
+    with redis.Redis.from_url(server.url) as connection:
+        assert connection.ping()
+        assert connection.info("server")["redis_version"] >= "6.2"  # BLMOVE, float timeouts
+    directory = server.directory
+    assert directory.is_dir()
+    server.close()
+    assert not pid_alive(pid)
+    assert not directory.exists()
+
+
+def test_kill_then_start_again_on_the_same_port() -> None:
+    with EmbeddedRedis() as server:
+        port, first_pid = server.port, server.pid
+        server.kill()
+        assert first_pid is not None and not pid_alive(first_pid)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
+        server.start()
+        assert server.port == port and server.pid != first_pid
+        with redis.Redis.from_url(server.url) as connection:
+            assert connection.ping()
+
+
+def test_a_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPC_REDIS_SERVER", "/nonexistent/redis-server")
+    assert find_server_binary() == "/nonexistent/redis-server"
+    server = EmbeddedRedis()
+    try:
+        with pytest.raises(EmbeddedRedisError, match="cannot run /nonexistent/redis-server"):
+            server.start()
+    finally:
+        server.close()
+
+
+def test_a_server_that_cannot_start_reports_why() -> None:
+    server = EmbeddedRedis(extra_args=("--no-such-option", "1"))
+    try:
+        with pytest.raises(EmbeddedRedisError, match="no-such-option"):
+            server.start()
+        assert server.pid is None or not pid_alive(server.pid)
+    finally:
+        server.close()
