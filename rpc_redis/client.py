@@ -114,7 +114,9 @@ class Client:
     ) -> Any:
         """Call one method with params given as a list or a dict."""
         queue_key = self.settings.queue_for(service, queue)
-        return self._call(service, queue_key, method, params or [], timeout or self.settings.timeout)
+        return self._call(
+            service, queue_key, method, params or [], timeout or self.settings.timeout
+        )
 
     def batch(
         self, service: str, *, timeout: float | None = None, queue: str | None = None
@@ -183,14 +185,14 @@ class Client:
     def _send_and_read(
         connection: redis.Connection, commands: list[tuple[Any, ...]], deadline: float
     ) -> list[Any]:
-        packed = connection.pack_commands(commands)
+        packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
         try:
-            connection.send_packed_command(packed)
+            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
         except redis.exceptions.ConnectionError:
             # A pooled connection that went stale since its last use: nothing was
             # delivered, so one fresh connection may carry the same commands.
-            connection.disconnect()
-            connection.send_packed_command(packed)
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
         responses = []
         for index in range(len(commands)):
             remaining = deadline - time.monotonic()

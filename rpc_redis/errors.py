@@ -99,9 +99,7 @@ class RpcTimeout(RpcRedisError, TimeoutError):
         self.service = service
         self.method = method
         self.waited = waited
-        super().__init__(
-            f"no reply from service {service!r} to {method!r} within {waited:.3f}s"
-        )
+        super().__init__(f"no reply from service {service!r} to {method!r} within {waited:.3f}s")
 
 
 class RpcConnectionError(RpcRedisError, ConnectionError):

@@ -12,7 +12,7 @@ import json
 import traceback
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jsonrpcclient
 import orjson
@@ -86,14 +86,19 @@ def params_from(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any] | d
 
 def request_object(method: str, params: list[Any] | dict[str, Any], id: Any) -> dict[str, Any]:
     """A request object; ``params`` is left out when empty, as the spec allows."""
-    request: dict[str, Any] = jsonrpcclient.request(method, params=params, id=id)
+    request: dict[str, Any] = jsonrpcclient.request(method, params=_client_params(params), id=id)
     return request
 
 
 def notification_object(method: str, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """A notification: a request with no id, to which no reply is ever written."""
-    notification: dict[str, Any] = jsonrpcclient.notification(method, params=params)
+    notification: dict[str, Any] = jsonrpcclient.notification(method, params=_client_params(params))
     return notification
+
+
+def _client_params(params: list[Any] | dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+    # jsonrpcclient takes positional params as a tuple and sends them as an array.
+    return tuple(params) if isinstance(params, list) else params
 
 
 def encode_envelope(request: Any, reply_to: str | None, deadline: float | None) -> bytes:
@@ -134,7 +139,7 @@ def result_of(response: Any) -> Any:
         parsed = jsonrpcclient.parse(response)
     except (KeyError, TypeError):
         raise InternalError("Malformed reply", data=response) from None
-    return parsed.result
+    return cast(jsonrpcclient.Ok, parsed).result
 
 
 def outcomes_by_id(reply: Any) -> dict[Any, Any]:

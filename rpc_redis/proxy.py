@@ -134,7 +134,9 @@ class BatchBuilder:
         try:
             outcomes = protocol.outcomes_by_id(reply)
         except RpcError as whole_batch_error:  # e.g. the batch was too large
-            outcomes = dict.fromkeys((result.request_id for result in self.results), whole_batch_error)
+            outcomes = dict.fromkeys(
+                (result.request_id for result in self.results), whole_batch_error
+            )
         for result in self.results:
             missing = InternalError("Batch reply has no response for this call", result.request_id)
             result.set_outcome(outcomes.get(result.request_id, missing))

@@ -135,7 +135,7 @@ class Service:
             validator=_already_validated,
             methods=self._methods,
             context=context,
-            post_process=to_serializable_one,
+            post_process=cast(Callable[[Any], Any], to_serializable_one),
             request=request,
         )
 
@@ -166,7 +166,8 @@ def _adapt(func: Callable[..., Any], service: str, method: str) -> Callable[...,
                     functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
                 )
         except RpcError as exc:
-            raise JsonRpcError(exc.code, exc.message, NODATA if exc.data is None else exc.data)
+            data = NODATA if exc.data is None else exc.data
+            raise JsonRpcError(exc.code, exc.message, data) from exc
         except Exception as exc:
             logger.error("%s.%s raised %s: %s", service, method, type(exc).__name__, exc)
             data = protocol.exception_data(exc, with_traceback=context.debug)
@@ -206,4 +207,4 @@ def load_services(target: str) -> list[Service]:
     services = [value for value in vars(module).values() if isinstance(value, Service)]
     if not services:
         raise LookupError(f"module {module_name} defines no Service")
-    return cast(list[Service], services)
+    return services

@@ -54,7 +54,9 @@ def redis_connection(redis_url: str) -> Iterator[redis.Redis]:
         yield connection
 
 
-def serve_in_thread(service: Service | Sequence[Service], url: str, **options: object) -> WorkerThread:
+def serve_in_thread(
+    service: Service | Sequence[Service], url: str, **options: object
+) -> WorkerThread:
     """A started in-process worker; use as ``with serve_in_thread(...) as worker:``."""
     return WorkerThread(Worker(service, url, **options))  # type: ignore[arg-type]
 
@@ -78,7 +80,10 @@ class WorkerProcess:
     READY = re.compile(r"rpc-worker serving ")
 
     def __init__(
-        self, args: Sequence[str], *, cwd: str | os.PathLike[str] | None = None,
+        self,
+        args: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.args = list(args)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio
 import redis.exceptions
@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 
 from . import protocol
 from .connection import async_pool, default_url, redact_url
-from .errors import INTERNAL_ERROR, RpcError
+from .errors import INTERNAL_ERROR
 from .service import Service
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -248,7 +248,7 @@ class Worker:
             if popped is None:
                 slots.release()
                 continue
-            queue, raw = popped
+            queue, raw = cast(tuple[bytes, bytes], popped)
             task = asyncio.create_task(self._handle(queue.decode(), raw))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)

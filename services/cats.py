@@ -1,6 +1,6 @@
 """Cats, after the Go "redisgob" demo: clients send cats, the worker logs each one.
 
-    rpc-worker services.cats
+rpc-worker services.cats
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from rpc_redis import Client, MethodNotFound
+from rpc_redis import Client, MethodNotFound, RpcRedisError
 from rpc_redis.embedded import EmbeddedRedis, free_port
 from rpc_redis.testing import WorkerProcess, rpc_worker_command
 from tests.conftest import REPOSITORY
@@ -85,11 +85,17 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0(redis_url: str) -> Non
 
 def test_second_signal_exits_at_once(redis_url: str) -> None:
     args = ["services.calculator", "--redis-url", redis_url]
-    with WorkerProcess(args, cwd=REPOSITORY) as worker, Client(redis_url, timeout=30) as client:
-        threading.Thread(
-            target=lambda: pytest.raises(Exception, client.proxy("calculator").sleep, 20),
-            daemon=True,
-        ).start()
+    with WorkerProcess(args, cwd=REPOSITORY) as worker, Client(redis_url, timeout=3) as client:
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.proxy("calculator").sleep(20)
+            except RpcRedisError as exc:  # the worker died under it
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
         with redis.Redis.from_url(redis_url) as connection:
             wait_for(lambda: blocked_clients(redis_url) >= 1)
             wait_for(lambda: connection.llen("rpc:queue:calculator") == 0)
@@ -100,6 +106,8 @@ def test_second_signal_exits_at_once(redis_url: str) -> None:
         assert worker.wait(10) == 1
         assert time.monotonic() - started < 5
         worker.wait_for_line("exiting now")
+        caller.join(10)
+        assert len(outcome) == 1  # a timeout: nobody answers a killed worker's call
 
 
 def test_waits_for_redis_at_startup_with_one_clear_line() -> None:

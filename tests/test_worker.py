@@ -61,7 +61,11 @@ def test_bare_request_is_answered_on_the_key_its_id_names(
     request_id = str(uuid.uuid4())
     request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": request_id}
     redis_connection.rpush(QUEUE, json.dumps(request))
-    assert pop_reply(redis_connection, request_id) == {"jsonrpc": "2.0", "result": 3, "id": request_id}
+    assert pop_reply(redis_connection, request_id) == {
+        "jsonrpc": "2.0",
+        "result": 3,
+        "id": request_id,
+    }
     assert redis_connection.exists(request_id) == 0
 
 
@@ -154,7 +158,10 @@ def test_reply_key_in_the_queue_namespace_is_dead_lettered(
         (b'{"hello": "world"}', "no usable reply key"),
         (b"[1, 2, 3]", "no usable reply key"),
         (b'"just a string"', "no usable reply key"),
-        (b'{"v": 1, "request": {"jsonrpc": "2.0", "method": "add", "id": 1}}', "no usable reply key"),
+        (
+            b'{"v": 1, "request": {"jsonrpc": "2.0", "method": "add", "id": 1}}',
+            "no usable reply key",
+        ),
     ],
 )
 def test_messages_without_a_reply_key_are_dead_lettered(
