@@ -61,7 +61,7 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reply-ttl",
-        type=float,
+        type=positive_float,
         default=protocol.DEFAULT_REPLY_TTL,
         help="seconds an unread reply is kept (default: %(default)s)",
     )
@@ -89,6 +89,13 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rpc-redis {package_version()}")
     return parser
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
 
 
 def positive_int(text: str) -> int:

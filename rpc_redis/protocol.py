@@ -144,8 +144,8 @@ def result_of(response: Any) -> Any:
 
 def outcomes_by_id(reply: Any) -> dict[Any, Any]:
     """Map each id in a (batch) reply to its result, or to the RpcError it carries."""
-    if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
-        # The whole batch was rejected (too large, invalid envelope, ...).
+    if isinstance(reply, dict) and "error" in reply:
+        # An object, not an array: the whole batch was rejected (too large, ...).
         raise error_from_object(reply["error"])
     outcomes: dict[Any, Any] = {}
     for response in reply if isinstance(reply, list) else [reply]:
@@ -215,18 +215,18 @@ def _from_envelope(envelope: dict[str, Any]) -> Incoming | Rejected:
         reply_to = None
     request_id = first_request_id(envelope["request"])
     version = envelope.get("v", ENVELOPE_VERSION)
-    if version != ENVELOPE_VERSION:
-        reason = f"unsupported envelope version {version!r}"
-        return Rejected(reason, InvalidRequest(reason), reply_to, request_id)
+    if type(version) is not int or version != ENVELOPE_VERSION:
+        reason = f"unsupported envelope version {json.dumps(version)}"
+        return Rejected(reason, InvalidRequest(data=reason), reply_to, request_id)
     if "reply_to" in envelope and reply_to is None and envelope["reply_to"] is not None:
         reason = "envelope reply_to must be a non-empty string"
-        return Rejected(reason, InvalidRequest(reason), None, request_id)
+        return Rejected(reason, InvalidRequest(data=reason), None, request_id)
     deadline = envelope.get("deadline")
     if deadline is not None and (
         not isinstance(deadline, (int, float)) or isinstance(deadline, bool)
     ):
         reason = "envelope deadline must be a number (seconds since the Unix epoch)"
-        return Rejected(reason, InvalidRequest(reason), reply_to, request_id)
+        return Rejected(reason, InvalidRequest(data=reason), reply_to, request_id)
     return Incoming(envelope["request"], reply_to, deadline, enveloped=True)
 
 
@@ -239,9 +239,11 @@ def bare_reply_key(document: Any) -> str | None:
 
 
 def first_request_id(payload: Any) -> Any:
-    """The id of a single request, or of a batch's first request; None if it has none."""
-    if isinstance(payload, list):
-        payload = payload[0] if payload else None
+    """The id for an error reply to a whole message: a single request's id, else null.
+
+    A batch rejected whole gets one error with id null, as the spec has for a batch
+    that cannot be read.
+    """
     if isinstance(payload, dict):
         request_id = payload.get("id")
         if is_valid_id(request_id):
@@ -250,13 +252,14 @@ def first_request_id(payload: Any) -> Any:
 
 
 def expects_reply(payload: Any) -> bool:
-    """True unless the payload is a notification or a batch of only notifications.
+    """True unless the payload is a valid notification or a batch of only those.
 
     Anything malformed counts as expecting a reply, since its error is one.
     """
     if isinstance(payload, list):
         return not payload or any(expects_reply(item) for item in payload)
-    return not (isinstance(payload, dict) and "id" not in payload and "method" in payload)
+    is_notification = isinstance(payload, dict) and "id" not in payload
+    return not (is_notification and request_problem(payload) is None)
 
 
 def reply_key_problem(

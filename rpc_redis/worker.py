@@ -77,6 +77,8 @@ class Worker:
             raise ValueError("a queue name can be given only when serving one service")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if reply_ttl <= 0:
+            raise ValueError("reply_ttl must be a positive number of seconds")
         self.services = services
         self.redis_url = redis_url or default_url()
         self.prefix = prefix
@@ -324,7 +326,7 @@ class Worker:
         methods = {
             item.get("id"): item.get("method")
             for item in (payload if isinstance(payload, list) else [payload])
-            if isinstance(item, dict)
+            if isinstance(item, dict) and protocol.is_valid_id(item.get("id"))
         }
         for item in response if isinstance(response, list) else [response]:
             error = item.get("error") if isinstance(item, dict) else None

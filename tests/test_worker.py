@@ -316,3 +316,68 @@ def test_every_key_left_behind_carries_an_expiry(
     for key in keys:
         ttl = redis_connection.pttl(key)
         assert 0 < ttl <= 30_000, (key, ttl)
+
+
+# -- regressions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"method": "add", "params": [1, 2]}',
+        b'{"v": 1, "request": {"jsonrpc": "2.0", "method": "add", "params": 5}}',
+        b'{"v": 1, "request": [{"jsonrpc": "2.0", "method": "add"}, {"method": "add"}]}',
+    ],
+)
+def test_malformed_notifications_are_dead_lettered_not_crashed_on(
+    worker: Worker,
+    redis_url: str,
+    redis_connection: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+) -> None:
+    redis_connection.rpush(QUEUE, raw)
+    [letter] = wait_for_dead_letters(redis_connection, 1)
+    assert "no usable reply key" in letter["reason"]
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert_still_serving(redis_url)
+
+
+def test_a_request_id_of_the_wrong_type_still_gets_its_error_reply(
+    worker: Worker, redis_connection: redis.Redis
+) -> None:
+    request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": [1]}
+    redis_connection.rpush(QUEUE, encode_envelope(request, "rpc:reply:odd-id", None))
+    reply = pop_reply(redis_connection, "rpc:reply:odd-id")
+    assert reply["error"]["code"] == -32600
+    assert reply["id"] is None
+
+
+def test_a_batch_rejected_whole_fails_every_call_in_it(worker: Worker, redis_url: str) -> None:
+    from rpc_redis import InvalidRequest
+
+    with Client(redis_url, timeout=5) as client:
+        batch = client.batch("calculator")
+        calls = [batch.add("x" * 4_000, "y") for _ in range(3)]
+        outcomes = batch.send()
+    assert len(outcomes) == 3
+    for call in calls:
+        with pytest.raises(InvalidRequest, match="Request too large"):
+            call.result()
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", '"1"', "2"])
+def test_only_envelope_version_1_is_accepted(
+    worker: Worker, redis_connection: redis.Redis, version: str
+) -> None:
+    request = '{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 9}'
+    redis_connection.rpush(
+        QUEUE, f'{{"v": {version}, "reply_to": "rpc:reply:v", "request": {request}}}'
+    )
+    reply = pop_reply(redis_connection, "rpc:reply:v")
+    assert reply["error"] == {
+        "code": -32600,
+        "message": "Invalid request",
+        "data": f"unsupported envelope version {version}",
+    }
+    assert reply["id"] == 9
