@@ -4,6 +4,7 @@ Serve plain functions with :class:`Service` and ``rpc-worker``; call them throug
 :class:`Client` proxies. The wire protocol is in docs/protocol.md.
 """
 
+from .aio import AsyncBatch, AsyncClient
 from .client import Batch, Client
 from .errors import (
     InternalError,
@@ -21,6 +22,8 @@ from .service import CallContext, Service, current_call
 from .worker import Worker, WorkerThread
 
 __all__ = [
+    "AsyncBatch",
+    "AsyncClient",
     "Batch",
     "BatchResult",
     "CallContext",

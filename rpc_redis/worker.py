@@ -237,24 +237,53 @@ class Worker:
         slots = asyncio.Semaphore(self.concurrency)
         while not self._stopping:
             await slots.acquire()
+            free = 1
+            while not slots.locked():  # take every other free slot, without waiting
+                await slots.acquire()
+                free += 1
             if self._stopping:
-                slots.release()
+                for _ in range(free):
+                    slots.release()
                 break
             try:
-                popped = await self._receiver.blpop(self._next_queue_order(), self.block_seconds)
+                queue, messages = await self._pop(free)
             except REDIS_ERRORS as exc:
-                slots.release()
+                for _ in range(free):
+                    slots.release()
                 if not self._stopping and not await self._wait_for_redis(exc):
                     break
                 continue
-            if popped is None:
+            for _ in range(free - len(messages)):
                 slots.release()
-                continue
-            queue, raw = cast(tuple[bytes, bytes], popped)
-            task = asyncio.create_task(self._handle(queue.decode(), raw))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-            task.add_done_callback(lambda _: slots.release())
+            for raw in messages:
+                task = asyncio.create_task(self._handle(queue, raw))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
+
+    async def _pop(self, up_to: int) -> tuple[str, list[bytes]]:
+        """Wait for a message; take up to ``up_to`` from its queue in as few round trips.
+
+        With one queue, BLPOP and an LPOP of the rest go out together; with several,
+        the LPOP follows once BLPOP has said which queue had work.
+        """
+        queues = self._next_queue_order()
+        rest = up_to - 1
+        if len(queues) == 1 and rest:
+            async with self._receiver.pipeline(transaction=False) as pipe:
+                pipe.blpop(queues, self.block_seconds)
+                pipe.lpop(queues[0], rest)
+                popped, more = await pipe.execute()
+        else:
+            popped, more = await self._receiver.blpop(queues, self.block_seconds), None
+        if popped is None:
+            # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
+            return queues[0], list(more or [])
+        queue_name, first = cast(tuple[bytes, bytes], popped)
+        queue = queue_name.decode()
+        if more is None and rest:
+            more = await self._receiver.lpop(queue, rest)
+        return queue, [first, *(more or [])]
 
     def _next_queue_order(self) -> list[str]:
         """Rotate the queues BLPOP scans, so a busy service cannot starve the others."""

@@ -1,0 +1,314 @@
+"""The asyncio client: many calls in flight over a bounded number of connections.
+
+Every call of one AsyncClient names the same reply key, unique to that client. One
+listener task BLPOPs that key and hands each reply to the call waiting for its id, so
+a thousand calls in flight hold one blocking connection, not a thousand. Requests go
+out over at most ``max_connections - 1`` pooled connections. Workers see nothing new:
+a reply key is a reply key (docs/protocol.md, "one reply key for many calls").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from . import protocol
+from .client import CallSettings, blpop_timeout, effective_timeout, new_request_id
+from .connection import async_pool, default_url, redact_url
+from .errors import InternalError, RpcConnectionError, RpcTimeout
+from .proxy import BatchBuilder, Params, ServiceProxy
+
+logger = logging.getLogger("rpc_redis.aio")
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 64
+# The listener's BLPOP returns at least this often to notice it has nothing to wait for.
+LISTEN_BLOCK_SECONDS = 1.0
+# Replies taken in one round trip after the first (LPOP with a count: Redis 6.2+).
+DRAIN_COUNT = 128
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`rpc_redis.Client`, for one event loop.
+
+    >>> async with AsyncClient("redis://localhost:6379/0") as client:
+    ...     await client.proxy("calculator").add(1, 2)
+    3
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        prefix: str = protocol.DEFAULT_PREFIX,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **redis_options: Any,
+    ) -> None:
+        if max_connections < 2:
+            raise ValueError("an AsyncClient needs two connections: one listens, one sends")
+        self.url = url or default_url()
+        self.settings = CallSettings(prefix, timeout)
+        self.reply_key = self.settings.new_reply_key()
+        # Named, so its connections can be told apart in CLIENT LIST.
+        redis_options.setdefault("client_name", f"rpc-client-{self.reply_key.rsplit(':', 1)[-1]}")
+        self._pool = async_pool(
+            self.url, max_connections=max_connections, socket_timeout=timeout, **redis_options
+        )
+        self._send_slots = asyncio.Semaphore(max_connections - 1)
+        self._pending: dict[Any, asyncio.Future[Any]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._outage_logged = False
+
+    # -- public API ------------------------------------------------------------------
+
+    def proxy(
+        self, service: str, *, timeout: float | None = None, queue: str | None = None
+    ) -> ServiceProxy:
+        """A proxy whose methods return awaitables: ``await proxy.add(1, 2)``."""
+        queue_key = self.settings.queue_for(service, queue)
+        call_timeout = timeout or self.settings.timeout
+
+        def call(method: str, params: Params) -> Any:
+            return self._call(service, queue_key, method, params, call_timeout)
+
+        def notify(method: str, params: Params) -> Any:
+            payload = protocol.notification_object(method, params)
+            return self._push(service, method, queue_key, payload, None, call_timeout)
+
+        return ServiceProxy(service, call, notify)
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        params: Params | None = None,
+        *,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        queue_key = self.settings.queue_for(service, queue)
+        return await self._call(
+            service, queue_key, method, params or [], timeout or self.settings.timeout
+        )
+
+    def batch(
+        self, service: str, *, timeout: float | None = None, queue: str | None = None
+    ) -> AsyncBatch:
+        return AsyncBatch(self, service, self.settings.queue_for(service, queue), timeout)
+
+    async def aclose(self) -> None:
+        """Stop listening and close every connection; calls still waiting fail."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RpcConnectionError("the client was closed"))
+        await self._pool.disconnect()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def _call(
+        self, service: str, queue: str, method: str, params: Params, timeout: float
+    ) -> Any:
+        request_id = new_request_id()
+        request = protocol.request_object(method, params, request_id)
+        reply = await self._roundtrip(service, method, queue, request, [request_id], timeout)
+        if not isinstance(reply, dict):
+            raise InternalError("Reply does not answer this call", data=reply)
+        return protocol.result_of(reply)
+
+    async def _roundtrip(
+        self,
+        service: str,
+        method: str,
+        queue: str,
+        payload: Any,
+        request_ids: list[Any],
+        timeout: float,
+    ) -> Any:
+        """Push a request naming this client's reply key; wait for the listener to route it."""
+        timeout = effective_timeout(timeout)
+        deadline = time.monotonic() + timeout
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        for request_id in request_ids:
+            self._pending[request_id] = future
+        try:
+            self._ensure_listener()
+            await self._push(service, method, queue, payload, self.reply_key, timeout)
+            return await asyncio.wait_for(future, max(deadline - time.monotonic(), 0))
+        except asyncio.TimeoutError:
+            raise RpcTimeout(service, method, timeout) from None
+        finally:
+            for request_id in request_ids:
+                self._pending.pop(request_id, None)
+
+    async def _push(
+        self,
+        service: str,
+        method: str,
+        queue: str,
+        payload: Any,
+        reply_to: str | None,
+        timeout: float,
+    ) -> None:
+        """RPUSH one message on a pooled connection, within the call's time."""
+        message = protocol.encode_envelope(payload, reply_to, time.time() + timeout)
+        try:
+            await asyncio.wait_for(self._send_slots.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise RpcTimeout(service, method, timeout) from None
+        try:
+            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await send_with_one_resend(connection, [("RPUSH", queue, message)])
+                await connection.read_response(timeout=timeout)
+            finally:
+                await self._pool.release(connection)
+        except redis.exceptions.TimeoutError:
+            raise RpcTimeout(service, method, timeout) from None
+        except REDIS_ERRORS as exc:
+            raise RpcConnectionError(
+                f"Redis at {redact_url(self.url)} failed during the call: {exc}"
+            ) from exc
+        finally:
+            self._send_slots.release()
+
+    # -- the listener ------------------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """BLPOP this client's reply key while calls wait; route each reply by its ids."""
+        connection: redis.asyncio.Connection | None = None
+        try:
+            while self._pending:
+                try:
+                    if connection is None:
+                        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                    # BLPOP waits for a reply; the LPOP after it, in the same round trip,
+                    # takes every other reply already waiting.
+                    await send_with_one_resend(
+                        connection,
+                        [
+                            ("BLPOP", self.reply_key, blpop_timeout(LISTEN_BLOCK_SECONDS)),
+                            ("LPOP", self.reply_key, DRAIN_COUNT),
+                        ],
+                    )
+                    popped = await connection.read_response(timeout=LISTEN_BLOCK_SECONDS + 5)
+                    drained = await connection.read_response(timeout=5)
+                except REDIS_ERRORS as exc:
+                    if connection is not None:
+                        await connection.disconnect()
+                    await self._back_off(exc)
+                    continue
+                if self._outage_logged:
+                    logger.info("reconnected to Redis at %s", redact_url(self.url))
+                    self._outage_logged = False
+                if popped is not None:
+                    self._route(popped[1])
+                for raw in drained or ():
+                    self._route(raw)
+        finally:
+            # Nothing awaits between the check of _pending and this line, so a call
+            # added after it starts a new listener.
+            if self._listener is asyncio.current_task():
+                self._listener = None
+            if connection is not None:
+                await self._pool.release(connection)
+
+    async def _back_off(self, error: BaseException) -> None:
+        if not self._outage_logged:
+            logger.warning(
+                "lost Redis at %s (%s); calls in flight may time out", redact_url(self.url), error
+            )
+            self._outage_logged = True
+        await asyncio.sleep(0.1)
+
+    def _route(self, raw: bytes) -> None:
+        try:
+            reply = protocol.decode_reply(raw)
+        except InternalError as exc:
+            logger.warning("unreadable reply on %s: %s", self.reply_key, exc.data)
+            return
+        for request_id in protocol.reply_ids(reply):
+            if not protocol.is_valid_id(request_id):
+                continue
+            future = self._pending.get(request_id)
+            if future is not None:
+                if not future.done():
+                    future.set_result(reply)
+                return
+        logger.debug("a reply for no waiting call (timed out?) on %s", self.reply_key)
+
+
+async def send_with_one_resend(
+    connection: redis.asyncio.Connection, commands: list[tuple[Any, ...]]
+) -> None:
+    """Send commands; a stale pooled connection gets one fresh connection and one resend."""
+    packed = connection.pack_commands(commands)
+    try:
+        await connection.send_packed_command(packed)
+    except redis.exceptions.ConnectionError:
+        await connection.disconnect()
+        await connection.send_packed_command(packed)
+
+
+class AsyncBatch:
+    """Calls and notifications sent as one JSON-RPC batch: ``async with client.batch(...)``."""
+
+    def __init__(
+        self, client: AsyncClient, service: str, queue: str, timeout: float | None
+    ) -> None:
+        self._client = client
+        self._queue = queue
+        self._timeout = timeout or client.settings.timeout
+        self.builder = BatchBuilder(service, new_request_id)
+        self.notify = self.builder.notify
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.builder, name)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.builder.call(method, *args, **kwargs)
+
+    async def send(self) -> list[Any]:
+        """Send the batch; return each call's result (or RpcError) in call order."""
+        builder = self.builder
+        if not builder.requests:
+            raise ValueError("an empty batch cannot be sent")
+        if not builder.expects_reply:
+            builder.sent = True
+            await self._client._push(
+                builder.service, "batch", self._queue, builder.requests, None, self._timeout
+            )
+            return []
+        request_ids = [result.request_id for result in builder.results]
+        reply = await self._client._roundtrip(
+            builder.service, "batch", self._queue, builder.requests, request_ids, self._timeout
+        )
+        return builder.resolve(reply)
+
+    async def __aenter__(self) -> AsyncBatch:
+        return self
+
+    async def __aexit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None and not self.builder.sent:
+            await self.send()
