@@ -16,6 +16,7 @@ from .errors import (
     RpcError,
     RpcRedisError,
     RpcTimeout,
+    TimeLimitExceeded,
 )
 from .proxy import BatchResult, ServiceProxy
 from .service import CallContext, Service, current_call
@@ -39,6 +40,7 @@ __all__ = [
     "RpcTimeout",
     "Service",
     "ServiceProxy",
+    "TimeLimitExceeded",
     "Worker",
     "WorkerThread",
     "current_call",

@@ -59,6 +59,7 @@ class AsyncClient:
         self.reply_key = self.settings.new_reply_key()
         # Named, so its connections can be told apart in CLIENT LIST.
         redis_options.setdefault("client_name", f"rpc-client-{self.reply_key.rsplit(':', 1)[-1]}")
+        self.client_name: str = redis_options["client_name"]
         self._pool = async_pool(
             self.url, max_connections=max_connections, socket_timeout=timeout, **redis_options
         )

@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import protocol
 from .connection import default_url
 from .service import Service, load_services
+from .supervisor import Supervisor, child_command
 from .worker import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT, Worker
 
 logger = logging.getLogger("rpc_redis.cli")
@@ -60,6 +61,12 @@ def worker_parser() -> argparse.ArgumentParser:
         help="requests in flight at once (default: %(default)s)",
     )
     parser.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="worker processes to run under this one (default: %(default)s)",
+    )
+    parser.add_argument(
         "--reply-ttl",
         type=positive_float,
         default=protocol.DEFAULT_REPLY_TTL,
@@ -76,6 +83,12 @@ def worker_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=DEFAULT_DEAD_LETTER_LIMIT,
         help="dead letters kept per service (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=positive_float,
+        default=None,
+        help="seconds a handler may run before its caller gets an error (default: none)",
     )
     parser.add_argument(
         "--log-level",
@@ -107,7 +120,8 @@ def positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = worker_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         services: list[Service] = []
@@ -123,10 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_message_bytes=args.max_message_bytes,
             dead_letter_limit=args.dead_letter_limit,
             debug=args.debug,
+            time_limit=args.time_limit,
         )
     except (ImportError, LookupError, ValueError) as exc:
         parser.exit(2, f"rpc-worker: error: {exc}\n")
+    if args.processes > 1:
+        return Supervisor(child_command(arguments), args.processes).run()
     asyncio.run(serve(worker))
+    if worker.busy_handler_threads:
+        # Handlers past their time limit: their callers have had an error reply, and
+        # interpreter exit would otherwise wait for them to return.
+        logger.warning(
+            "leaving %d handler thread(s) that ran past their time limit",
+            worker.busy_handler_threads,
+        )
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -82,6 +82,9 @@ class Client:
         self.url = url or default_url()
         self.settings = CallSettings(prefix, timeout)
         self._slots = threading.BoundedSemaphore(max_connections)
+        # Named, so its connections can be told apart in CLIENT LIST.
+        redis_options.setdefault("client_name", f"rpc-client-{uuid.uuid4().hex}")
+        self.client_name: str = redis_options["client_name"]
         self._pool = sync_pool(
             self.url, max_connections=max_connections, socket_timeout=timeout, **redis_options
         )

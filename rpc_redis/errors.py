@@ -14,6 +14,8 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+# Implementation-defined server errors (-32000 to -32099).
+TIME_LIMIT_EXCEEDED = -32001
 
 
 class RpcRedisError(Exception):
@@ -74,9 +76,23 @@ class InternalError(RpcError):
     default_message = "Internal error"
 
 
+class TimeLimitExceeded(RpcError):
+    """The handler ran past its time limit; the worker replied without waiting for it."""
+
+    default_code = TIME_LIMIT_EXCEEDED
+    default_message = "Time limit exceeded"
+
+
 _ERRORS_BY_CODE: dict[int, type[RpcError]] = {
     cls.default_code: cls
-    for cls in (ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError)
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        TimeLimitExceeded,
+    )
 }
 
 

@@ -20,7 +20,7 @@ from jsonrpcserver.response import to_serializable_one
 from jsonrpcserver.sentinels import NODATA
 
 from . import protocol
-from .errors import INTERNAL_ERROR, InvalidRequest, RpcError
+from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, InvalidRequest, RpcError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -44,6 +44,7 @@ class CallContext:
     deadline: float | None
     run_sync: RunSync = run_inline
     debug: bool = False
+    time_limit: float | None = None
 
     def remaining(self) -> float | None:
         """Seconds until the caller stops waiting, or None if it set no deadline."""
@@ -83,13 +84,22 @@ class Service:
         return self.queue or protocol.queue_key(self.name, prefix)
 
     @overload
-    def method(self, func: F, *, name: str | None = None) -> F: ...
+    def method(self, func: F, *, name: str | None = None, time_limit: float | None = None) -> F: ...
 
     @overload
-    def method(self, func: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+    def method(
+        self, func: None = None, *, name: str | None = None, time_limit: float | None = None
+    ) -> Callable[[F], F]: ...
 
-    def method(self, func: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
-        """Expose a function (sync or async) as a method; ``name`` renames it on the wire."""
+    def method(
+        self, func: F | None = None, *, name: str | None = None, time_limit: float | None = None
+    ) -> F | Callable[[F], F]:
+        """Expose a function (sync or async) as a method.
+
+        ``name`` renames it on the wire; ``time_limit`` (seconds) overrides the worker's.
+        """
+        if time_limit is not None and time_limit <= 0:
+            raise ValueError("time_limit must be a positive number of seconds")
 
         def register(func: F) -> F:
             method_name = name or func.__name__
@@ -98,7 +108,7 @@ class Service:
             if method_name in self.functions:
                 raise ValueError(f"{self.name} already has a method named {method_name!r}")
             self.functions[method_name] = func
-            self._methods[method_name] = _adapt(func, self.name, method_name)
+            self._methods[method_name] = _adapt(func, self.name, method_name, time_limit)
             return func
 
         return register(func) if func is not None else register
@@ -110,26 +120,36 @@ class Service:
         deadline: float | None = None,
         run_sync: RunSync = run_inline,
         debug: bool = False,
+        time_limit: float | None = None,
     ) -> Any:
-        """Serve a request or a batch: the response(s) to send, or None if none are due."""
+        """Serve a request or a batch: the response(s) to send, or None if none are due.
+
+        ``time_limit`` applies to methods that set none of their own.
+        """
+        options = (deadline, run_sync, debug, time_limit)
         if isinstance(payload, list):
             if not payload:
                 return protocol.error_response(None, InvalidRequest(data="empty batch"))
             responses = await asyncio.gather(
-                *(self._dispatch_one(item, deadline, run_sync, debug) for item in payload)
+                *(self._dispatch_one(item, *options) for item in payload)
             )
             return [response for response in responses if response is not None] or None
-        return await self._dispatch_one(payload, deadline, run_sync, debug)
+        return await self._dispatch_one(payload, *options)
 
     async def _dispatch_one(
-        self, request: Any, deadline: float | None, run_sync: RunSync, debug: bool
+        self,
+        request: Any,
+        deadline: float | None,
+        run_sync: RunSync,
+        debug: bool,
+        time_limit: float | None,
     ) -> Any:
         problem = protocol.request_problem(request)
         if problem is not None:
             request_id = request.get("id") if isinstance(request, dict) else None
             request_id = request_id if protocol.is_valid_id(request_id) else None
             return protocol.error_response(request_id, InvalidRequest(data=problem))
-        context = CallContext(self.name, request["method"], deadline, run_sync, debug)
+        context = CallContext(self.name, request["method"], deadline, run_sync, debug, time_limit)
         return await dispatch_to_response_pure(
             deserializer=_already_parsed,
             validator=_already_validated,
@@ -148,7 +168,9 @@ def _already_validated(request: Any) -> Any:
     return request
 
 
-def _adapt(func: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+def _adapt(
+    func: Callable[..., Any], service: str, method: str, time_limit: float | None
+) -> Callable[..., Any]:
     """Wrap a plain function as a jsonrpcserver method: context first, Result out.
 
     The wrapper keeps the function's signature (plus the context), so jsonrpcserver's
@@ -158,13 +180,20 @@ def _adapt(func: Callable[..., Any], service: str, method: str) -> Callable[...,
 
     async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
         token = _current_call.set(context)
+        limit = time_limit if time_limit is not None else context.time_limit
         try:
             if is_async:
-                value = await func(*args, **kwargs)
+                running = func(*args, **kwargs)
             else:
-                value = await context.run_sync(
+                running = context.run_sync(
                     functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
                 )
+            value = await (running if limit is None else _within(running, limit))
+        except _TimeLimitReached:
+            logger.error("%s.%s ran past its time limit of %ss", service, method, limit)
+            raise JsonRpcError(
+                TIME_LIMIT_EXCEEDED, "Time limit exceeded", {"limit": limit}
+            ) from None
         except RpcError as exc:
             data = NODATA if exc.data is None else exc.data
             raise JsonRpcError(exc.code, exc.message, data) from exc
@@ -184,6 +213,24 @@ def _adapt(func: Callable[..., Any], service: str, method: str) -> Callable[...,
     call.__name__ = method
     call.__doc__ = func.__doc__
     return call
+
+
+class _TimeLimitReached(Exception):
+    """Raised in place of the TimeoutError of the limit, never of the handler's own."""
+
+
+async def _within(running: Awaitable[T], limit: float) -> T:
+    """Await a handler, giving up after ``limit`` seconds.
+
+    An async handler is cancelled. A plain function's thread cannot be stopped: it runs
+    on, but its slot is freed and its caller answered.
+    """
+    task = asyncio.ensure_future(running)
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:
+        task.cancel()
+        raise _TimeLimitReached
+    return task.result()
 
 
 # -- finding services ---------------------------------------------------------------

@@ -61,6 +61,22 @@ def serve_in_thread(
     return WorkerThread(Worker(service, url, **options))  # type: ignore[arg-type]
 
 
+def calls_in_flight(url: str, client_name: str, queue: str) -> int:
+    """Calls of one client a worker has taken: the client waits on replies, the queue is empty.
+
+    A call is pushed before its client blocks on the reply key, so once ``n`` of the
+    client's connections are blocked and ``queue`` is empty, workers hold all ``n``.
+    """
+    with redis.Redis.from_url(url) as connection:
+        if connection.llen(queue):
+            return 0
+        return sum(
+            1
+            for client in connection.client_list()
+            if client.get("name") == client_name and client.get("cmd") == "blpop"
+        )
+
+
 def rpc_worker_command() -> list[str]:
     """The installed ``rpc-worker`` script next to this Python, else ``python -m``."""
     script = Path(sys.executable).with_name("rpc-worker")
@@ -128,16 +144,22 @@ class WorkerProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_line(self, pattern: str | re.Pattern[str], timeout: float = 10.0) -> str:
-        """Block until a log line matches, the process exits, or the timeout passes."""
+    def wait_for_line(
+        self, pattern: str | re.Pattern[str], timeout: float = 10.0, *, count: int = 1
+    ) -> str:
+        """Block until ``count`` log lines match (returning the last), the process exits,
+        or the timeout passes."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         seen = 0
+        matched = 0
         with self._new_line:
             while True:
                 for line in self.lines[seen:]:
                     if regex.search(line):
-                        return line
+                        matched += 1
+                        if matched == count:
+                            return line
                 seen = len(self.lines)
                 remaining = deadline - time.monotonic()
                 exited = self.process is not None and self.process.poll() is not None

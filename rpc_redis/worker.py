@@ -38,6 +38,7 @@ DEFAULT_DEAD_LETTER_LIMIT = 10_000
 # How long one BLPOP blocks before the loop goes round again.
 BLOCK_SECONDS = 5.0
 RECONNECT_BACKOFF_CAP = 5.0
+HANDLER_THREAD_PREFIX = "rpc-handler"
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -68,6 +69,7 @@ class Worker:
         max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_limit: int = DEFAULT_DEAD_LETTER_LIMIT,
         debug: bool = False,
+        time_limit: float | None = None,
         block_seconds: float = BLOCK_SECONDS,
     ) -> None:
         services = [services] if isinstance(services, Service) else list(services)
@@ -79,6 +81,8 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if reply_ttl <= 0:
             raise ValueError("reply_ttl must be a positive number of seconds")
+        if time_limit is not None and time_limit <= 0:
+            raise ValueError("time_limit must be a positive number of seconds")
         self.services = services
         self.redis_url = redis_url or default_url()
         self.prefix = prefix
@@ -87,6 +91,7 @@ class Worker:
         self.max_message_bytes = max_message_bytes
         self.dead_letter_limit = dead_letter_limit
         self.debug = debug
+        self.time_limit = time_limit
         self.block_seconds = block_seconds
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.by_queue = {queue or service.queue_key(prefix): service for service in services}
@@ -99,7 +104,13 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unblocker: asyncio.Future[None] | None = None
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="rpc-handler")
+        self._busy_lock = threading.Lock()
+        self._busy_handler_threads = 0
+        # Twice the slots: a plain function past its time limit keeps its thread until it
+        # returns, so the spare threads keep the slot it frees usable.
+        self._executor = ThreadPoolExecutor(
+            2 * concurrency, thread_name_prefix=HANDLER_THREAD_PREFIX
+        )
 
     def __repr__(self) -> str:
         return f"Worker({protocol.summarize(self._queues)}, concurrency={self.concurrency})"
@@ -143,7 +154,7 @@ class Worker:
             await self._drain()
             await self._receiver.aclose()
             await self._redis.aclose()
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown(wait=not self._busy_handler_threads)
             self.stopped.set()
 
     def stop(self) -> None:
@@ -320,7 +331,11 @@ class Worker:
             await self._dead_letter(service, queue, raw, "request has no usable reply key")
             return
         response = await service.dispatch(
-            message.payload, deadline=message.deadline, run_sync=self._run_sync, debug=self.debug
+            message.payload,
+            deadline=message.deadline,
+            run_sync=self._run_sync,
+            debug=self.debug,
+            time_limit=self.time_limit,
         )
         if response is None:
             self.stats.notifications += 1
@@ -331,7 +346,21 @@ class Worker:
 
     async def _run_sync(self, func: Callable[[], Any]) -> Any:
         assert self._loop is not None
-        return await self._loop.run_in_executor(self._executor, func)
+        with self._busy_lock:
+            self._busy_handler_threads += 1
+        return await self._loop.run_in_executor(self._executor, self._tracked, func)
+
+    def _tracked(self, func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        finally:
+            with self._busy_lock:
+                self._busy_handler_threads -= 1
+
+    @property
+    def busy_handler_threads(self) -> int:
+        """Threads running a plain-function handler now: after a stop, those past a limit."""
+        return self._busy_handler_threads
 
     async def _reject(
         self, service: Service, queue: str, raw: bytes, rejected: protocol.Rejected

@@ -9,11 +9,10 @@ import threading
 import time
 
 import pytest
-import redis
 
 from rpc_redis import Client, MethodNotFound, RpcRedisError
 from rpc_redis.embedded import EmbeddedRedis, free_port
-from rpc_redis.testing import WorkerProcess, rpc_worker_command
+from rpc_redis.testing import WorkerProcess, calls_in_flight, rpc_worker_command
 from tests.conftest import REPOSITORY
 
 
@@ -21,11 +20,6 @@ def environment(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RPC_REDIS_URL", "REDIS_URL")}
     env.update(overrides)
     return env
-
-
-def blocked_clients(url: str) -> int:
-    with redis.Redis.from_url(url) as connection:
-        return int(connection.info("clients")["blocked_clients"])
 
 
 def test_serves_every_service_in_the_modules(redis_url: str) -> None:
@@ -71,10 +65,8 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0(redis_url: str) -> Non
 
         caller = threading.Thread(target=call)
         caller.start()
-        # The call is in flight once the worker has popped it and the client is blocked.
-        wait_for(lambda: blocked_clients(redis_url) >= 1 and worker.lines)
-        with redis.Redis.from_url(redis_url) as connection:
-            wait_for(lambda: connection.llen("rpc:queue:calculator") == 0)
+        queue = "rpc:queue:calculator"
+        wait_for(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGTERM)
         worker.wait_for_line("stopping: finishing 1 request")
         caller.join(10)
@@ -96,9 +88,8 @@ def test_second_signal_exits_at_once(redis_url: str) -> None:
 
         caller = threading.Thread(target=call, daemon=True)
         caller.start()
-        with redis.Redis.from_url(redis_url) as connection:
-            wait_for(lambda: blocked_clients(redis_url) >= 1)
-            wait_for(lambda: connection.llen("rpc:queue:calculator") == 0)
+        queue = "rpc:queue:calculator"
+        wait_for(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGINT)
         worker.wait_for_line("stopping: finishing 1 request")
         started = time.monotonic()

@@ -22,7 +22,7 @@ from rpc_redis import (
     WorkerThread,
 )
 from rpc_redis.embedded import EmbeddedRedis
-from rpc_redis.testing import serve_in_thread
+from rpc_redis.testing import calls_in_flight, serve_in_thread
 from services.calculator import DIVISION_BY_ZERO
 from services.calculator import service as calculator
 
@@ -289,7 +289,8 @@ def test_client_never_hangs_when_redis_dies_mid_call(fresh_redis: EmbeddedRedis)
 
         caller = threading.Thread(target=call)
         caller.start()
-        wait_until(lambda: blocked_clients(fresh_redis.url) >= 1)
+        queue = "rpc:queue:calculator"
+        wait_until(lambda: calls_in_flight(fresh_redis.url, client.client_name, queue) == 1)
         fresh_redis.kill()
         caller.join(5)
         assert not caller.is_alive()
@@ -307,11 +308,6 @@ def test_connection_error_is_clear_when_redis_is_down() -> None:
         with pytest.raises(RpcConnectionError, match=r"127\.0\.0\.1"):
             client.proxy("calculator").add(1, 2)
         assert time.monotonic() - started < 1.5
-
-
-def blocked_clients(url: str) -> int:
-    with redis.Redis.from_url(url) as connection:
-        return int(connection.info("clients")["blocked_clients"])
 
 
 def wait_until(condition: object, timeout: float = 5.0) -> None:

@@ -67,3 +67,13 @@ def test_readme_python_examples_run(redis_url: str) -> None:
         namespace["test_add"](redis_url)  # the "Testing your services" example
     assert expected_checks >= 9  # the README has nine `expr  # value` lines
     assert len(checked) == expected_checks
+
+
+def test_worker_guide_python_examples_run() -> None:
+    blocks = python_blocks(REPOSITORY / "docs" / "worker.md")
+    assert blocks
+    for block in blocks:
+        namespace: dict[str, Any] = {"__name__": "worker_guide"}
+        exec(compile(block, "docs/worker.md", "exec"), namespace)
+        service = namespace["service"]
+        assert service.functions  # each example defines a served method

@@ -1,0 +1,148 @@
+"""Concurrent workers as real processes: overlap, fairness, time limits, --processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from rpc_redis import Client, TimeLimitExceeded
+from rpc_redis.testing import WorkerProcess, calls_in_flight
+from tests.conftest import REPOSITORY
+
+
+def slow_worker(redis_url: str, *options: str) -> WorkerProcess:
+    return WorkerProcess(["tests.slow_service", "--redis-url", redis_url, *options], cwd=REPOSITORY)
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    """Poll a cheap condition that has no event to wait on (a queue length)."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_sync_and_async_handlers_are_in_flight_together(redis_url: str) -> None:
+    with slow_worker(redis_url, "--concurrency", "4"), Client(redis_url, timeout=15) as client:
+        slow = client.proxy("slow")
+        with ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(slow.meet_sync, "mixed", 4) for _ in range(2)]
+            calls += [pool.submit(slow.meet_async, "mixed", 4) for _ in range(2)]
+            # Each returns only once all four are inside their handlers at once.
+            assert [call.result() for call in calls] == ["met"] * 4
+
+
+def test_concurrency_bounds_the_requests_in_flight(redis_url: str) -> None:
+    with slow_worker(redis_url, "--concurrency", "2"), Client(redis_url, timeout=15) as client:
+        slow = client.proxy("slow")
+        with ThreadPoolExecutor(3) as pool:
+            calls = [pool.submit(slow.meet_sync, "three", 3, 1.5) for _ in range(3)]
+            # Two slots: the third call waits on the queue and the barrier breaks.
+            outcomes = [call.exception() for call in calls]
+        assert all(outcome is not None for outcome in outcomes)
+
+
+def test_a_fast_call_is_not_held_up_by_slow_ones(redis_url: str) -> None:
+    with slow_worker(redis_url, "--concurrency", "3"), Client(redis_url, timeout=15) as client:
+        slow = client.proxy("slow")
+        with ThreadPoolExecutor(2) as pool:
+            sleepers = [pool.submit(slow.sync_sleep, 3), pool.submit(slow.async_sleep, 3)]
+            wait_for(lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 2)
+            assert slow.fast(7) == 7
+            assert not any(sleeper.done() for sleeper in sleepers)
+            assert sorted(s.result() for s in sleepers) == ["async slept 3", "sync slept 3"]
+
+
+def test_method_time_limit_answers_and_frees_the_slot(redis_url: str) -> None:
+    with slow_worker(redis_url, "--concurrency", "1"), Client(redis_url, timeout=5) as client:
+        slow = client.proxy("slow")
+        with pytest.raises(TimeLimitExceeded) as caught:
+            slow.stuck_sync()
+        assert caught.value.code == -32001
+        assert caught.value.data == {"limit": 0.3}
+        # The stuck thread sleeps on for seconds; the one slot is free already.
+        assert client.proxy("slow", timeout=1.5).fast(1) == 1
+
+
+def test_worker_wide_time_limit_cancels_async_handlers(redis_url: str) -> None:
+    args = ("--concurrency", "1", "--time-limit", "0.5")
+    with slow_worker(redis_url, *args) as worker, Client(redis_url, timeout=5) as client:
+        with pytest.raises(TimeLimitExceeded) as caught:
+            client.proxy("slow").stuck_async()
+        assert caught.value.data == {"limit": 0.5}
+        assert client.proxy("slow").fast(2) == 2
+        worker.wait_for_line("slow.stuck_async ran past its time limit of 0.5s")
+        # The per-method limit (0.3 s) wins over the worker's.
+        with pytest.raises(TimeLimitExceeded, match=r"\{.limit.: 0\.3\}"):
+            client.proxy("slow").stuck_sync()
+
+
+def test_sync_client_shared_by_16_threads_stays_within_its_bound(redis_url: str) -> None:
+    with (
+        slow_worker(redis_url, "--concurrency", "16"),
+        Client(redis_url, timeout=15, max_connections=4) as client,
+    ):
+        slow = client.proxy("slow")
+        most = 0
+        stop = threading.Event()
+
+        def watch() -> None:
+            nonlocal most
+            with redis.Redis.from_url(redis_url) as connection:
+                while not stop.is_set():
+                    names = [c.get("name") for c in connection.client_list()]
+                    most = max(most, names.count(client.client_name))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        with ThreadPoolExecutor(16) as pool:
+            results = list(
+                pool.map(lambda n: [slow.fast(n * 100 + i) for i in range(25)], range(16))
+            )
+        stop.set()
+        watcher.join()
+        assert results == [[n * 100 + i for i in range(25)] for n in range(16)]
+        assert 1 <= most <= 4
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_processes_serve_in_parallel_and_stop_cleanly_with_calls_in_flight(
+    redis_url: str,
+) -> None:
+    worker = slow_worker(redis_url, "--processes", "2", "--concurrency", "2")
+    worker.start(ready_timeout=0)
+    try:
+        worker.wait_for_line("supervising 2 processes")
+        worker.wait_for_line("rpc-worker serving", count=2)
+        with Client(redis_url, timeout=15) as client:
+            slow = client.proxy("slow")
+            # Redis hands each call to the worker blocked longest: both processes serve.
+            pids = {slow.where()["pid"] for _ in range(20)}
+            assert len(pids) == 2
+            with ThreadPoolExecutor(4) as pool:
+                sleepers = [pool.submit(slow.sync_sleep, 1) for _ in range(4)]
+                wait_for(
+                    lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 4
+                )
+                worker.signal(signal.SIGTERM)
+                assert [s.result() for s in sleepers] == ["sync slept 1"] * 4
+        assert worker.wait(15) == 0
+        worker.wait_for_line("all worker processes exited")
+        for pid in pids:
+            assert not pid_alive(pid)
+    finally:
+        worker.stop()
