@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import protocol
 from .connection import default_url
+from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES
 from .service import Service, load_services
 from .supervisor import Supervisor, child_command
 from .worker import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT, Worker
@@ -91,6 +92,26 @@ def worker_parser() -> argparse.ArgumentParser:
         help="seconds a handler may run before its caller gets an error (default: none)",
     )
     parser.add_argument(
+        "--reliable",
+        action="store_true",
+        help="recover requests from workers that die mid-call (at-least-once; see "
+        "docs/reliability.md); services can also ask for it with Service(reliable=True)",
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=positive_int,
+        default=DEFAULT_MAX_DELIVERIES,
+        help="reliable mode: a request delivered this often is dead-lettered "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=positive_float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        help="reliable mode: seconds between heartbeats; a worker silent for three is "
+        "taken for dead (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -138,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             dead_letter_limit=args.dead_letter_limit,
             debug=args.debug,
             time_limit=args.time_limit,
+            reliable=args.reliable,
+            max_deliveries=args.max_deliveries,
+            heartbeat_interval=args.heartbeat_interval,
         )
     except (ImportError, LookupError, ValueError) as exc:
         parser.exit(2, f"rpc-worker: error: {exc}\n")

@@ -58,6 +58,26 @@ def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:dead:{service}"
 
 
+def in_progress_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A reliable worker's list of the requests it has taken from ``queue`` and not answered."""
+    return f"{prefix}:inprogress:{worker_id}:{queue}"
+
+
+def heartbeat_key(worker_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Exists, with a short expiry, while a reliable worker is alive."""
+    return f"{prefix}:worker:{worker_id}"
+
+
+def worker_registry_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """Hash of reliable workers: id -> JSON naming the queues they take requests from."""
+    return f"{prefix}:workers"
+
+
+def deliveries_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Hash counting how often each recovered request was delivered (SHA-1 of its bytes)."""
+    return f"{prefix}:deliveries:{service}"
+
+
 # -- JSON ---------------------------------------------------------------------------
 
 

@@ -68,11 +68,14 @@ class Service:
     ...     return a + b
     """
 
-    def __init__(self, name: str, *, queue: str | None = None) -> None:
+    def __init__(self, name: str, *, queue: str | None = None, reliable: bool = False) -> None:
+        """``reliable=True``: recover this service's requests from workers that die
+        mid-call (at-least-once delivery; for idempotent methods, see docs/reliability.md)."""
         if not name:
             raise ValueError("a service needs a name")
         self.name = name
         self.queue = queue
+        self.reliable = reliable
         self.functions: dict[str, Callable[..., Any]] = {}
         self._methods: dict[str, Callable[..., Any]] = {}
 

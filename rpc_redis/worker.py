@@ -28,7 +28,8 @@ from redis.backoff import NoBackoff
 
 from . import protocol
 from .connection import async_pool, default_url, redact_url
-from .errors import INTERNAL_ERROR
+from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
+from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -38,6 +39,9 @@ DEFAULT_DEAD_LETTER_LIMIT = 10_000
 # How long one BLPOP blocks before the loop goes round again.
 BLOCK_SECONDS = 5.0
 RECONNECT_BACKOFF_CAP = 5.0
+# How long a worker keeps trying to write a reply through a Redis outage (or until the
+# request's deadline, if sooner).
+WRITE_RETRY_SECONDS = 30.0
 HANDLER_THREAD_PREFIX = "rpc-handler"
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -70,6 +74,9 @@ class Worker:
         dead_letter_limit: int = DEFAULT_DEAD_LETTER_LIMIT,
         debug: bool = False,
         time_limit: float | None = None,
+        reliable: bool = False,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         block_seconds: float = BLOCK_SECONDS,
     ) -> None:
         services = [services] if isinstance(services, Service) else list(services)
@@ -95,10 +102,18 @@ class Worker:
         self.block_seconds = block_seconds
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.by_queue = {queue or service.queue_key(prefix): service for service in services}
+        # Reliable queues: requests move into an in-progress list until answered.
+        self.reliable_queues = {
+            queue: service.name
+            for queue, service in self.by_queue.items()
+            if reliable or service.reliable
+        }
+        self.max_deliveries = max_deliveries
+        self.heartbeat_interval = heartbeat_interval
         self.stats = WorkerStats()
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self._queues = list(self.by_queue)
+        self._plain_queues = [q for q in self.by_queue if q not in self.reliable_queues]
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -113,7 +128,7 @@ class Worker:
         )
 
     def __repr__(self) -> str:
-        return f"Worker({protocol.summarize(self._queues)}, concurrency={self.concurrency})"
+        return f"Worker({protocol.summarize(self.by_queue)}, concurrency={self.concurrency})"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -131,9 +146,54 @@ class Worker:
                 socket_timeout=self.block_seconds + 5,
             )
         )
-        # The receiving connection is named so that stop() can unblock its BLPOP at once.
+        self._reconnecting = asyncio.Lock()
+        self._reliability = Reliability(
+            self._redis,
+            self.name,
+            self.reliable_queues,
+            prefix=self.prefix,
+            heartbeat_interval=self.heartbeat_interval,
+            max_deliveries=self.max_deliveries,
+            dead_letter_limit=self.dead_letter_limit,
+        )
+        # Receiving connections are named so that stop() can unblock their BLPOPs at once.
         self._receiver_name = f"rpc-worker-{self.name}"
-        self._receiver = redis.asyncio.Redis.from_pool(
+        receivers = [
+            (self._receiving_client(), queues)
+            for queues in ([[q] for q in self.reliable_queues] + [self._plain_queues])
+            if queues
+        ]
+        upkeep: asyncio.Task[None] | None = None
+        try:
+            if await self._wait_for_redis():
+                if self.reliable_queues:
+                    await self._reliability.beat()
+                    upkeep = asyncio.create_task(self._keep_up_reliability())
+                logger.info("%s", self.describe())
+                self.ready.set()
+                slots = asyncio.Semaphore(self.concurrency)
+                await asyncio.gather(
+                    *(self._receive(client, queues, slots) for client, queues in receivers)
+                )
+        finally:
+            self._receiving_done.set()
+            if self._unblocker is not None:
+                await self._unblocker
+            await self._drain()
+            if upkeep is not None:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._reliability.retire()
+            for client, _ in receivers:
+                await client.aclose()
+            await self._redis.aclose()
+            self._executor.shutdown(wait=not self._busy_handler_threads)
+            self.stopped.set()
+
+    def _receiving_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_pool(
             async_pool(
                 self.redis_url,
                 max_connections=1,
@@ -142,20 +202,19 @@ class Worker:
                 retry=Retry(NoBackoff(), 0),
             )
         )
-        try:
-            if await self._wait_for_redis():
-                logger.info("%s", self.describe())
-                self.ready.set()
-                await self._receive_until_stopped()
-        finally:
-            self._receiving_done.set()
-            if self._unblocker is not None:
-                await self._unblocker
-            await self._drain()
-            await self._receiver.aclose()
-            await self._redis.aclose()
-            self._executor.shutdown(wait=not self._busy_handler_threads)
-            self.stopped.set()
+
+    def _is_reliable(self, queue: str) -> bool:
+        return queue in self.reliable_queues
+
+    async def _keep_up_reliability(self) -> None:
+        """Beat the heartbeat and look for dead workers, every heartbeat interval."""
+        while True:
+            try:
+                await self._reliability.beat()
+                await self._reliability.recover_dead_workers()
+            except REDIS_ERRORS:
+                pass  # The receive loops log the outage and wait for Redis.
+            await asyncio.sleep(self.heartbeat_interval)
 
     def stop(self) -> None:
         """Stop taking requests; in-flight ones finish. Safe from any thread or signal handler."""
@@ -176,9 +235,10 @@ class Worker:
             f"{service.name} [{protocol.summarize(sorted(service.functions))}] from {queue}"
             for queue, service in self.by_queue.items()
         )
+        reliable = f", reliable: {', '.join(self.reliable_queues)}" if self.reliable_queues else ""
         return (
             f"rpc-worker serving {served} on {redact_url(self.redis_url)} "
-            f"(concurrency {self.concurrency}, pid {os.getpid()})"
+            f"(concurrency {self.concurrency}, pid {os.getpid()}{reliable})"
         )
 
     async def _unblock_receiver(self) -> None:
@@ -208,14 +268,16 @@ class Worker:
 
         Returns False if asked to stop first.
         """
+        async with self._reconnecting:  # several receivers, one outage, one log line
+            return await self._reconnect(first_error)
+
+    async def _reconnect(self, first_error: BaseException | None) -> bool:
         delay = 0.1
-        error = first_error
-        if error is None:
-            try:
-                await self._redis.ping()
-                return True
-            except REDIS_ERRORS as exc:
-                error = exc
+        try:
+            await self._redis.ping()
+            return True  # never lost, or another receiver already reconnected
+        except REDIS_ERRORS as exc:
+            error = exc if first_error is None else first_error
         logger.warning(
             "cannot reach Redis at %s (%s); retrying with backoff",
             redact_url(self.redis_url),
@@ -244,8 +306,10 @@ class Worker:
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def _receive_until_stopped(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+    async def _receive(
+        self, client: redis.asyncio.Redis, queues: list[str], slots: asyncio.Semaphore
+    ) -> None:
+        """Pop requests while there are free slots; each runs as a task holding a slot."""
         while not self._stopping:
             await slots.acquire()
             free = 1
@@ -257,7 +321,10 @@ class Worker:
                     slots.release()
                 break
             try:
-                queue, messages = await self._pop(free)
+                if self._is_reliable(queues[0]):
+                    queue, messages = await self._move_to_in_progress(client, queues[0], free)
+                else:
+                    queue, messages = await self._pop(client, queues, free)
             except REDIS_ERRORS as exc:
                 for _ in range(free):
                     slots.release()
@@ -272,64 +339,83 @@ class Worker:
                 task.add_done_callback(self._in_flight.discard)
                 task.add_done_callback(lambda _: slots.release())
 
-    async def _pop(self, up_to: int) -> tuple[str, list[bytes]]:
+    async def _pop(
+        self, client: redis.asyncio.Redis, queues: list[str], up_to: int
+    ) -> tuple[str, list[bytes]]:
         """Wait for a message; take up to ``up_to`` from its queue in as few round trips.
 
         With one queue, BLPOP and an LPOP of the rest go out together; with several,
         the LPOP follows once BLPOP has said which queue had work.
         """
-        queues = self._next_queue_order()
+        order = self._next_queue_order(queues)
         rest = up_to - 1
-        if len(queues) == 1 and rest:
-            async with self._receiver.pipeline(transaction=False) as pipe:
-                pipe.blpop(queues, self.block_seconds)
-                pipe.lpop(queues[0], rest)
+        if len(order) == 1 and rest:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.blpop(order, self.block_seconds)
+                pipe.lpop(order[0], rest)
                 popped, more = await pipe.execute()
         else:
-            popped, more = await self._receiver.blpop(queues, self.block_seconds), None
+            popped, more = await client.blpop(order, self.block_seconds), None
         if popped is None:
             # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
-            return queues[0], list(more or [])
+            return order[0], list(more or [])
         queue_name, first = cast(tuple[bytes, bytes], popped)
         queue = queue_name.decode()
         if more is None and rest:
-            more = await self._receiver.lpop(queue, rest)
+            more = await client.lpop(queue, rest)
         return queue, [first, *(more or [])]
 
-    def _next_queue_order(self) -> list[str]:
+    async def _move_to_in_progress(
+        self, client: redis.asyncio.Redis, queue: str, up_to: int
+    ) -> tuple[str, list[bytes]]:
+        """BLMOVE a request into this worker's in-progress list, and LMOVE up to the rest.
+
+        The move is atomic in Redis: a crash leaves each request on the queue or in the
+        in-progress list, never nowhere.
+        """
+        in_progress = self._reliability.in_progress_key(queue)
+        async with client.pipeline(transaction=False) as pipe:
+            # Redis takes a fractional timeout; redis-py's hint says int.
+            pipe.blmove(queue, in_progress, self.block_seconds, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            for _ in range(up_to - 1):
+                pipe.lmove(queue, in_progress, "LEFT", "RIGHT")
+            moved = await pipe.execute()
+        return queue, [message for message in moved if message is not None]
+
+    @staticmethod
+    def _next_queue_order(queues: list[str]) -> list[str]:
         """Rotate the queues BLPOP scans, so a busy service cannot starve the others."""
-        if len(self._queues) > 1:
-            self._queues.append(self._queues.pop(0))
-        return self._queues
+        if len(queues) > 1:
+            queues.append(queues.pop(0))
+        return queues
 
     # -- handling ----------------------------------------------------------------------
 
     async def _handle(self, queue: str, raw: bytes) -> None:
         try:
-            await self._handle_message(queue, raw)
+            outcome = await self._outcome(queue, raw)
+            await self._finish(queue, raw, outcome)
         except Exception:  # The last line of defence: log it, keep serving.
             logger.exception("unexpected error handling a message from %s", queue)
 
-    async def _handle_message(self, queue: str, raw: bytes) -> None:
+    async def _outcome(self, queue: str, raw: bytes) -> Outcome:
+        """Decide what a message earns: a reply, a dead letter, or nothing."""
         self.stats.received += 1
         service = self.by_queue[queue]
         message = protocol.decode_message(raw, self.max_message_bytes)
         if isinstance(message, protocol.Rejected):
-            await self._reject(service, queue, raw, message)
-            return
+            return self._rejection(service, message)
         reply_to = message.reply_to
         if reply_to is not None:
             problem = protocol.reply_key_problem(reply_to, self.by_queue, self.prefix)
             if problem is not None:
-                await self._dead_letter(service, queue, raw, problem)
-                return
+                return Outcome(dead_letter_reason=problem)
         if protocol.is_expired(message.deadline, time.time()):
             self.stats.expired += 1
             logger.debug("skipped a request to %s whose caller stopped waiting", service.name)
-            return
+            return Outcome()
         if reply_to is None and protocol.expects_reply(message.payload):
-            await self._dead_letter(service, queue, raw, "request has no usable reply key")
-            return
+            return Outcome(dead_letter_reason="request has no usable reply key")
         response = await service.dispatch(
             message.payload,
             deadline=message.deadline,
@@ -339,10 +425,23 @@ class Worker:
         )
         if response is None:
             self.stats.notifications += 1
-            return
+            return Outcome(deadline=message.deadline)
         self._log_error_responses(service, message.payload, response)
-        assert reply_to is not None
-        await self._reply(reply_to, protocol.encode_response(response))
+        return Outcome(reply_to, protocol.encode_response(response), deadline=message.deadline)
+
+    def _rejection(self, service: Service, rejected: protocol.Rejected) -> Outcome:
+        self.stats.rejected += 1
+        reply_to = rejected.reply_to
+        if reply_to is None or protocol.reply_key_problem(reply_to, self.by_queue, self.prefix):
+            return Outcome(dead_letter_reason=rejected.reason)
+        logger.warning(
+            "rejected a message to %s (%s); replied with error %d",
+            service.name,
+            rejected.reason,
+            rejected.error.code,
+        )
+        response = protocol.error_response(rejected.request_id, rejected.error)
+        return Outcome(reply_to, protocol.encode_response(response))
 
     async def _run_sync(self, func: Callable[[], Any]) -> Any:
         assert self._loop is not None
@@ -362,23 +461,6 @@ class Worker:
         """Threads running a plain-function handler now: after a stop, those past a limit."""
         return self._busy_handler_threads
 
-    async def _reject(
-        self, service: Service, queue: str, raw: bytes, rejected: protocol.Rejected
-    ) -> None:
-        self.stats.rejected += 1
-        reply_to = rejected.reply_to
-        if reply_to is None or protocol.reply_key_problem(reply_to, self.by_queue, self.prefix):
-            await self._dead_letter(service, queue, raw, rejected.reason)
-            return
-        logger.warning(
-            "rejected a message to %s (%s); replied with error %d",
-            service.name,
-            rejected.reason,
-            rejected.error.code,
-        )
-        response = protocol.error_response(rejected.request_id, rejected.error)
-        await self._reply(reply_to, protocol.encode_response(response))
-
     def _log_error_responses(self, service: Service, payload: Any, response: Any) -> None:
         """One line for each request the caller got wrong; handler failures log their own."""
         methods = {
@@ -388,7 +470,7 @@ class Worker:
         }
         for item in response if isinstance(response, list) else [response]:
             error = item.get("error") if isinstance(item, dict) else None
-            if error is None or error.get("code") == INTERNAL_ERROR:
+            if error is None or error.get("code") in (INTERNAL_ERROR, TIME_LIMIT_EXCEEDED):
                 continue
             is_reserved = -32768 <= error.get("code", 0) <= -32000
             logger.log(
@@ -403,30 +485,60 @@ class Worker:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def _reply(self, reply_to: str, body: bytes) -> None:
-        """Push the reply and set its expiry in one round trip, so unread replies vanish."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(reply_to, body)
-                pipe.pexpire(reply_to, self.reply_ttl_ms)
-                await pipe.execute()
-            self.stats.replied += 1
-        except REDIS_ERRORS as exc:
-            logger.error("could not write a reply to %s: %s", reply_to, exc)
+    async def _finish(self, queue: str, raw: bytes, outcome: Outcome) -> None:
+        """Write the outcome in one round trip; for a reliable queue, in one transaction
+        with the removal of the request from this worker's in-progress list.
 
-    async def _dead_letter(self, service: Service, queue: str, raw: bytes, reason: str) -> None:
-        """Keep an undeliverable message, why and when, in a bounded list."""
-        self.stats.dead_lettered += 1
-        key = protocol.dead_letter_key(service.name, self.prefix)
-        logger.warning("dead-lettered a message to %s: %s", service.name, reason)
-        entry = protocol.encode_dead_letter(raw, reason, queue, time.time())
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(key, entry)
-                pipe.ltrim(key, -self.dead_letter_limit, -1)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            logger.error("could not write a dead letter to %s: %s", key, exc)
+        A reply key gets its expiry with the reply, so a reply nobody reads vanishes.
+        """
+        service = self.by_queue[queue]
+        in_progress = self._reliability.in_progress_key(queue) if self._is_reliable(queue) else None
+        if outcome.dead_letter_reason is not None:
+            self.stats.dead_lettered += 1
+            logger.warning(
+                "dead-lettered a message to %s: %s", service.name, outcome.dead_letter_reason
+            )
+        if outcome.reply_to is None and outcome.dead_letter_reason is None and in_progress is None:
+            return
+        give_up_at = time.time() + WRITE_RETRY_SECONDS
+        if outcome.deadline is not None:
+            give_up_at = max(min(give_up_at, outcome.deadline), time.time() + 1)
+        delay = 0.05
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=in_progress is not None) as pipe:
+                    if outcome.reply_to is not None and outcome.body is not None:
+                        pipe.rpush(outcome.reply_to, outcome.body)
+                        pipe.pexpire(outcome.reply_to, self.reply_ttl_ms)
+                    if outcome.dead_letter_reason is not None:
+                        key = protocol.dead_letter_key(service.name, self.prefix)
+                        entry = protocol.encode_dead_letter(
+                            raw, outcome.dead_letter_reason, queue, time.time()
+                        )
+                        pipe.rpush(key, entry)
+                        pipe.ltrim(key, -self.dead_letter_limit, -1)
+                    if in_progress is not None:
+                        pipe.lrem(in_progress, 1, raw)  # type: ignore[arg-type]
+                    await pipe.execute()
+                break
+            except REDIS_ERRORS as exc:
+                if time.time() + delay > give_up_at:
+                    logger.error("could not write the outcome of a request to %s: %s", queue, exc)
+                    return
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 1.0)
+        if outcome.reply_to is not None:
+            self.stats.replied += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What handling a message produced: a reply to write, a dead letter, or neither."""
+
+    reply_to: str | None = None
+    body: bytes | None = None
+    dead_letter_reason: str | None = None
+    deadline: float | None = None
 
 
 def run_worker(worker: Worker) -> None:

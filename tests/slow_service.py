@@ -66,3 +66,20 @@ def meet_sync(name: str, parties: int, timeout: float = 10) -> str:
 async def meet_async(name: str, parties: int, timeout: float = 10) -> str:
     await asyncio.to_thread(_barrier(name, parties, timeout).wait)
     return "met"
+
+
+@service.method
+def count_and_sleep(token: str, seconds: float) -> int:
+    """Counts its executions of ``token`` in Redis (from $RPC_REDIS_URL), then sleeps."""
+    import redis
+
+    with redis.Redis.from_url(os.environ["RPC_REDIS_URL"]) as connection:
+        executions = int(connection.incr(f"test:executions:{token}"))
+    time.sleep(seconds)
+    return executions
+
+
+@service.method
+def crash() -> None:
+    """Kills the worker process outright, as a segfault or the OOM killer would."""
+    os.kill(os.getpid(), 9)

@@ -1,0 +1,165 @@
+"""Reliable mode against real faults: kill -9 a worker mid-call, recover, dead-letter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+import redis
+
+from rpc_redis import Client, RpcTimeout
+from rpc_redis.protocol import decode_dead_letter
+from rpc_redis.testing import WorkerProcess, calls_in_flight
+from tests.conftest import REPOSITORY
+
+QUEUE = "rpc:queue:slow"
+HEARTBEAT = "0.3"  # seconds; a worker silent for three beats is dead
+
+
+def reliable_worker(redis_url: str, *options: str) -> WorkerProcess:
+    env = {**os.environ, "RPC_REDIS_URL": redis_url}
+    args = ["tests.slow_service", "--reliable", "--heartbeat-interval", HEARTBEAT, *options]
+    return WorkerProcess(args, cwd=REPOSITORY, env=env)
+
+
+@pytest.fixture
+def workers() -> Iterator[ExitStack]:
+    """Started workers are stopped (SIGTERM, then SIGKILL) when the test ends."""
+    with ExitStack() as stack:
+        yield stack
+
+
+def holder_of_the_call(connection: redis.Redis) -> int:
+    """The pid of the worker whose in-progress list holds a request."""
+    for key in connection.scan_iter("rpc:inprogress:*"):
+        if connection.llen(key):
+            worker_id = key.decode().split(":")[2]
+            return int(worker_id.split("-")[0])
+    raise AssertionError("no request in progress")
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    """Poll a cheap condition that has no event to wait on (a Redis key)."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def call_in_thread(client: Client, *args: object) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        started = time.monotonic()
+        try:
+            outcome["result"] = client.proxy("slow").count_and_sleep(*args)
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["waited"] = time.monotonic() - started
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, outcome
+
+
+def test_killed_worker_request_is_answered_by_the_other(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    first = workers.enter_context(reliable_worker(redis_url))
+    second = workers.enter_context(reliable_worker(redis_url))
+    by_pid = {first.pid: first, second.pid: second}
+    with Client(redis_url, timeout=15) as client:
+        caller, outcome = call_in_thread(client, "kill-one", 1.0)
+        wait_for(lambda: calls_in_flight(redis_url, client.client_name, QUEUE) == 1)
+        wait_for(lambda: redis_connection.get("test:executions:kill-one") == b"1")
+        victim_pid = holder_of_the_call(redis_connection)
+        survivor = by_pid[next(pid for pid in by_pid if pid != victim_pid)]
+        os.kill(victim_pid, signal.SIGKILL)
+        caller.join(15)
+    assert outcome.get("result") == 2, outcome  # it ran again, on the survivor
+    assert outcome["waited"] < 15
+    survivor.wait_for_line(r"recovered 1 request\(s\) of dead worker .*: 1 requeued")
+    # The dead worker is forgotten and its in-progress list is gone.
+    registry = redis_connection.hgetall("rpc:workers")
+    assert [key.decode().split("-")[0] for key in registry] == [str(survivor.pid)]
+    assert not [
+        key for key in redis_connection.scan_iter("rpc:inprogress:*") if str(victim_pid) in str(key)
+    ]
+
+
+def test_without_another_worker_the_caller_times_out_and_a_new_worker_recovers_it(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    only = workers.enter_context(reliable_worker(redis_url))
+    with Client(redis_url, timeout=20) as client:
+        caller, outcome = call_in_thread(client, "late-recovery", 0.5)
+        wait_for(lambda: redis_connection.get("test:executions:late-recovery") == b"1")
+        only.signal(signal.SIGKILL)
+        only.wait(10)
+        # Nobody is left: wait until its heartbeat has expired, then bring a worker back.
+        wait_for(lambda: not redis_connection.keys("rpc:worker:*"))
+        returning = workers.enter_context(reliable_worker(redis_url))
+        caller.join(20)
+    assert outcome.get("result") == 2, outcome  # recovered and answered within 20 s
+    returning.wait_for_line(r"recovered 1 request\(s\) .*: 1 requeued, 0 expired")
+
+
+def test_a_request_whose_deadline_passed_is_dropped_not_recovered(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    only = workers.enter_context(reliable_worker(redis_url))
+    with Client(redis_url, timeout=1.5) as client:
+        caller, outcome = call_in_thread(client, "expired", 0.5)
+        wait_for(lambda: redis_connection.get("test:executions:expired") == b"1")
+        only.signal(signal.SIGKILL)
+        only.wait(10)
+        caller.join(10)
+    assert isinstance(outcome.get("error"), RpcTimeout)
+    assert outcome["waited"] < 2.5
+    returning = workers.enter_context(reliable_worker(redis_url))
+    returning.wait_for_line(r"recovered 1 request\(s\) .*: 0 requeued, 1 expired")
+    assert redis_connection.get("test:executions:expired") == b"1"  # not run again
+    assert redis_connection.llen(QUEUE) == 0
+
+
+def test_a_request_that_kills_every_worker_ends_as_a_dead_letter(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    options = ("--max-deliveries", "2")
+    first = workers.enter_context(reliable_worker(redis_url, *options))
+    second = workers.enter_context(reliable_worker(redis_url, *options))
+    with Client(redis_url, timeout=5) as client:
+        client.proxy("slow").notify.crash()
+        # One worker takes it and dies; the other recovers it, takes it and dies too.
+        assert first.wait(15) != 0
+        assert second.wait(15) != 0
+    third = workers.enter_context(reliable_worker(redis_url, *options))
+    third.wait_for_line(r"recovered 1 request\(s\) .*: 0 requeued, 0 expired, 1 dead-lettered")
+    [entry] = [decode_dead_letter(e) for e in redis_connection.lrange("rpc:dead:slow", 0, -1)]
+    assert entry["reason"] == "delivered 2 times, and every worker died before replying"
+    assert '"method":"crash"' in entry["message"]
+    assert entry["queue"] == QUEUE
+    with Client(redis_url, timeout=5) as client:
+        assert client.proxy("slow").fast(5) == 5  # the survivor serves on
+
+
+def test_clean_stop_leaves_no_worker_state(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    worker = workers.enter_context(reliable_worker(redis_url))
+    with Client(redis_url, timeout=5) as client:
+        assert [client.proxy("slow").fast(n) for n in range(10)] == list(range(10))
+    assert redis_connection.hlen("rpc:workers") == 1
+    assert worker.stop() == 0
+    leftovers = [
+        key
+        for pattern in ("rpc:worker:*", "rpc:inprogress:*", "rpc:workers")
+        for key in redis_connection.keys(pattern)
+    ]
+    assert leftovers == []
