@@ -78,7 +78,7 @@ def sync_caller(url: str, stop: threading.Event, tally: Tally, seed: int) -> Non
             a, b = chance.randint(0, 1000), chance.randint(0, 1000)
             if chance.random() < 0.1:
                 seconds = round(chance.uniform(0.05, 0.5), 3)
-                classify(lambda: calc.sleep(seconds), seconds, tally)
+                classify(lambda seconds=seconds: calc.sleep(seconds), seconds, tally)
             else:
                 classify(lambda a=a, b=b: calc.add(a, b), a + b, tally)
 
