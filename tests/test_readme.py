@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rpc_redis.testing import serve_in_thread
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
@@ -69,11 +71,14 @@ def test_readme_python_examples_run(redis_url: str) -> None:
     assert len(checked) == expected_checks
 
 
-def test_worker_guide_python_examples_run() -> None:
-    blocks = python_blocks(REPOSITORY / "docs" / "worker.md")
+@pytest.mark.parametrize("page", ["worker.md", "reliability.md"])
+def test_guide_python_examples_run(page: str) -> None:
+    from rpc_redis import Service
+
+    blocks = python_blocks(REPOSITORY / "docs" / page)
     assert blocks
     for block in blocks:
-        namespace: dict[str, Any] = {"__name__": "worker_guide"}
-        exec(compile(block, "docs/worker.md", "exec"), namespace)
-        service = namespace["service"]
-        assert service.functions  # each example defines a served method
+        namespace: dict[str, Any] = {"__name__": "guide"}
+        exec(compile(block, f"docs/{page}", "exec"), namespace)
+        services = [value for value in namespace.values() if isinstance(value, Service)]
+        assert services, "each example defines a Service"
