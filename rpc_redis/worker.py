@@ -349,7 +349,8 @@ class Worker:
         """
         order = self._next_queue_order(queues)
         rest = up_to - 1
-        if len(order) == 1 and rest:
+        rest_pipelined = len(order) == 1 and rest > 0
+        if rest_pipelined:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.blpop(order, self.block_seconds)
                 pipe.lpop(order[0], rest)
@@ -361,7 +362,7 @@ class Worker:
             return order[0], list(more or [])
         queue_name, first = cast(tuple[bytes, bytes], popped)
         queue = queue_name.decode()
-        if more is None and rest:
+        if rest and not rest_pipelined:
             more = await client.lpop(queue, rest)
         return queue, [first, *(more or [])]
 

@@ -1,0 +1,413 @@
+"""The benchmark: rpc_redis next to the raw-Redis floor, in one run, on one Redis.
+
+    python -m bench                 # the full run (several minutes)
+    python -m bench --quick         # a tiny configuration, for a smoke test
+
+Everything runs on this machine over loopback: one embedded redis-server, floor
+workers (bench/floor.py) and rpc-worker processes (bench/service.py), and the callers
+in this process. See BENCHMARKS.md for how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+
+import rpc_redis
+from rpc_redis import AsyncClient, Client
+from rpc_redis.embedded import EmbeddedRedis
+from rpc_redis.testing import WorkerProcess
+
+from . import floor
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAYLOADS = {"100 B": "x" * 100, "100 KB": "x" * 100_000}
+
+
+@dataclass
+class Row:
+    kind: str  # "latency" or "throughput"
+    system: str  # "floor", "sync", "async"
+    callers: int
+    workers: int
+    payload: str
+    calls: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list, repr=False)
+    worker_cpu: float = 0.0
+    client_cpu: float = 0.0
+    redis_cpu: float = 0.0
+    commands: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    @property
+    def median_us(self) -> float:
+        return statistics.median(self.latencies) * 1e6 if self.latencies else 0.0
+
+    @property
+    def p99_us(self) -> float:
+        if len(self.latencies) < 2:
+            return self.median_us
+        return statistics.quantiles(self.latencies, n=100)[98] * 1e6
+
+    def per_call(self, value: float) -> float:
+        return value / self.calls * 1e6 if self.calls else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def command_count(connection: redis.Redis) -> int:
+    stats = connection.info("commandstats")
+    return sum(
+        int(value["calls"])
+        for name, value in stats.items()
+        if name not in ("cmdstat_info", "cmdstat_ping")
+    )
+
+
+class Bench:
+    def __init__(self, server: EmbeddedRedis, duration: float) -> None:
+        self.server = server
+        self.url = server.url
+        self.duration = duration
+        self.admin = redis.Redis.from_url(self.url)
+        self.floor_workers: dict[int, list[subprocess.Popen[bytes]]] = {}
+        self.rpc_workers: dict[int, list[WorkerProcess]] = {}
+
+    # -- processes -------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        for count in (1, 2):
+            queue = f"floor:{count}"
+            self.floor_workers[count] = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.floor", self.url, queue],
+                    cwd=REPOSITORY,
+                    stdout=subprocess.PIPE,
+                )
+                for _ in range(count)
+            ]
+            for process in self.floor_workers[count]:
+                assert process.stdout is not None
+                process.stdout.readline()  # "floor worker ready"
+            args = ["bench.service", "--redis-url", self.url, "--queue", f"rpc:bench:{count}"]
+            args += ["--concurrency", "64", "--log-level", "WARNING"]
+            self.rpc_workers[count] = [
+                WorkerProcess(args, cwd=REPOSITORY).start(ready_timeout=0) for _ in range(count)
+            ]
+        # A warm-up call through each path also proves each worker is serving.
+        for count in (1, 2):
+            for _ in range(count * 4):
+                self.floor_call(count, "warm")
+            with Client(self.url) as client:
+                for _ in range(count * 4):
+                    client.proxy("bench", queue=f"rpc:bench:{count}").echo("warm")
+
+    def stop_workers(self) -> list[int]:
+        codes = []
+        for processes in self.floor_workers.values():
+            for process in processes:
+                process.terminate()
+                codes.append(process.wait(10))
+                if process.stdout is not None:
+                    process.stdout.close()
+        for workers in self.rpc_workers.values():
+            codes.extend(worker.stop() for worker in workers)
+        return codes
+
+    def worker_pids(self, system: str, count: int) -> list[int]:
+        if system == "floor":
+            return [process.pid for process in self.floor_workers[count]]
+        return [worker.pid for worker in self.rpc_workers[count]]
+
+    # -- one measurement -------------------------------------------------------------
+
+    def floor_call(self, workers: int, payload: str, connection: redis.Redis | None = None) -> None:
+        own = connection or redis.Redis.from_url(self.url, socket_timeout=None)
+        reply_key = f"floor:reply:{uuid.uuid4().hex}".encode()
+        assert floor.call(own, f"floor:{workers}", reply_key, payload.encode()) == payload.encode()
+
+    @contextmanager
+    def measuring(self, row: Row) -> Iterator[None]:
+        pids = self.worker_pids(row.system, row.workers)
+        worker_cpu = sum(cpu_seconds(pid) for pid in pids)
+        redis_cpu = cpu_seconds(self.server.pid or 0)
+        commands = command_count(self.admin)
+        client_cpu = time.process_time()
+        started = time.perf_counter()
+        yield
+        row.seconds = time.perf_counter() - started
+        row.client_cpu = time.process_time() - client_cpu
+        row.commands = command_count(self.admin) - commands
+        row.redis_cpu = cpu_seconds(self.server.pid or 0) - redis_cpu
+        row.worker_cpu = sum(cpu_seconds(pid) for pid in pids) - worker_cpu
+
+    def run(self, row: Row, calls: int | None = None) -> Row:
+        """Run ``row.callers`` callers for the duration (or ``calls`` calls each)."""
+        payload = PAYLOADS[row.payload]
+        stop_at = time.perf_counter() + self.duration
+        latencies: list[list[float]] = [[] for _ in range(row.callers)]
+
+        def keep_going(done: int) -> bool:
+            return done < calls if calls is not None else time.perf_counter() < stop_at
+
+        if row.system == "async":
+            with self.measuring(row):
+                asyncio.run(self._async_callers(row, payload, latencies, keep_going))
+        else:
+            callers = self._sync_callers(row, payload, latencies, keep_going)
+            with self.measuring(row):
+                threads = [threading.Thread(target=caller) for caller in callers]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+        row.latencies = [latency for per_caller in latencies for latency in per_caller]
+        row.calls = len(row.latencies)
+        return row
+
+    def _sync_callers(
+        self,
+        row: Row,
+        payload: str,
+        latencies: list[list[float]],
+        keep_going: Callable[[int], bool],
+    ) -> list[Callable[[], None]]:
+        if row.system == "floor":
+            connections = [
+                redis.Redis.from_url(self.url, socket_timeout=None) for _ in range(row.callers)
+            ]
+
+            def floor_caller(n: int) -> None:
+                while keep_going(len(latencies[n])):
+                    started = time.perf_counter()
+                    self.floor_call(row.workers, payload, connections[n])
+                    latencies[n].append(time.perf_counter() - started)
+
+            return [lambda n=n: floor_caller(n) for n in range(row.callers)]
+        client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
+        proxy = client.proxy("bench", queue=f"rpc:bench:{row.workers}")
+
+        def rpc_caller(n: int) -> None:
+            while keep_going(len(latencies[n])):
+                started = time.perf_counter()
+                assert proxy.echo(payload) == payload
+                latencies[n].append(time.perf_counter() - started)
+
+        return [lambda n=n: rpc_caller(n) for n in range(row.callers)]
+
+    async def _async_callers(
+        self,
+        row: Row,
+        payload: str,
+        latencies: list[list[float]],
+        keep_going: Callable[[int], bool],
+    ) -> None:
+        async with AsyncClient(self.url, timeout=30) as client:
+            proxy = client.proxy("bench", queue=f"rpc:bench:{row.workers}")
+
+            async def caller(n: int) -> None:
+                while keep_going(len(latencies[n])):
+                    started = time.perf_counter()
+                    assert await proxy.echo(payload) == payload
+                    latencies[n].append(time.perf_counter() - started)
+
+            await asyncio.gather(*(caller(n) for n in range(row.callers)))
+
+    # -- the other measurements ------------------------------------------------------
+
+    def concurrent_versus_sequential(self, calls: int) -> tuple[float, float]:
+        """Seconds for ``calls`` async calls gathered at once, and made one by one."""
+
+        async def measure() -> tuple[float, float]:
+            async with AsyncClient(self.url, timeout=60) as client:
+                proxy = client.proxy("bench", queue="rpc:bench:1")
+                started = time.perf_counter()
+                await asyncio.gather(*(proxy.echo("x") for _ in range(calls)))
+                together = time.perf_counter() - started
+                started = time.perf_counter()
+                for _ in range(calls):
+                    await proxy.echo("x")
+                return together, time.perf_counter() - started
+
+        return asyncio.run(measure())
+
+    def soak(self, calls: int) -> tuple[float, float]:
+        """Worker RSS (MB) before and after ``calls`` calls."""
+        pid = self.rpc_workers[1][0].pid
+        before = rss_mb(pid)
+
+        async def hammer() -> None:
+            async with AsyncClient(self.url, timeout=60) as client:
+                proxy = client.proxy("bench", queue="rpc:bench:1")
+                per_caller = calls // 32
+
+                async def caller() -> None:
+                    for _ in range(per_caller):
+                        await proxy.echo("soak")
+
+                await asyncio.gather(*(caller() for _ in range(32)))
+
+        asyncio.run(hammer())
+        return before, rss_mb(pid)
+
+    def keys_left(self) -> int:
+        return int(self.admin.dbsize())
+
+
+def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
+    header = (
+        f"{'kind':<10} {'system':<6} {'callers':>7} {'workers':>7} {'payload':>7} "
+        f"{'calls':>7} {'calls/s':>9} {'median µs':>10} {'p99 µs':>9} {'ratio':>6} "
+        f"{'cpu µs/call: worker':>19} {'client':>7} {'redis':>6} {'cmds/call':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        base = floors.get((row.kind, row.callers, row.workers, row.payload))
+        if base is None or row.system == "floor":
+            ratio = 1.0
+        elif row.kind == "latency":
+            ratio = row.median_us / base.median_us
+        else:
+            ratio = row.throughput / base.throughput
+        lines.append(
+            f"{row.kind:<10} {row.system:<6} {row.callers:>7} {row.workers:>7} "
+            f"{row.payload:>7} {row.calls:>7} {row.throughput:>9.0f} {row.median_us:>10.0f} "
+            f"{row.p99_us:>9.0f} {ratio:>6.2f} {row.per_call(row.worker_cpu):>19.0f} "
+            f"{row.per_call(row.client_cpu):>7.0f} {row.per_call(row.redis_cpu):>6.0f} "
+            f"{row.commands / row.calls if row.calls else 0:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+def machine(server: EmbeddedRedis) -> str:
+    with redis.Redis.from_url(server.url) as connection:
+        redis_version = connection.info("server")["redis_version"]
+    return (
+        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"Redis {redis_version}, redis-py {redis.__version__}, rpc-redis "
+        f"{getattr(rpc_redis, '__version__', '0.1.0')}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny configuration")
+    parser.add_argument("--duration", type=float, help="seconds per throughput row")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    duration = args.duration or (0.3 if quick else 3.0)
+    sequential_calls = {"100 B": 100 if quick else 3000, "100 KB": 20 if quick else 300}
+    caller_counts = (1, 8) if quick else (1, 8, 64)
+    soak_calls = 2_000 if quick else 200_000
+    concurrent_calls = 200 if quick else 1000
+
+    rows: list[Row] = []
+    with EmbeddedRedis() as server:
+        bench = Bench(server, duration)
+        print(f"machine: {machine(server)}")
+        print(
+            "note: shared, noisy machines; compare the ratios (measured in the same run), "
+            "not the absolute numbers."
+        )
+        bench.start_workers()
+        try:
+            for payload, calls in sequential_calls.items():
+                for system in ("floor", "sync", "async"):
+                    rows.append(bench.run(Row("latency", system, 1, 1, payload), calls=calls))
+            for workers in (1, 2):
+                for callers in caller_counts:
+                    for system in ("floor", "sync", "async"):
+                        rows.append(bench.run(Row("throughput", system, callers, workers, "100 B")))
+            for system in ("floor", "sync", "async"):
+                rows.append(bench.run(Row("throughput", system, 8, 1, "100 KB")))
+            together, one_by_one = bench.concurrent_versus_sequential(concurrent_calls)
+            rss_before, rss_after = bench.soak(soak_calls)
+        finally:
+            exit_codes = bench.stop_workers()
+        keys_left = bench.keys_left()
+    floors = {(r.kind, r.callers, r.workers, r.payload): r for r in rows if r.system == "floor"}
+    print()
+    print(table(rows, floors))
+    print()
+
+    def ratio(system: str, kind: str, callers: int, workers: int, payload: str) -> float:
+        [row] = [
+            r
+            for r in rows
+            if (r.system, r.kind, r.callers, r.workers, r.payload)
+            == (system, kind, callers, workers, payload)
+        ]
+        base = floors[(kind, callers, workers, payload)]
+        if kind == "latency":
+            return row.median_us / base.median_us
+        return row.throughput / base.throughput
+
+    latency_ratio = ratio("sync", "latency", 1, 1, "100 B")
+    throughput_ratio = ratio("sync", "throughput", 8, 1, "100 B")
+    speedup = one_by_one / together
+    growth = rss_after - rss_before
+    rss = f"{growth:+.1f} MB ({rss_before:.1f} -> {rss_after:.1f})"
+    timing = f"{speedup:.1f}x ({one_by_one:.2f}s / {together:.2f}s)"
+    targets = [
+        ("sync median latency / floor (100 B)", f"{latency_ratio:.2f}", "<= 1.25"),
+        ("sync throughput / floor, 8 callers, 1 worker", f"{throughput_ratio:.2f}", ">= 0.80"),
+        (f"worker RSS growth over {soak_calls:,} calls", rss, "< 5 MB"),
+        ("keys left in Redis", str(keys_left), "0"),
+        (f"{concurrent_calls} async calls: one by one / gathered", timing, ">= 3x"),
+    ]
+    met = [
+        latency_ratio <= 1.25,
+        throughput_ratio >= 0.8,
+        growth < 5,
+        keys_left == 0,
+        speedup >= 3,
+    ]
+    print("targets (ratios from this run):")
+    for (name, value, goal), ok in zip(targets, met, strict=True):
+        print(f"  {'MET ' if ok else 'MISS'}  {name}: {value} (target {goal})")
+    print(f"workers' exit codes: {exit_codes}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = [
+            {**asdict(row), "latencies": None, "median_us": row.median_us, "p99_us": row.p99_us}
+            for row in rows
+        ]
+        results = {"rows": payload, "targets": targets, "met": met}
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if all(code == 0 for code in exit_codes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

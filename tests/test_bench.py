@@ -1,0 +1,32 @@
+"""The benchmark runs end to end in its tiny configuration and prints its table.
+
+Timing belongs to the benchmark, not to tests: nothing here checks a number.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPOSITORY
+
+
+def test_quick_benchmark_prints_its_table_and_targets() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--duration", "0.2"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout
+    assert done.returncode == 0, output + done.stderr
+    assert re.search(r"^machine: \d+ cores, .*Python 3\.\d+.*Redis \d+\.\d+", output, re.M)
+    assert "noisy" in output
+    for system in ("floor", "sync", "async"):
+        assert re.search(rf"^latency\s+{system}\s+1\s+1\s+100 B\s+\d+", output, re.M), system
+        assert re.search(rf"^throughput\s+{system}\s+8\s+2\s+100 B\s+\d+", output, re.M), system
+    assert len(re.findall(r"^  (MET |MISS)  ", output, re.M)) == 5
+    assert re.search(r"keys left in Redis: \d+", output)
+    assert re.search(r"^workers' exit codes: \[0, 0, 0, 0, 0, 0\]$", output, re.M)
