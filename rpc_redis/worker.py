@@ -119,6 +119,8 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unblocker: asyncio.Future[None] | None = None
+        self._outbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]] = []
+        self._writes: set[asyncio.Future[None]] = set()
         self._busy_lock = threading.Lock()
         self._busy_handler_threads = 0
         # Twice the slots: a plain function past its time limit keeps its thread until it
@@ -494,12 +496,22 @@ class Worker:
         """
         service = self.by_queue[queue]
         in_progress = self._reliability.in_progress_key(queue) if self._is_reliable(queue) else None
+        commands: list[tuple[Any, ...]] = []
+        if outcome.reply_to is not None and outcome.body is not None:
+            commands.append(("RPUSH", outcome.reply_to, outcome.body))
+            commands.append(("PEXPIRE", outcome.reply_to, self.reply_ttl_ms))
         if outcome.dead_letter_reason is not None:
             self.stats.dead_lettered += 1
             logger.warning(
                 "dead-lettered a message to %s: %s", service.name, outcome.dead_letter_reason
             )
-        if outcome.reply_to is None and outcome.dead_letter_reason is None and in_progress is None:
+            key = protocol.dead_letter_key(service.name, self.prefix)
+            entry = protocol.encode_dead_letter(raw, outcome.dead_letter_reason, queue, time.time())
+            commands.append(("RPUSH", key, entry))
+            commands.append(("LTRIM", key, -self.dead_letter_limit, -1))
+        if in_progress is not None:
+            commands.append(("LREM", in_progress, 1, raw))
+        if not commands:
             return
         give_up_at = time.time() + WRITE_RETRY_SECONDS
         if outcome.deadline is not None:
@@ -507,20 +519,10 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                async with self._redis.pipeline(transaction=in_progress is not None) as pipe:
-                    if outcome.reply_to is not None and outcome.body is not None:
-                        pipe.rpush(outcome.reply_to, outcome.body)
-                        pipe.pexpire(outcome.reply_to, self.reply_ttl_ms)
-                    if outcome.dead_letter_reason is not None:
-                        key = protocol.dead_letter_key(service.name, self.prefix)
-                        entry = protocol.encode_dead_letter(
-                            raw, outcome.dead_letter_reason, queue, time.time()
-                        )
-                        pipe.rpush(key, entry)
-                        pipe.ltrim(key, -self.dead_letter_limit, -1)
-                    if in_progress is not None:
-                        pipe.lrem(in_progress, 1, raw)  # type: ignore[arg-type]
-                    await pipe.execute()
+                if in_progress is None:
+                    results = await self._write_with_others(commands)
+                else:
+                    results = await self._write_transaction(commands)
                 break
             except REDIS_ERRORS as exc:
                 if time.time() + delay > give_up_at:
@@ -528,8 +530,52 @@ class Worker:
                     return
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
-        if outcome.reply_to is not None:
+        failures = [result for result in results if isinstance(result, Exception)]
+        if failures:  # e.g. a reply key that holds a string, not a list
+            logger.error("could not write the outcome of a request to %s: %s", queue, failures[0])
+        elif outcome.reply_to is not None:
             self.stats.replied += 1
+
+    async def _write_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _write_with_others(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Queue commands for the next write: the outcomes of every request finished in
+        one pass of the event loop go out together, in one round trip."""
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[list[Any]] = loop.create_future()
+        self._outbox.append((commands, written))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._start_write)
+        return await written
+
+    def _start_write(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        write = asyncio.ensure_future(self._write(outbox))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _write(self, outbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for commands, _ in outbox:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                results = list(await pipe.execute(raise_on_error=False))
+        except BaseException as exc:  # whatever it is, no writer may wait forever
+            for _, written in outbox:
+                if not written.done():
+                    written.set_exception(exc)
+            if isinstance(exc, REDIS_ERRORS):
+                return
+            raise
+        for commands, written in outbox:
+            mine, results = results[: len(commands)], results[len(commands) :]
+            if not written.done():
+                written.set_result(mine)
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,3 +381,26 @@ def test_only_envelope_version_1_is_accepted(
         "data": f"unsupported envelope version {version}",
     }
     assert reply["id"] == 9
+
+
+def test_a_reply_key_holding_another_type_costs_one_log_line(
+    worker: Worker,
+    redis_url: str,
+    redis_connection: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_connection.set("a-string-key", "not a list")
+    request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": "a-string-key"}
+    redis_connection.rpush(QUEUE, json.dumps(request))
+    assert_still_serving(redis_url)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("rpc_redis")]
+
+    deadline = time.monotonic() + 5  # the line follows the write the sentinel rode with
+    while not lines():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    [line] = lines()
+    assert "could not write the outcome" in line and "WRONGTYPE" in line
+    assert redis_connection.get("a-string-key") == b"not a list"
