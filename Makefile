@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## an embedded Redis, a cats worker and a client sending cats
 	$(BIN)/python -m services.demo
 
-test: $(STAMP)  ## the whole suite, on embedded redis-server processes
+test: lint  ## lint, then the whole suite, on embedded redis-server processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff and mypy --strict

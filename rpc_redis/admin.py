@@ -1,0 +1,476 @@
+"""``rpc-admin``: count, list, requeue and purge a service's dead letters.
+
+The functions work on any redis-py client, so the same operations are usable from
+Python; :func:`main` is the command line around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import protocol
+from .connection import default_url, redact_url, sync_pool
+
+# The longest message (in characters) a `dead list` line shows; --json shows it all.
+MESSAGE_WIDTH = 60
+# The longest reason a `dead list` line shows.
+REASON_WIDTH = 100
+# Seconds to wait for any one reply from Redis; requeueing 10,000 entries takes far less.
+SOCKET_TIMEOUT = 60.0
+UNREADABLE_REASON = "unreadable entry (not a dead letter a worker wrote)"
+
+EXIT_OK = 0
+EXIT_REDIS_ERROR = 1
+EXIT_USAGE = 2
+
+# KEYS[1]: the dead-letter list.  ARGV[1]: the most messages to requeue, 0 for no limit.
+# Returns {requeued, skipped, left}.
+#
+# Entries are examined from the head (oldest first). One that holds its message as text
+# is moved: its `message` goes, unchanged, to the tail of its `queue`, and the entry
+# leaves the list. Any other entry (binary, unreadable, or naming a key that is not a
+# list) is skipped and stays, in its place. The scan is bounded by the list's length,
+# all reads come before the first write, and Redis runs the script atomically: each
+# entry ends up either requeued or still here, never both, never neither.
+REQUEUE_SCRIPT = """
+local dead = KEYS[1]
+local limit = tonumber(ARGV[1])
+local total = redis.call('LLEN', dead)
+local moves, kept, queue_usable = {}, {}, {}
+local scanned = 0
+
+local function destination(entry)
+  local ok, decoded = pcall(cjson.decode, entry)
+  if not ok or type(decoded) ~= 'table' then return nil end
+  local queue, message = decoded['queue'], decoded['message']
+  if type(queue) ~= 'string' or queue == '' or queue == dead then return nil end
+  if type(message) ~= 'string' then return nil end
+  if queue_usable[queue] == nil then
+    local kind = redis.call('TYPE', queue)['ok']
+    queue_usable[queue] = (kind == 'list' or kind == 'none')
+  end
+  if not queue_usable[queue] then return nil end
+  return queue, message
+end
+
+while scanned < total and (limit == 0 or #moves < limit) do
+  local batch = redis.call('LRANGE', dead, scanned, scanned + 99)
+  if #batch == 0 then break end
+  for _, entry in ipairs(batch) do
+    if limit > 0 and #moves >= limit then break end
+    scanned = scanned + 1
+    local queue, message = destination(entry)
+    if queue then
+      moves[#moves + 1] = {queue, message}
+    else
+      kept[#kept + 1] = entry
+    end
+  end
+end
+
+if #moves > 0 then
+  for _, move in ipairs(moves) do
+    redis.call('RPUSH', move[1], move[2])
+  end
+  -- Drop the scanned part, then put the skipped entries back at the head, in order.
+  redis.call('LTRIM', dead, scanned, -1)
+  for index = #kept, 1, -1 do
+    redis.call('LPUSH', dead, kept[index])
+  end
+end
+return {#moves, #kept, redis.call('LLEN', dead)}
+"""
+
+
+# -- the operations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-letter entry, decoded; ``raw`` is the message exactly as the worker got it."""
+
+    reason: str
+    queue: str
+    time: float | None
+    raw: bytes
+    requeueable: bool
+    # The entry's JSON members, for --json; binary messages as message_base64.
+    members: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def text(self) -> str | None:
+        """The message as text, or None when it is not valid UTF-8."""
+        try:
+            return self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @classmethod
+    def from_entry(cls, entry: bytes) -> DeadLetter:
+        """Decode a stored entry; an entry no worker could have written is kept, not fatal."""
+        members = _json_object(entry)
+        if members is None:
+            return cls._unreadable(entry)
+        message = members.get("message")
+        if isinstance(message, str):
+            try:
+                raw = message.encode("utf-8")
+            except UnicodeEncodeError:
+                # Lua's cjson writes bytes as they are: show those as base64, like a worker.
+                raw = message.encode("utf-8", "surrogateescape")
+                members = {key: value for key, value in members.items() if key != "message"}
+                members["message_base64"] = base64.b64encode(raw).decode("ascii")
+        elif isinstance(members.get("message_base64"), str):
+            try:
+                raw = base64.b64decode(members["message_base64"], validate=True)
+            except binascii.Error:
+                return cls._unreadable(entry)
+        else:
+            raw = b""
+        queue = members.get("queue")
+        at = members.get("time")
+        return cls(
+            reason=str(members.get("reason", "")),
+            queue=queue if isinstance(queue, str) else "",
+            time=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
+            raw=raw,
+            requeueable=isinstance(message, str) and isinstance(queue, str) and bool(queue),
+            members=members,
+        )
+
+    @classmethod
+    def _unreadable(cls, entry: bytes) -> DeadLetter:
+        members = {"reason": UNREADABLE_REASON, "entry_base64": base64.b64encode(entry).decode()}
+        return cls(UNREADABLE_REASON, "", None, entry, False, members)
+
+
+def _json_object(entry: bytes) -> dict[str, Any] | None:
+    """The entry's JSON object, also when Lua's cjson wrote raw non-UTF-8 bytes into it."""
+    try:
+        decoded = protocol.loads(entry)
+    except ValueError:
+        try:
+            decoded = json.loads(entry.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+@dataclass(frozen=True)
+class RequeueResult:
+    """What one requeue did: ``skipped`` entries were examined and could not be requeued."""
+
+    requeued: int
+    skipped: int
+    left: int
+
+
+def count_dead_letters(
+    connection: redis.Redis, service: str, prefix: str = protocol.DEFAULT_PREFIX
+) -> int:
+    """How many dead letters the service has."""
+    return connection.llen(protocol.dead_letter_key(service, prefix))
+
+
+def list_dead_letters(
+    connection: redis.Redis,
+    service: str,
+    prefix: str = protocol.DEFAULT_PREFIX,
+    limit: int | None = None,
+) -> list[DeadLetter]:
+    """The service's dead letters, newest last; with ``limit``, only the newest ``limit``."""
+    _check_limit(limit)
+    start = -limit if limit is not None else 0
+    entries = connection.lrange(protocol.dead_letter_key(service, prefix), start, -1)
+    # A client made with decode_responses=True hands back text.
+    return [
+        DeadLetter.from_entry(entry if isinstance(entry, bytes) else entry.encode("utf-8"))
+        for entry in entries
+    ]
+
+
+def requeue_dead_letters(
+    connection: redis.Redis,
+    service: str,
+    prefix: str = protocol.DEFAULT_PREFIX,
+    limit: int | None = None,
+) -> RequeueResult:
+    """Push dead messages back onto their queues, oldest first, in one atomic script.
+
+    Each message goes back exactly as it was first received, to the tail of the queue
+    it was popped from. Binary and unreadable entries stay in the list, in order. With
+    ``limit``, at most that many messages are requeued.
+    """
+    _check_limit(limit)
+    script = connection.register_script(REQUEUE_SCRIPT)
+    requeued, skipped, left = script(
+        keys=[protocol.dead_letter_key(service, prefix)], args=[limit or 0]
+    )
+    return RequeueResult(int(requeued), int(skipped), int(left))
+
+
+def purge_dead_letters(
+    connection: redis.Redis, service: str, prefix: str = protocol.DEFAULT_PREFIX
+) -> int:
+    """Delete the service's dead letters; how many there were, counted atomically with it."""
+    key = protocol.dead_letter_key(service, prefix)
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.llen(key)
+        pipe.delete(key)
+        removed, _ = pipe.execute()
+    return int(removed)
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be at least 1")
+
+
+# -- presenting ----------------------------------------------------------------------
+
+
+def format_line(letter: DeadLetter) -> str:
+    """One line for a person: when (UTC), where from, why, and the start of the message."""
+    text = letter.text
+    message = text if text is not None else repr(letter.raw)
+    return "  ".join(
+        [
+            iso_time(letter.time),
+            printable(letter.queue) or "-",
+            shorten(printable(letter.reason), REASON_WIDTH),
+            shorten(printable(message), MESSAGE_WIDTH),
+        ]
+    )
+
+
+def format_json(letter: DeadLetter) -> str:
+    """The entry as one line of JSON, as stored (binary messages as message_base64)."""
+    return protocol.dumps(letter.members).decode("utf-8")
+
+
+def iso_time(at: float | None) -> str:
+    """ISO-8601 UTC to the millisecond, e.g. 2026-01-01T12:00:00.123Z."""
+    if at is None:
+        return "-"
+    try:
+        moment = datetime.fromtimestamp(at, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return repr(at)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def printable(text: str) -> str:
+    """Escape newlines and other control characters, so that each entry stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def shorten(text: str, width: int) -> str:
+    """Cut to ``width`` characters, marking the cut, so that a line stays readable."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 message', '2 messages': output read by people should read well."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# -- the command line -----------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A command that cannot run as given: exit status 2."""
+
+
+Action = Callable[[redis.Redis, argparse.Namespace], int]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a limit of 0 or less would silently do nothing."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def service_name(text: str) -> str:
+    """An argparse type: an empty name would address the key ``{prefix}:dead:``."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def admin_parser() -> argparse.ArgumentParser:
+    """``rpc-admin dead ACTION SERVICE``; the common options are accepted after ACTION."""
+    parser = argparse.ArgumentParser(
+        prog="rpc-admin",
+        description="Look after the Redis side of rpc_redis services.",
+        epilog="Example: rpc-admin dead list calculator --limit 20",
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    dead = groups.add_parser(
+        "dead",
+        help="a service's dead letters",
+        description="Act on the dead-letter list {prefix}:dead:{service} of a service.",
+    )
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("service", type=service_name, metavar="SERVICE", help="service name")
+    common.add_argument(
+        "--redis-url",
+        metavar="URL",
+        default=None,
+        help="Redis URL (default: $RPC_REDIS_URL, then $REDIS_URL, then redis://localhost:6379/0)",
+    )
+    common.add_argument(
+        "--prefix",
+        metavar="P",
+        default=protocol.DEFAULT_PREFIX,
+        help="key prefix (default: %(default)s)",
+    )
+
+    count = actions.add_parser("count", parents=[common], help="print how many there are")
+    count.set_defaults(action_function=run_count)
+
+    listing = actions.add_parser("list", parents=[common], help="print them, oldest first")
+    listing.add_argument(
+        "--limit", type=positive_int, metavar="N", help="only the newest N entries"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON entry per line")
+    listing.set_defaults(action_function=run_list)
+
+    requeue = actions.add_parser(
+        "requeue", parents=[common], help="push the messages back onto their queues"
+    )
+    requeue.add_argument(
+        "--limit", type=positive_int, metavar="N", help="requeue at most N (the oldest)"
+    )
+    requeue.set_defaults(action_function=run_requeue)
+
+    purge = actions.add_parser("purge", parents=[common], help="delete them all")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.set_defaults(action_function=run_purge)
+    return parser
+
+
+def run_count(connection: redis.Redis, args: argparse.Namespace) -> int:
+    """Print the bare number, for scripts and monitoring checks."""
+    print(count_dead_letters(connection, args.service, args.prefix))
+    return EXIT_OK
+
+
+def run_list(connection: redis.Redis, args: argparse.Namespace) -> int:
+    """Print one line per entry, oldest first: for people, or JSON for tools."""
+    letters = list_dead_letters(connection, args.service, args.prefix, args.limit)
+    present = format_json if args.json else format_line
+    for letter in letters:
+        print(present(letter))
+    return EXIT_OK
+
+
+def run_requeue(connection: redis.Redis, args: argparse.Namespace) -> int:
+    """Requeue, then say what moved and what stayed behind."""
+    result = requeue_dead_letters(connection, args.service, args.prefix, args.limit)
+    key = protocol.dead_letter_key(args.service, args.prefix)
+    line = f"requeued {plural(result.requeued, 'message')} from {key}; {result.left} left"
+    if result.skipped:
+        line += f" ({result.skipped} skipped: binary, unreadable or queue not a list)"
+    print(line)
+    return EXIT_OK
+
+
+def run_purge(connection: redis.Redis, args: argparse.Namespace) -> int:
+    """Delete the list, but only when the user has said so (--yes or on the terminal)."""
+    key = protocol.dead_letter_key(args.service, args.prefix)
+    if not args.yes:
+        stdin = sys.stdin
+        if stdin is None or not stdin.isatty():
+            raise UsageError("purge needs --yes when stdin is not a terminal")
+        count = count_dead_letters(connection, args.service, args.prefix)
+        question = f"remove {plural(count, 'dead letter')} from {key}? [y/N] "
+        if not confirm(question, stdin, sys.stderr):
+            raise UsageError("not purged")
+    removed = purge_dead_letters(connection, args.service, args.prefix)
+    print(f"removed {plural(removed, 'dead letter')} from {key}")
+    return EXIT_OK
+
+
+def confirm(question: str, answers: TextIO, prompts: TextIO) -> bool:
+    """Ask on the terminal; only 'y' or 'yes' is a yes."""
+    prompts.write(question)
+    prompts.flush()
+    try:
+        answer = answers.readline()
+    except (EOFError, KeyboardInterrupt):
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+def connect(url: str) -> redis.Redis:
+    """One connection that fails fast and never resends a command (a requeue runs once)."""
+    pool = sync_pool(
+        url, max_connections=1, socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0)
+    )
+    return redis.Redis.from_pool(pool)  # closing the client closes the pool
+
+
+def shown_url(url: str) -> str:
+    """The URL for an error message: without its password, and never raising."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        return "(an unreadable URL)"
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line, so that stderr gets exactly one line per failure."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``rpc-admin``; the exit status: 0 done, 1 Redis failed or unreachable, 2 usage."""
+    parser = admin_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse has printed the usage or the help
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
+    url = args.redis_url or default_url()
+    action: Action = args.action_function
+    try:
+        connection = connect(url)
+    except ValueError as exc:  # redis-py cannot use the URL
+        return fail(EXIT_USAGE, f"bad Redis URL {shown_url(url)}: {one_line(exc)}")
+    try:
+        with connection:
+            return action(connection, args)
+    except UsageError as exc:
+        return fail(EXIT_USAGE, str(exc))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url(url)}: {one_line(exc)}")
+    except redis.exceptions.RedisError as exc:
+        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url(url)} said: {one_line(exc)}")
+
+
+def fail(status: int, message: str) -> int:
+    """Report on stderr in argparse's style, and return the exit status."""
+    print(f"rpc-admin: error: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
