@@ -276,10 +276,13 @@ def expects_reply(payload: Any) -> bool:
 
     Anything malformed counts as expecting a reply, since its error is one.
     """
-    if isinstance(payload, list):
-        return not payload or any(expects_reply(item) for item in payload)
-    is_notification = isinstance(payload, dict) and "id" not in payload
-    return not (is_notification and request_problem(payload) is None)
+    items = payload if isinstance(payload, list) else [payload]
+    return not items or not all(is_valid_notification(item) for item in items)
+
+
+def is_valid_notification(item: Any) -> bool:
+    """A request object with no id that passes every rule of the spec (an array is not)."""
+    return isinstance(item, dict) and "id" not in item and request_problem(item) is None
 
 
 def reply_key_problem(
@@ -290,6 +293,8 @@ def reply_key_problem(
         return f"reply key longer than {MAX_REPLY_KEY_LENGTH} characters"
     if reply_to in served_queues or reply_to.startswith(queue_namespace(prefix)):
         return f"reply key {reply_to!r} names a request queue"
+    if reply_to.startswith(f"{prefix}:") and not reply_to.startswith(f"{prefix}:reply:"):
+        return f"reply key {reply_to!r} is one of the library's own keys"
     return None
 
 
@@ -322,6 +327,17 @@ def is_expired(deadline: float | None, now: float) -> bool:
 
 
 # -- writing replies (worker side) ---------------------------------------------------
+
+
+# KEYS: reply key. ARGV: reply, expiry (ms). Writes only to a list or a missing key, so
+# a reply key that names someone else's string or hash is left exactly as it was.
+PUSH_REPLY_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'list' then return kind end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 'ok'
+"""
 
 
 def error_response(request_id: Any, error: RpcError) -> dict[str, Any]:

@@ -498,8 +498,16 @@ class Worker:
         in_progress = self._reliability.in_progress_key(queue) if self._is_reliable(queue) else None
         commands: list[tuple[Any, ...]] = []
         if outcome.reply_to is not None and outcome.body is not None:
-            commands.append(("RPUSH", outcome.reply_to, outcome.body))
-            commands.append(("PEXPIRE", outcome.reply_to, self.reply_ttl_ms))
+            commands.append(
+                (
+                    "EVAL",
+                    protocol.PUSH_REPLY_SCRIPT,
+                    1,
+                    outcome.reply_to,
+                    outcome.body,
+                    self.reply_ttl_ms,
+                )
+            )
         if outcome.dead_letter_reason is not None:
             self.stats.dead_lettered += 1
             logger.warning(
@@ -531,10 +539,16 @@ class Worker:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
         failures = [result for result in results if isinstance(result, Exception)]
-        if failures:  # e.g. a reply key that holds a string, not a list
+        if failures:
             logger.error("could not write the outcome of a request to %s: %s", queue, failures[0])
         elif outcome.reply_to is not None:
-            self.stats.replied += 1
+            pushed = results[0]
+            if pushed in (b"ok", "ok"):
+                self.stats.replied += 1
+            else:  # the reply key holds another type: keep the request, leave the key
+                kind = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
+                reason = f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
+                await self._finish(queue, raw, Outcome(dead_letter_reason=reason))
 
     async def _write_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -68,7 +68,8 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0(redis_url: str) -> Non
         queue = "rpc:queue:calculator"
         wait_for(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGTERM)
-        worker.wait_for_line("stopping: finishing 1 request")
+        # 0 if the signal beat the popped request to its task: it is served all the same.
+        worker.wait_for_line(r"stopping: finishing [01] request")
         caller.join(10)
         assert outcome["result"] == 1.0
         assert worker.wait(10) == 0
@@ -91,7 +92,8 @@ def test_second_signal_exits_at_once(redis_url: str) -> None:
         queue = "rpc:queue:calculator"
         wait_for(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGINT)
-        worker.wait_for_line("stopping: finishing 1 request")
+        # 0 if the signal beat the popped request to its task: it is served all the same.
+        worker.wait_for_line(r"stopping: finishing [01] request")
         started = time.monotonic()
         worker.signal(signal.SIGINT)
         assert worker.wait(10) == 1

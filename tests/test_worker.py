@@ -383,24 +383,52 @@ def test_only_envelope_version_1_is_accepted(
     assert reply["id"] == 9
 
 
-def test_a_reply_key_holding_another_type_costs_one_log_line(
+def test_a_reply_key_holding_another_type_is_left_alone_and_the_request_dead_lettered(
     worker: Worker,
     redis_url: str,
     redis_connection: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="rpc_redis")
     redis_connection.set("a-string-key", "not a list")
     request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": "a-string-key"}
     redis_connection.rpush(QUEUE, json.dumps(request))
+    [letter] = wait_for_dead_letters(redis_connection, 1)
+    assert letter["reason"] == "reply key 'a-string-key' holds a string, not a list"
+    assert json.loads(letter["message"]) == request
+    assert redis_connection.get("a-string-key") == b"not a list"
+    assert redis_connection.pttl("a-string-key") == -1  # no expiry was put on it
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("rpc_redis")]
+    assert len(lines) == 1 and "dead-lettered" in lines[0]
     assert_still_serving(redis_url)
 
-    def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name.startswith("rpc_redis")]
 
-    deadline = time.monotonic() + 5  # the line follows the write the sentinel rode with
-    while not lines():
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    [line] = lines()
-    assert "could not write the outcome" in line and "WRONGTYPE" in line
-    assert redis_connection.get("a-string-key") == b"not a list"
+@pytest.mark.parametrize(
+    "key", ["rpc:dead:calculator", "rpc:workers", "rpc:inprogress:x:y", "rpc:deliveries:z"]
+)
+def test_reply_keys_naming_the_librarys_own_keys_are_refused(
+    worker: Worker, redis_connection: redis.Redis, key: str
+) -> None:
+    request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": key}
+    redis_connection.rpush(QUEUE, json.dumps(request))
+    letters = wait_for_dead_letters(redis_connection, 1)
+    assert "is one of the library's own keys" in letters[0]["reason"]
+    assert redis_connection.pttl(DEAD) == -1  # the dead letters were not given an expiry
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 400 + b"]" * 400,
+        b'[[{"jsonrpc": "2.0", "method": "nope"}]]',
+        b'{"v": 1, "request": [[{"jsonrpc": "2.0", "method": "nope"}]]}',
+    ],
+)
+def test_nested_arrays_are_dead_lettered_not_lost(
+    worker: Worker, redis_url: str, redis_connection: redis.Redis, raw: bytes
+) -> None:
+    redis_connection.rpush(QUEUE, raw)
+    [letter] = wait_for_dead_letters(redis_connection, 1)
+    assert letter["raw"] == raw
+    assert letter["reason"] == "request has no usable reply key"
+    assert_still_serving(redis_url)
