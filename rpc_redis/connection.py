@@ -9,6 +9,11 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # redis-py before 7
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENVIRONMENT_VARIABLES = ("RPC_REDIS_URL", "REDIS_URL")
 CONNECT_TIMEOUT = 5.0
@@ -37,11 +42,23 @@ def redact_url(url: str) -> str:
 
 def sync_pool(url: str, *, max_connections: int, **options: Any) -> redis.ConnectionPool:
     """A connection pool for ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs."""
-    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
-    return redis.ConnectionPool.from_url(url, max_connections=max_connections, **options)
+    return redis.ConnectionPool.from_url(
+        url, max_connections=max_connections, **pool_options(options)
+    )
 
 
 def async_pool(url: str, *, max_connections: int, **options: Any) -> redis.asyncio.ConnectionPool:
     """The asyncio twin of :func:`sync_pool`."""
+    return redis.asyncio.ConnectionPool.from_url(
+        url, max_connections=max_connections, **pool_options(options)
+    )
+
+
+def pool_options(options: dict[str, Any]) -> dict[str, Any]:
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
-    return redis.asyncio.ConnectionPool.from_url(url, max_connections=max_connections, **options)
+    if MaintNotificationsConfig is not None:
+        # With redis-py's maintenance notifications on (its default, "auto"), a pool
+        # hands out a connection without checking it is still open, so the first call
+        # after a Redis restart fails. Redis before 8 and Valkey do not send them anyway.
+        options.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
+    return options

@@ -105,7 +105,9 @@ def error_from_object(error: Any) -> RpcError:
     if not isinstance(code, int) or isinstance(code, bool):
         return InternalError("Malformed error in reply", data=error)
     cls = _ERRORS_BY_CODE.get(code, RpcError)
-    return cls(message if isinstance(message, str) else str(message), error.get("data"), code=code)
+    if message is not None and not isinstance(message, str):
+        message = str(message)
+    return cls(message, error.get("data"), code=code)  # no message: the class's default
 
 
 class RpcTimeout(RpcRedisError, TimeoutError):

@@ -113,6 +113,8 @@ def request_object(method: str, params: list[Any] | dict[str, Any], id: Any) -> 
 def notification_object(method: str, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """A notification: a request with no id, to which no reply is ever written."""
     notification: dict[str, Any] = jsonrpcclient.notification(method, params=_client_params(params))
+    if isinstance(notification.get("params"), tuple):
+        notification["params"] = list(notification["params"])  # as request_object has it
     return notification
 
 

@@ -18,6 +18,7 @@ from rpc_redis import (
     RpcError,
     RpcTimeout,
 )
+from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.testing import WorkerProcess, serve_in_thread
 from services.calculator import DIVISION_BY_ZERO
 from services.calculator import service as calculator
@@ -143,3 +144,14 @@ async def test_aclose_releases_every_connection(redis_url: str, calculator_worke
     assert await client.proxy("calculator").add(1, 1) == 2
     await client.aclose()
     assert client_connections(redis_url, client.client_name) == 0
+
+
+async def test_the_first_call_after_a_redis_restart_succeeds(fresh_redis: EmbeddedRedis) -> None:
+    with serve_in_thread(calculator, fresh_redis.url):
+        async with AsyncClient(fresh_redis.url, timeout=5) as client:
+            calc = client.proxy("calculator")
+            assert await calc.add(1, 2) == 3
+            fresh_redis.kill()
+            fresh_redis.start()
+            # The pooled connections died with the old server; none is handed out stale.
+            assert await calc.add(2, 3) == 5

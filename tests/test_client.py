@@ -317,3 +317,12 @@ def wait_until(condition: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.005)
+
+
+def test_the_first_call_after_a_redis_restart_succeeds(fresh_redis: EmbeddedRedis) -> None:
+    with WorkerThread(Worker(calculator, fresh_redis.url)), Client(fresh_redis.url, timeout=5) as c:
+        calc = c.proxy("calculator")
+        assert calc.add(1, 2) == 3
+        fresh_redis.kill()
+        fresh_redis.start()
+        assert calc.add(2, 3) == 5

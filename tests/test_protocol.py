@@ -872,3 +872,14 @@ def test_envelopes_round_trip(
     decoded = protocol.decode_message(protocol.encode_envelope(built, reply_to, deadline))
     expected_deadline = None if deadline is None else round(deadline, 6)
     assert decoded == Incoming(wire(built), reply_to, expected_deadline, enveloped=True)
+
+
+def test_an_error_without_a_message_gets_its_class_default() -> None:
+    error = error_from_object({"code": -32601})
+    assert isinstance(error, MethodNotFound)
+    assert error.message == "Method not found"
+
+
+def test_notifications_carry_positional_params_as_a_list() -> None:
+    assert protocol.notification_object("log", ["x", 1])["params"] == ["x", 1]
+    assert isinstance(protocol.notification_object("log", ["x"])["params"], list)
