@@ -20,8 +20,8 @@ import redis.exceptions
 
 from . import protocol
 from .client import CallSettings, blpop_timeout, effective_timeout, new_request_id
-from .connection import async_pool, default_url, redact_url
-from .errors import InternalError, RpcConnectionError, RpcTimeout
+from .connection import async_pool, default_url, exchange, redact_url
+from .errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
 from .proxy import BatchBuilder, Params, ServiceProxy
 
 logger = logging.getLogger("rpc_redis.aio")
@@ -192,6 +192,8 @@ class AsyncClient:
             await asyncio.wait_for(asyncio.shield(pushed), timeout)
         except (asyncio.TimeoutError, redis.exceptions.TimeoutError):
             raise RpcTimeout(service, method, timeout) from None
+        except redis.exceptions.ResponseError as exc:  # e.g. the queue key holds a string
+            raise RpcRedisError(f"Redis refused the request on {queue}: {exc}") from exc
         except REDIS_ERRORS as exc:
             raise RpcConnectionError(
                 f"Redis at {redact_url(self.url)} failed during the call: {exc}"
@@ -206,30 +208,30 @@ class AsyncClient:
 
     async def _flush(self, outbox: dict[str, list[tuple[bytes, asyncio.Future[None]]]]) -> None:
         """RPUSH everything in the outbox on one pooled connection, in one round trip."""
-        commands = [
-            ("RPUSH", queue, *(message for message, _ in chunk))
+        chunks = [
+            (queue, chunk)
             for queue, messages in outbox.items()
             for chunk in chunked(messages, PUSH_CHUNK)
         ]
-        futures = [pushed for messages in outbox.values() for _, pushed in messages]
+        commands = [("RPUSH", queue, *(message for message, _ in chunk)) for queue, chunk in chunks]
         try:
             async with self._send_slots:
                 connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
-                    await send_with_one_resend(connection, commands)
-                    for _ in commands:
-                        await connection.read_response()
+                    responses = await exchange(connection, commands)
                 finally:
                     await self._pool.release(connection)
         except (*REDIS_ERRORS, asyncio.CancelledError) as exc:
-            for pushed in futures:
-                if not pushed.done():
-                    pushed.set_exception(exc)
+            responses = [exc] * len(chunks)
+        for (_, chunk), response in zip(chunks, responses, strict=True):
+            for _, pushed in chunk:
+                if pushed.done():
+                    continue
+                if isinstance(response, BaseException):
+                    pushed.set_exception(response)
                     pushed.exception()  # its caller may have timed out: nobody else reads it
-            return
-        for pushed in futures:
-            if not pushed.done():
-                pushed.set_result(None)
+                else:
+                    pushed.set_result(None)
 
     # -- the listener ------------------------------------------------------------------
 
@@ -247,15 +249,14 @@ class AsyncClient:
                         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
                     # BLPOP waits for a reply; the LPOP after it, in the same round trip,
                     # takes every other reply already waiting.
-                    await send_with_one_resend(
+                    popped, drained = await exchange(
                         connection,
                         [
                             ("BLPOP", self.reply_key, blpop_timeout(LISTEN_BLOCK_SECONDS)),
                             ("LPOP", self.reply_key, DRAIN_COUNT),
                         ],
+                        read_timeout=LISTEN_BLOCK_SECONDS + 5,
                     )
-                    popped = await connection.read_response(timeout=LISTEN_BLOCK_SECONDS + 5)
-                    drained = await connection.read_response(timeout=5)
                 except REDIS_ERRORS as exc:
                     if connection is not None:
                         await connection.disconnect()
@@ -303,18 +304,6 @@ class AsyncClient:
 
 def chunked(items: list[T], size: int) -> list[list[T]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-async def send_with_one_resend(
-    connection: redis.asyncio.Connection, commands: list[tuple[Any, ...]]
-) -> None:
-    """Send commands; a stale pooled connection gets one fresh connection and one resend."""
-    packed = connection.pack_commands(commands)
-    try:
-        await connection.send_packed_command(packed)
-    except redis.exceptions.ConnectionError:
-        await connection.disconnect()
-        await connection.send_packed_command(packed)
 
 
 class AsyncBatch:

@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import protocol
-from .connection import async_pool, default_url, redact_url
+from .connection import async_pool, default_url, exchange, redact_url
 from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
@@ -42,6 +42,7 @@ RECONNECT_BACKOFF_CAP = 5.0
 # How long a worker keeps trying to write a reply through a Redis outage (or until the
 # request's deadline, if sooner).
 WRITE_RETRY_SECONDS = 30.0
+WRITE_READ_TIMEOUT = 10.0
 HANDLER_THREAD_PREFIX = "rpc-handler"
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -312,6 +313,16 @@ class Worker:
         self, client: redis.asyncio.Redis, queues: list[str], slots: asyncio.Semaphore
     ) -> None:
         """Pop requests while there are free slots; each runs as a task holding a slot."""
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self._receive_on(connection, queues, slots)
+        finally:
+            await client.connection_pool.release(connection)
+
+    async def _receive_on(
+        self, connection: redis.asyncio.Connection, queues: list[str], slots: asyncio.Semaphore
+    ) -> None:
+        refused = ""  # the last error reply logged, so that a lasting one is logged once
         while not self._stopping:
             await slots.acquire()
             free = 1
@@ -324,15 +335,25 @@ class Worker:
                 break
             try:
                 if self._is_reliable(queues[0]):
-                    queue, messages = await self._move_to_in_progress(client, queues[0], free)
+                    queue, messages = await self._move_to_in_progress(connection, queues[0], free)
                 else:
-                    queue, messages = await self._pop(client, queues, free)
+                    queue, messages = await self._pop(connection, queues, free)
             except REDIS_ERRORS as exc:
                 for _ in range(free):
                     slots.release()
                 if not self._stopping and not await self._wait_for_redis(exc):
                     break
                 continue
+            except redis.exceptions.ResponseError as exc:  # e.g. a queue key holding a string
+                for _ in range(free):
+                    slots.release()
+                if str(exc) != refused:
+                    logger.error("Redis refused to pop from %s: %s; retrying", queues, exc)
+                    refused = str(exc)
+                if await self._sleep_unless_stopped(1.0):
+                    break
+                continue
+            refused = ""
             for _ in range(free - len(messages)):
                 slots.release()
             for raw in messages:
@@ -342,7 +363,7 @@ class Worker:
                 task.add_done_callback(lambda _: slots.release())
 
     async def _pop(
-        self, client: redis.asyncio.Redis, queues: list[str], up_to: int
+        self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
     ) -> tuple[str, list[bytes]]:
         """Wait for a message; take up to ``up_to`` from its queue in as few round trips.
 
@@ -352,24 +373,24 @@ class Worker:
         order = self._next_queue_order(queues)
         rest = up_to - 1
         rest_pipelined = len(order) == 1 and rest > 0
+        commands: list[tuple[Any, ...]] = [("BLPOP", *order, self.block_seconds)]
         if rest_pipelined:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.blpop(order, self.block_seconds)
-                pipe.lpop(order[0], rest)
-                popped, more = await pipe.execute()
-        else:
-            popped, more = await client.blpop(order, self.block_seconds), None
+            commands.append(("LPOP", order[0], rest))
+        responses = await exchange(connection, commands, self.block_seconds + 5)
+        raise_first_error(responses)
+        popped, more = responses[0], responses[1] if rest_pipelined else None
         if popped is None:
             # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
             return order[0], list(more or [])
         queue_name, first = cast(tuple[bytes, bytes], popped)
         queue = queue_name.decode()
         if rest and not rest_pipelined:
-            more = await client.lpop(queue, rest)
+            [more] = await exchange(connection, [("LPOP", queue, rest)], 5)
+            raise_first_error([more])
         return queue, [first, *(more or [])]
 
     async def _move_to_in_progress(
-        self, client: redis.asyncio.Redis, queue: str, up_to: int
+        self, connection: redis.asyncio.Connection, queue: str, up_to: int
     ) -> tuple[str, list[bytes]]:
         """BLMOVE a request into this worker's in-progress list, and LMOVE up to the rest.
 
@@ -377,12 +398,12 @@ class Worker:
         in-progress list, never nowhere.
         """
         in_progress = self._reliability.in_progress_key(queue)
-        async with client.pipeline(transaction=False) as pipe:
-            # Redis takes a fractional timeout; redis-py's hint says int.
-            pipe.blmove(queue, in_progress, self.block_seconds, "LEFT", "RIGHT")  # type: ignore[arg-type]
-            for _ in range(up_to - 1):
-                pipe.lmove(queue, in_progress, "LEFT", "RIGHT")
-            moved = await pipe.execute()
+        commands: list[tuple[Any, ...]] = [
+            ("BLMOVE", queue, in_progress, "LEFT", "RIGHT", self.block_seconds)
+        ]
+        commands += [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * (up_to - 1)
+        moved = await exchange(connection, commands, self.block_seconds + 5)
+        raise_first_error(moved)
         return queue, [message for message in moved if message is not None]
 
     @staticmethod
@@ -573,12 +594,14 @@ class Worker:
         write.add_done_callback(self._writes.discard)
 
     async def _write(self, outbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]]) -> None:
+        pool = self._redis.connection_pool
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for commands, _ in outbox:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                results = list(await pipe.execute(raise_on_error=False))
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                commands = [command for commands, _ in outbox for command in commands]
+                results = await exchange(connection, commands, WRITE_READ_TIMEOUT)
+            finally:
+                await pool.release(connection)
         except BaseException as exc:  # whatever it is, no writer may wait forever
             for _, written in outbox:
                 if not written.done():
@@ -600,6 +623,13 @@ class Outcome:
     body: bytes | None = None
     dead_letter_reason: str | None = None
     deadline: float | None = None
+
+
+def raise_first_error(responses: list[Any]) -> None:
+    """Receiving must not go on past an error reply (a queue key holding a string...)."""
+    for response in responses:
+        if isinstance(response, redis.exceptions.ResponseError):
+            raise response
 
 
 def run_worker(worker: Worker) -> None:

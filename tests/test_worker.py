@@ -432,3 +432,18 @@ def test_nested_arrays_are_dead_lettered_not_lost(
     assert letter["raw"] == raw
     assert letter["reason"] == "request has no usable reply key"
     assert_still_serving(redis_url)
+
+
+def test_a_queue_key_of_the_wrong_type_is_logged_once_and_waited_out(
+    redis_url: str, redis_connection: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_connection.set(QUEUE, "someone else's string")
+    with serve_in_thread(calculator, redis_url) as worker:
+        deadline = time.monotonic() + 5
+        while not any("refused to pop" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        redis_connection.delete(QUEUE)
+        assert_still_serving(redis_url)  # the worker outlived it and serves again
+        assert not worker.stopped.is_set()
+    assert sum("refused to pop" in r.getMessage() for r in caplog.records) == 1
