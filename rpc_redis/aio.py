@@ -64,8 +64,10 @@ class AsyncClient:
         # Named, so its connections can be told apart in CLIENT LIST.
         redis_options.setdefault("client_name", f"rpc-client-{self.reply_key.rsplit(':', 1)[-1]}")
         self.client_name: str = redis_options["client_name"]
+        # No socket timeout: redis-py would wrap every send in a task; every read here
+        # passes its own timeout instead.
         self._pool = async_pool(
-            self.url, max_connections=max_connections, socket_timeout=timeout, **redis_options
+            self.url, max_connections=max_connections, socket_timeout=None, **redis_options
         )
         self._send_slots = asyncio.Semaphore(max_connections - 1)
         self._pending: dict[Any, asyncio.Future[Any]] = {}
@@ -218,7 +220,7 @@ class AsyncClient:
             async with self._send_slots:
                 connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
-                    responses = await exchange(connection, commands)
+                    responses = await exchange(connection, commands, self.settings.timeout)
                 finally:
                     await self._pool.release(connection)
         except (*REDIS_ERRORS, asyncio.CancelledError) as exc:

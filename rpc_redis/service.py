@@ -12,15 +12,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, overload
 
 from jsonrpcserver import JsonRpcError, Success
-from jsonrpcserver.async_dispatcher import dispatch_to_response_pure
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import to_serializable_one
-from jsonrpcserver.sentinels import NODATA
+from jsonrpcserver.sentinels import NODATA, NOID
 
 from . import protocol
-from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, InvalidRequest, RpcError
+from .errors import INTERNAL_ERROR, SERVER_ERROR, TIME_LIMIT_EXCEEDED, InvalidRequest, RpcError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -153,22 +154,19 @@ class Service:
             request_id = request_id if protocol.is_valid_id(request_id) else None
             return protocol.error_response(request_id, InvalidRequest(data=problem))
         context = CallContext(self.name, request["method"], deadline, run_sync, debug, time_limit)
-        return await dispatch_to_response_pure(
-            deserializer=_already_parsed,
-            validator=_already_validated,
-            methods=self._methods,
-            context=context,
-            post_process=cast(Callable[[Any], Any], to_serializable_one),
-            request=request,
-        )
-
-
-def _already_parsed(request: Any) -> Any:
-    return request
-
-
-def _already_validated(request: Any) -> Any:
-    return request
+        # jsonrpcserver's own steps (method lookup, params check, call), for one request:
+        # its dispatch_to_response_pure would wrap even one in asyncio.gather, a task
+        # and several passes of the event loop per call.
+        parsed = create_request(request)
+        try:
+            _, result = await dispatch_request(self._methods, context, parsed)
+        except Exception as exc:  # a fault in the dispatcher itself, not in a handler
+            logger.exception("dispatching %s.%s failed", self.name, request["method"])
+            error = RpcError("Server error", str(exc), code=SERVER_ERROR)
+            return protocol.error_response(request.get("id"), error)
+        if parsed.id is NOID:
+            return None  # a notification
+        return to_serializable_one(to_response(parsed, result))
 
 
 def _adapt(

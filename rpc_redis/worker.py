@@ -43,6 +43,8 @@ RECONNECT_BACKOFF_CAP = 5.0
 # request's deadline, if sooner).
 WRITE_RETRY_SECONDS = 30.0
 WRITE_READ_TIMEOUT = 10.0
+# Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
+ADMIN_TIMEOUT = 10.0
 HANDLER_THREAD_PREFIX = "rpc-handler"
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -146,7 +148,9 @@ class Worker:
             async_pool(
                 self.redis_url,
                 max_connections=self.concurrency + 4,
-                socket_timeout=self.block_seconds + 5,
+                # No socket timeout: it would wrap every send in a task (redis-py);
+                # every read here passes its own timeout instead.
+                socket_timeout=None,
             )
         )
         self._reconnecting = asyncio.Lock()
@@ -170,7 +174,7 @@ class Worker:
         try:
             if await self._wait_for_redis():
                 if self.reliable_queues:
-                    await self._reliability.beat()
+                    await asyncio.wait_for(self._reliability.beat(), ADMIN_TIMEOUT)
                     upkeep = asyncio.create_task(self._keep_up_reliability())
                 logger.info("%s", self.describe())
                 self.ready.set()
@@ -187,8 +191,8 @@ class Worker:
                 upkeep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await upkeep
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self._reliability.retire()
+                with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+                    await asyncio.wait_for(self._reliability.retire(), ADMIN_TIMEOUT)
             for client, _ in receivers:
                 await client.aclose()
             await self._redis.aclose()
@@ -200,7 +204,9 @@ class Worker:
             async_pool(
                 self.redis_url,
                 max_connections=1,
-                socket_timeout=self.block_seconds + 5,
+                # No socket timeout: it would wrap every send in a task (redis-py);
+                # every read here passes its own timeout instead.
+                socket_timeout=None,
                 client_name=self._receiver_name,
                 retry=Retry(NoBackoff(), 0),
             )
@@ -213,9 +219,9 @@ class Worker:
         """Beat the heartbeat and look for dead workers, every heartbeat interval."""
         while True:
             try:
-                await self._reliability.beat()
-                await self._reliability.recover_dead_workers()
-            except REDIS_ERRORS:
+                await asyncio.wait_for(self._reliability.beat(), ADMIN_TIMEOUT)
+                await asyncio.wait_for(self._reliability.recover_dead_workers(), ADMIN_TIMEOUT)
+            except (*REDIS_ERRORS, asyncio.TimeoutError):
                 pass  # The receive loops log the outage and wait for Redis.
             await asyncio.sleep(self.heartbeat_interval)
 
@@ -252,13 +258,16 @@ class Worker:
         """
         while not self._receiving_done.is_set():
             try:
-                for client in await self._redis.client_list():
-                    if client.get("name") == self._receiver_name:
-                        await self._redis.client_unblock(int(client["id"]))
-            except REDIS_ERRORS:
+                await asyncio.wait_for(self._unblock_receivers_once(), ADMIN_TIMEOUT)
+            except (*REDIS_ERRORS, asyncio.TimeoutError):
                 pass  # The BLPOP returns by itself within block_seconds.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._receiving_done.wait(), 0.05)
+
+    async def _unblock_receivers_once(self) -> None:
+        for client in await self._redis.client_list():
+            if client.get("name") == self._receiver_name:
+                await self._redis.client_unblock(int(client["id"]))
 
     async def _drain(self) -> None:
         if self._in_flight:
@@ -277,9 +286,9 @@ class Worker:
     async def _reconnect(self, first_error: BaseException | None) -> bool:
         delay = 0.1
         try:
-            await self._redis.ping()
+            await asyncio.wait_for(self._redis.ping(), ADMIN_TIMEOUT)
             return True  # never lost, or another receiver already reconnected
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
             error = exc if first_error is None else first_error
         logger.warning(
             "cannot reach Redis at %s (%s); retrying with backoff",
@@ -291,8 +300,8 @@ class Worker:
                 return False
             delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
             try:
-                await self._redis.ping()
-            except REDIS_ERRORS:
+                await asyncio.wait_for(self._redis.ping(), ADMIN_TIMEOUT)
+            except (*REDIS_ERRORS, asyncio.TimeoutError):
                 continue
             logger.info("connected to Redis at %s", redact_url(self.redis_url))
             return True
@@ -572,10 +581,19 @@ class Worker:
                 await self._finish(queue, raw, Outcome(dead_letter_reason=reason))
 
     async def _write_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
+        """MULTI ... EXEC in one round trip: the results of the commands, as EXEC gives them."""
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            transaction = [("MULTI",), *commands, ("EXEC",)]
+            responses = await exchange(connection, transaction, WRITE_READ_TIMEOUT)
+        finally:
+            await pool.release(connection)
+        raise_first_error(responses[:-1])  # a command Redis would not even queue
+        results = responses[-1]
+        if isinstance(results, Exception):
+            raise results
+        return list(results)
 
     async def _write_with_others(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Queue commands for the next write: the outcomes of every request finished in
