@@ -47,6 +47,7 @@ class Row:
     callers: int
     workers: int
     payload: str
+    handler: str = "def"  # the service method: "def" (thread pool) or "async def" (loop)
     calls: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -217,11 +218,12 @@ class Bench:
             return [lambda n=n: floor_caller(n) for n in range(row.callers)]
         client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
         proxy = client.proxy("bench", queue=f"rpc:bench:{row.workers}")
+        echo = proxy.echo if row.handler == "def" else proxy.echo_async
 
         def rpc_caller(n: int) -> None:
             while keep_going(len(latencies[n])):
                 started = time.perf_counter()
-                assert proxy.echo(payload) == payload
+                assert echo(payload) == payload
                 latencies[n].append(time.perf_counter() - started)
 
         return [lambda n=n: rpc_caller(n) for n in range(row.callers)]
@@ -235,11 +237,12 @@ class Bench:
     ) -> None:
         async with AsyncClient(self.url, timeout=30) as client:
             proxy = client.proxy("bench", queue=f"rpc:bench:{row.workers}")
+            echo = proxy.echo if row.handler == "def" else proxy.echo_async
 
             async def caller(n: int) -> None:
                 while keep_going(len(latencies[n])):
                     started = time.perf_counter()
-                    assert await proxy.echo(payload) == payload
+                    assert await echo(payload) == payload
                     latencies[n].append(time.perf_counter() - started)
 
             await asyncio.gather(*(caller(n) for n in range(row.callers)))
@@ -287,7 +290,7 @@ class Bench:
 
 def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
     header = (
-        f"{'kind':<10} {'system':<6} {'callers':>7} {'workers':>7} {'payload':>7} "
+        f"{'kind':<10} {'system':<6} {'handler':<9} {'callers':>7} {'workers':>7} {'payload':>7} "
         f"{'calls':>7} {'calls/s':>9} {'median µs':>10} {'p99 µs':>9} {'ratio':>6} "
         f"{'cpu µs/call: worker':>19} {'client':>7} {'redis':>6} {'cmds/call':>9}"
     )
@@ -300,8 +303,9 @@ def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
             ratio = row.median_us / base.median_us
         else:
             ratio = row.throughput / base.throughput
+        handler = "-" if row.system == "floor" else row.handler
         lines.append(
-            f"{row.kind:<10} {row.system:<6} {row.callers:>7} {row.workers:>7} "
+            f"{row.kind:<10} {row.system:<6} {handler:<9} {row.callers:>7} {row.workers:>7} "
             f"{row.payload:>7} {row.calls:>7} {row.throughput:>9.0f} {row.median_us:>10.0f} "
             f"{row.p99_us:>9.0f} {ratio:>6.2f} {row.per_call(row.worker_cpu):>19.0f} "
             f"{row.per_call(row.client_cpu):>7.0f} {row.per_call(row.redis_cpu):>6.0f} "
@@ -344,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_workers()
         try:
             for payload, calls in sequential_calls.items():
-                for system in ("floor", "sync", "async"):
-                    rows.append(bench.run(Row("latency", system, 1, 1, payload), calls=calls))
+                rows.append(bench.run(Row("latency", "floor", 1, 1, payload), calls=calls))
+                for system in ("sync", "async"):
+                    for handler in ("def", "async def"):
+                        row = Row("latency", system, 1, 1, payload, handler)
+                        rows.append(bench.run(row, calls=calls))
             for workers in (1, 2):
                 for callers in caller_counts:
                     for system in ("floor", "sync", "async"):
@@ -362,12 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, floors))
     print()
 
-    def ratio(system: str, kind: str, callers: int, workers: int, payload: str) -> float:
+    def ratio(
+        system: str, kind: str, callers: int, workers: int, payload: str, handler: str = "def"
+    ) -> float:
         [row] = [
             r
             for r in rows
-            if (r.system, r.kind, r.callers, r.workers, r.payload)
-            == (system, kind, callers, workers, payload)
+            if (r.system, r.kind, r.callers, r.workers, r.payload, r.handler)
+            == (system, kind, callers, workers, payload, handler)
         ]
         base = floors[(kind, callers, workers, payload)]
         if kind == "latency":
@@ -375,13 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         return row.throughput / base.throughput
 
     latency_ratio = ratio("sync", "latency", 1, 1, "100 B")
+    async_handler_ratio = ratio("sync", "latency", 1, 1, "100 B", "async def")
     throughput_ratio = ratio("sync", "throughput", 8, 1, "100 B")
     speedup = one_by_one / together
     growth = rss_after - rss_before
     rss = f"{growth:+.1f} MB ({rss_before:.1f} -> {rss_after:.1f})"
     timing = f"{speedup:.1f}x ({one_by_one:.2f}s / {together:.2f}s)"
     targets = [
-        ("sync median latency / floor (100 B)", f"{latency_ratio:.2f}", "<= 1.25"),
+        ("sync median latency / floor (100 B, def)", f"{latency_ratio:.2f}", "<= 1.25"),
+        ("the same, async def handler", f"{async_handler_ratio:.2f}", "<= 1.25"),
         ("sync throughput / floor, 8 callers, 1 worker", f"{throughput_ratio:.2f}", ">= 0.80"),
         (f"worker RSS growth over {soak_calls:,} calls", rss, "< 5 MB"),
         ("keys left in Redis", str(keys_left), "0"),
@@ -389,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     met = [
         latency_ratio <= 1.25,
+        async_handler_ratio <= 1.25,
         throughput_ratio >= 0.8,
         growth < 5,
         keys_left == 0,
