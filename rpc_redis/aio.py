@@ -19,10 +19,10 @@ import redis.asyncio
 import redis.exceptions
 
 from . import protocol
-from .client import CallSettings, blpop_timeout, effective_timeout, new_request_id
+from .client import CallSettings, ProxyMaker, blpop_timeout, effective_timeout, new_request_id
 from .connection import async_pool, default_url, exchange, redact_url
 from .errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
-from .proxy import BatchBuilder, Params, ServiceProxy
+from .proxy import BatchBuilder, Params
 
 logger = logging.getLogger("rpc_redis.aio")
 
@@ -39,7 +39,7 @@ PUSH_CHUNK = 256
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-class AsyncClient:
+class AsyncClient(ProxyMaker):
     """The asyncio twin of :class:`rpc_redis.Client`, for one event loop.
 
     >>> async with AsyncClient("redis://localhost:6379/0") as client:
@@ -78,22 +78,6 @@ class AsyncClient:
         self._outage_logged = False
 
     # -- public API ------------------------------------------------------------------
-
-    def proxy(
-        self, service: str, *, timeout: float | None = None, queue: str | None = None
-    ) -> ServiceProxy:
-        """A proxy whose methods return awaitables: ``await proxy.add(1, 2)``."""
-        queue_key = self.settings.queue_for(service, queue)
-        call_timeout = timeout or self.settings.timeout
-
-        def call(method: str, params: Params) -> Any:
-            return self._call(service, queue_key, method, params, call_timeout)
-
-        def notify(method: str, params: Params) -> Any:
-            payload = protocol.notification_object(method, params)
-            return self._push(service, method, queue_key, payload, None, call_timeout)
-
-        return ServiceProxy(service, call, notify)
 
     async def call(
         self,
@@ -142,6 +126,9 @@ class AsyncClient:
         if not isinstance(reply, dict):
             raise InternalError("Reply does not answer this call", data=reply)
         return protocol.result_of(reply)
+
+    async def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
+        await self._push(service, "notification", queue, payload, None, timeout)
 
     async def _roundtrip(
         self,

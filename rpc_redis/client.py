@@ -61,7 +61,35 @@ class CallSettings:
         return protocol.reply_key(uuid.uuid4().hex, self.prefix)
 
 
-class Client:
+class ProxyMaker:
+    """What the sync and async clients share: proxies made from their own I/O."""
+
+    settings: CallSettings
+
+    def _call(self, service: str, queue: str, method: str, params: Params, timeout: float) -> Any:
+        raise NotImplementedError
+
+    def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> Any:
+        raise NotImplementedError
+
+    def proxy(
+        self, service: str, *, timeout: float | None = None, queue: str | None = None
+    ) -> ServiceProxy:
+        """A proxy whose attributes are the service's methods (awaitable on an AsyncClient)."""
+        queue_key = self.settings.queue_for(service, queue)
+        call_timeout = timeout or self.settings.timeout
+
+        def call(method: str, params: Params) -> Any:
+            return self._call(service, queue_key, method, params, call_timeout)
+
+        def notify(method: str, params: Params) -> Any:
+            payload = protocol.notification_object(method, params)
+            return self._notify(service, queue_key, payload, call_timeout)
+
+        return ServiceProxy(service, call, notify)
+
+
+class Client(ProxyMaker):
     """A thread-safe client holding at most ``max_connections`` Redis connections.
 
     >>> client = Client("redis://localhost:6379/0", timeout=5.0)
@@ -90,21 +118,6 @@ class Client:
         )
 
     # -- public API ------------------------------------------------------------------
-
-    def proxy(
-        self, service: str, *, timeout: float | None = None, queue: str | None = None
-    ) -> ServiceProxy:
-        """A proxy whose attributes are the service's methods."""
-        queue_key = self.settings.queue_for(service, queue)
-        call_timeout = timeout or self.settings.timeout
-
-        def call(method: str, params: Params) -> Any:
-            return self._call(service, queue_key, method, params, call_timeout)
-
-        def notify(method: str, params: Params) -> None:
-            self._notify(queue_key, protocol.notification_object(method, params), call_timeout)
-
-        return ServiceProxy(service, call, notify)
 
     def call(
         self,
@@ -146,9 +159,9 @@ class Client:
             raise InternalError("Reply does not answer this call", data=reply)
         return protocol.result_of(reply)
 
-    def _notify(self, queue: str, payload: Any, timeout: float) -> None:
+    def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
         message = protocol.encode_envelope(payload, None, time.time() + timeout)
-        self._exchange([("RPUSH", queue, message)], "notification", queue, timeout)
+        self._exchange([("RPUSH", queue, message)], service, "notification", timeout)
 
     def _roundtrip(
         self, service: str, method: str, queue: str, payload: Any, timeout: float
@@ -234,7 +247,7 @@ class Batch:
             raise ValueError("an empty batch cannot be sent")
         if not builder.expects_reply:
             builder.sent = True
-            self._client._notify(self._queue, builder.requests, self._timeout)
+            self._client._notify(builder.service, self._queue, builder.requests, self._timeout)
             return []
         reply = self._client._roundtrip(
             builder.service, "batch", self._queue, builder.requests, self._timeout

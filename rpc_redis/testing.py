@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,18 @@ def redis_connection(redis_url: str) -> Iterator[redis.Redis]:
     """A plain redis-py client on the test's database, for looking at keys."""
     with redis.Redis.from_url(redis_url) as connection:
         yield connection
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll a cheap condition that has no event to wait on (a Redis key, a counter).
+
+    Bounded: raises AssertionError naming ``what`` once ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what or condition}")
+        time.sleep(0.005)
 
 
 def serve_in_thread(

@@ -12,7 +12,7 @@ import pytest
 
 from rpc_redis import Client, MethodNotFound, RpcRedisError
 from rpc_redis.embedded import EmbeddedRedis, free_port
-from rpc_redis.testing import WorkerProcess, calls_in_flight, rpc_worker_command
+from rpc_redis.testing import WorkerProcess, calls_in_flight, rpc_worker_command, wait_until
 from tests.conftest import REPOSITORY
 
 
@@ -66,7 +66,7 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0(redis_url: str) -> Non
         caller = threading.Thread(target=call)
         caller.start()
         queue = "rpc:queue:calculator"
-        wait_for(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
+        wait_until(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGTERM)
         # 0 if the signal beat the popped request to its task: it is served all the same.
         worker.wait_for_line(r"stopping: finishing [01] request")
@@ -90,7 +90,7 @@ def test_second_signal_exits_at_once(redis_url: str) -> None:
         caller = threading.Thread(target=call, daemon=True)
         caller.start()
         queue = "rpc:queue:calculator"
-        wait_for(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
+        wait_until(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGINT)
         # 0 if the signal beat the popped request to its task: it is served all the same.
         worker.wait_for_line(r"stopping: finishing [01] request")
@@ -164,12 +164,3 @@ def test_debug_log_level_and_debug_tracebacks(redis_url: str) -> None:
             client.proxy("calculator").nope()
         worker.wait_for_line(r"WARNING .*calculator\.nope: error -32601")
         assert any(" DEBUG " in line for line in worker.lines) or worker.wait_for_line(" DEBUG ")
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    """Poll a cheap condition that has no event to wait on (a Redis stat)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)

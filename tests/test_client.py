@@ -22,7 +22,7 @@ from rpc_redis import (
     WorkerThread,
 )
 from rpc_redis.embedded import EmbeddedRedis
-from rpc_redis.testing import calls_in_flight, serve_in_thread
+from rpc_redis.testing import calls_in_flight, serve_in_thread, wait_until
 from services.calculator import DIVISION_BY_ZERO
 from services.calculator import service as calculator
 
@@ -308,15 +308,6 @@ def test_connection_error_is_clear_when_redis_is_down() -> None:
         with pytest.raises(RpcConnectionError, match=r"127\.0\.0\.1"):
             client.proxy("calculator").add(1, 2)
         assert time.monotonic() - started < 1.5
-
-
-def wait_until(condition: object, timeout: float = 5.0) -> None:
-    """Poll a cheap condition that has no event to wait on (a counter, a Redis stat)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def test_the_first_call_after_a_redis_restart_succeeds(fresh_redis: EmbeddedRedis) -> None:

@@ -5,28 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 
 from rpc_redis import Client, TimeLimitExceeded
-from rpc_redis.testing import WorkerProcess, calls_in_flight
+from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
 from tests.conftest import REPOSITORY
 
 
 def slow_worker(redis_url: str, *options: str) -> WorkerProcess:
     return WorkerProcess(["tests.slow_service", "--redis-url", redis_url, *options], cwd=REPOSITORY)
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    """Poll a cheap condition that has no event to wait on (a queue length)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_sync_and_async_handlers_are_in_flight_together(redis_url: str) -> None:
@@ -54,7 +44,9 @@ def test_a_fast_call_is_not_held_up_by_slow_ones(redis_url: str) -> None:
         slow = client.proxy("slow")
         with ThreadPoolExecutor(2) as pool:
             sleepers = [pool.submit(slow.sync_sleep, 3), pool.submit(slow.async_sleep, 3)]
-            wait_for(lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 2)
+            wait_until(
+                lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 2
+            )
             assert slow.fast(7) == 7
             assert not any(sleeper.done() for sleeper in sleepers)
             assert sorted(s.result() for s in sleepers) == ["async slept 3", "sync slept 3"]
@@ -135,7 +127,7 @@ def test_processes_serve_in_parallel_and_stop_cleanly_with_calls_in_flight(
             assert len(pids) == 2
             with ThreadPoolExecutor(4) as pool:
                 sleepers = [pool.submit(slow.sync_sleep, 1) for _ in range(4)]
-                wait_for(
+                wait_until(
                     lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 4
                 )
                 worker.signal(signal.SIGTERM)

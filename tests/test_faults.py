@@ -13,7 +13,7 @@ import signal
 import string
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,21 +25,12 @@ from hypothesis import strategies as st
 from rpc_redis import AsyncClient, Client, RpcConnectionError, RpcTimeout, Worker
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.protocol import DEFAULT_REPLY_TTL, MAX_REPLY_KEY_LENGTH, decode_dead_letter
-from rpc_redis.testing import WorkerProcess, serve_in_thread
+from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
 
 QUEUE = "rpc:queue:calculator"
 DEAD = "rpc:dead:calculator"
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Poll a cheap condition that has no event to wait on (a counter, a Redis key)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or condition}")
-        time.sleep(0.005)
 
 
 # -- 1. Redis killed and restarted under a stream of calls ----------------------------
@@ -296,7 +287,7 @@ class Served:
             return {name: value - before[name] for name, value in asdict(worker.stats).items()}
 
         # The call's own reply is counted just after it is written.
-        wait_for(lambda: delta()["replied"] >= 1 + len(new_keys), 2, "the call's reply counted")
+        wait_until(lambda: delta()["replied"] >= 1 + len(new_keys), 2, "the call's reply counted")
         counts = delta()
         assert counts["received"] == 2, counts
         ended = {
@@ -730,7 +721,7 @@ def the_reply_key(connection: redis.Redis) -> bytes:
         found[:] = connection.keys("rpc:reply:*")
         return bool(found)
 
-    wait_for(appeared, 5, "a reply key")
+    wait_until(appeared, 5, "a reply key")
     assert len(found) == 1, found
     return found[0]
 
@@ -751,7 +742,7 @@ def test_an_uncollected_reply_has_a_ttl_within_the_workers_reply_ttl(
         assert (reply_ttl - 5) * 1000 < ttl_ms <= reply_ttl * 1000
         reply = json.loads(redis_connection.lindex(key, 0))  # type: ignore[arg-type]
         assert reply["result"] == 1.0
-        wait_for(lambda: worker.stats.replied == 1, 2, "the reply counted")
+        wait_until(lambda: worker.stats.replied == 1, 2, "the reply counted")
 
 
 def test_an_uncollected_reply_is_gone_after_the_reply_ttl(
@@ -766,7 +757,7 @@ def test_an_uncollected_reply_is_gone_after_the_reply_ttl(
         key = the_reply_key(redis_connection)
         assert 0 < redis_connection.pttl(key) <= 1000
         appeared = time.monotonic()
-        wait_for(lambda: redis_connection.exists(key) == 0, 5, f"{key!r} to expire")
+        wait_until(lambda: redis_connection.exists(key) == 0, 5, f"{key!r} to expire")
         assert time.monotonic() - appeared <= 1.5
         assert worker.stats.replied == 1
         assert client.proxy("calculator").add(2, 2) == 4  # and nothing else went wrong

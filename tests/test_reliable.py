@@ -14,7 +14,7 @@ import redis
 
 from rpc_redis import Client, RpcTimeout
 from rpc_redis.protocol import decode_dead_letter
-from rpc_redis.testing import WorkerProcess, calls_in_flight
+from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
 from tests.conftest import REPOSITORY
 
 QUEUE = "rpc:queue:slow"
@@ -43,15 +43,6 @@ def holder_of_the_call(connection: redis.Redis) -> int:
     raise AssertionError("no request in progress")
 
 
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    """Poll a cheap condition that has no event to wait on (a Redis key)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 def call_in_thread(client: Client, *args: object) -> tuple[threading.Thread, dict[str, object]]:
     outcome: dict[str, object] = {}
 
@@ -76,8 +67,8 @@ def test_killed_worker_request_is_answered_by_the_other(
     by_pid = {first.pid: first, second.pid: second}
     with Client(redis_url, timeout=15) as client:
         caller, outcome = call_in_thread(client, "kill-one", 1.0)
-        wait_for(lambda: calls_in_flight(redis_url, client.client_name, QUEUE) == 1)
-        wait_for(lambda: redis_connection.get("test:executions:kill-one") == b"1")
+        wait_until(lambda: calls_in_flight(redis_url, client.client_name, QUEUE) == 1)
+        wait_until(lambda: redis_connection.get("test:executions:kill-one") == b"1")
         victim_pid = holder_of_the_call(redis_connection)
         survivor = by_pid[next(pid for pid in by_pid if pid != victim_pid)]
         os.kill(victim_pid, signal.SIGKILL)
@@ -99,11 +90,11 @@ def test_without_another_worker_the_caller_times_out_and_a_new_worker_recovers_i
     only = workers.enter_context(reliable_worker(redis_url))
     with Client(redis_url, timeout=20) as client:
         caller, outcome = call_in_thread(client, "late-recovery", 0.5)
-        wait_for(lambda: redis_connection.get("test:executions:late-recovery") == b"1")
+        wait_until(lambda: redis_connection.get("test:executions:late-recovery") == b"1")
         only.signal(signal.SIGKILL)
         only.wait(10)
         # Nobody is left: wait until its heartbeat has expired, then bring a worker back.
-        wait_for(lambda: not redis_connection.keys("rpc:worker:*"))
+        wait_until(lambda: not redis_connection.keys("rpc:worker:*"))
         returning = workers.enter_context(reliable_worker(redis_url))
         caller.join(20)
     assert outcome.get("result") == 2, outcome  # recovered and answered within 20 s
@@ -116,7 +107,7 @@ def test_a_request_whose_deadline_passed_is_dropped_not_recovered(
     only = workers.enter_context(reliable_worker(redis_url))
     with Client(redis_url, timeout=1.5) as client:
         caller, outcome = call_in_thread(client, "expired", 0.5)
-        wait_for(lambda: redis_connection.get("test:executions:expired") == b"1")
+        wait_until(lambda: redis_connection.get("test:executions:expired") == b"1")
         only.signal(signal.SIGKILL)
         only.wait(10)
         caller.join(10)
