@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
@@ -27,10 +27,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import protocol
-from .connection import async_pool, default_url, exchange, redact_url
+from .connection import async_pool, default_url, redact_url
 from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
+from .receive import move_requests, pop_requests
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
+from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")
 
@@ -42,7 +44,6 @@ RECONNECT_BACKOFF_CAP = 5.0
 # How long a worker keeps trying to write a reply through a Redis outage (or until the
 # request's deadline, if sooner).
 WRITE_RETRY_SECONDS = 30.0
-WRITE_READ_TIMEOUT = 10.0
 # Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
 ADMIN_TIMEOUT = 10.0
 HANDLER_THREAD_PREFIX = "rpc-handler"
@@ -122,8 +123,6 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unblocker: asyncio.Future[None] | None = None
-        self._outbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]] = []
-        self._writes: set[asyncio.Future[None]] = set()
         self._busy_lock = threading.Lock()
         self._busy_handler_threads = 0
         # Twice the slots: a plain function past its time limit keeps its thread until it
@@ -154,6 +153,7 @@ class Worker:
             )
         )
         self._reconnecting = asyncio.Lock()
+        self._writer = Writer(self._redis.connection_pool)
         self._reliability = Reliability(
             self._redis,
             self.name,
@@ -344,9 +344,14 @@ class Worker:
                 break
             try:
                 if self._is_reliable(queues[0]):
-                    queue, messages = await self._move_to_in_progress(connection, queues[0], free)
+                    in_progress = self._reliability.in_progress_key(queues[0])
+                    queue, messages = await move_requests(
+                        connection, queues[0], in_progress, free, self.block_seconds
+                    )
                 else:
-                    queue, messages = await self._pop(connection, queues, free)
+                    queue, messages = await pop_requests(
+                        connection, queues, free, self.block_seconds
+                    )
             except REDIS_ERRORS as exc:
                 for _ in range(free):
                     slots.release()
@@ -370,57 +375,6 @@ class Worker:
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
                 task.add_done_callback(lambda _: slots.release())
-
-    async def _pop(
-        self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
-    ) -> tuple[str, list[bytes]]:
-        """Wait for a message; take up to ``up_to`` from its queue in as few round trips.
-
-        With one queue, BLPOP and an LPOP of the rest go out together; with several,
-        the LPOP follows once BLPOP has said which queue had work.
-        """
-        order = self._next_queue_order(queues)
-        rest = up_to - 1
-        rest_pipelined = len(order) == 1 and rest > 0
-        commands: list[tuple[Any, ...]] = [("BLPOP", *order, self.block_seconds)]
-        if rest_pipelined:
-            commands.append(("LPOP", order[0], rest))
-        responses = await exchange(connection, commands, self.block_seconds + 5)
-        raise_first_error(responses)
-        popped, more = responses[0], responses[1] if rest_pipelined else None
-        if popped is None:
-            # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
-            return order[0], list(more or [])
-        queue_name, first = cast(tuple[bytes, bytes], popped)
-        queue = queue_name.decode()
-        if rest and not rest_pipelined:
-            [more] = await exchange(connection, [("LPOP", queue, rest)], 5)
-            raise_first_error([more])
-        return queue, [first, *(more or [])]
-
-    async def _move_to_in_progress(
-        self, connection: redis.asyncio.Connection, queue: str, up_to: int
-    ) -> tuple[str, list[bytes]]:
-        """BLMOVE a request into this worker's in-progress list, and LMOVE up to the rest.
-
-        The move is atomic in Redis: a crash leaves each request on the queue or in the
-        in-progress list, never nowhere.
-        """
-        in_progress = self._reliability.in_progress_key(queue)
-        commands: list[tuple[Any, ...]] = [
-            ("BLMOVE", queue, in_progress, "LEFT", "RIGHT", self.block_seconds)
-        ]
-        commands += [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * (up_to - 1)
-        moved = await exchange(connection, commands, self.block_seconds + 5)
-        raise_first_error(moved)
-        return queue, [message for message in moved if message is not None]
-
-    @staticmethod
-    def _next_queue_order(queues: list[str]) -> list[str]:
-        """Rotate the queues BLPOP scans, so a busy service cannot starve the others."""
-        if len(queues) > 1:
-            queues.append(queues.pop(0))
-        return queues
 
     # -- handling ----------------------------------------------------------------------
 
@@ -558,9 +512,9 @@ class Worker:
         while True:
             try:
                 if in_progress is None:
-                    results = await self._write_with_others(commands)
+                    results = await self._writer.write_with_others(commands)
                 else:
-                    results = await self._write_transaction(commands)
+                    results = await self._writer.write_transaction(commands)
                 break
             except REDIS_ERRORS as exc:
                 if time.time() + delay > give_up_at:
@@ -580,58 +534,6 @@ class Worker:
                 reason = f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
                 await self._finish(queue, raw, Outcome(dead_letter_reason=reason))
 
-    async def _write_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """MULTI ... EXEC in one round trip: the results of the commands, as EXEC gives them."""
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            transaction = [("MULTI",), *commands, ("EXEC",)]
-            responses = await exchange(connection, transaction, WRITE_READ_TIMEOUT)
-        finally:
-            await pool.release(connection)
-        raise_first_error(responses[:-1])  # a command Redis would not even queue
-        results = responses[-1]
-        if isinstance(results, Exception):
-            raise results
-        return list(results)
-
-    async def _write_with_others(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Queue commands for the next write: the outcomes of every request finished in
-        one pass of the event loop go out together, in one round trip."""
-        loop = asyncio.get_running_loop()
-        written: asyncio.Future[list[Any]] = loop.create_future()
-        self._outbox.append((commands, written))
-        if len(self._outbox) == 1:
-            loop.call_soon(self._start_write)
-        return await written
-
-    def _start_write(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        write = asyncio.ensure_future(self._write(outbox))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
-
-    async def _write(self, outbox: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]]) -> None:
-        pool = self._redis.connection_pool
-        try:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                commands = [command for commands, _ in outbox for command in commands]
-                results = await exchange(connection, commands, WRITE_READ_TIMEOUT)
-            finally:
-                await pool.release(connection)
-        except BaseException as exc:  # whatever it is, no writer may wait forever
-            for _, written in outbox:
-                if not written.done():
-                    written.set_exception(exc)
-            if isinstance(exc, REDIS_ERRORS):
-                return
-            raise
-        for commands, written in outbox:
-            mine, results = results[: len(commands)], results[len(commands) :]
-            if not written.done():
-                written.set_result(mine)
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -641,13 +543,6 @@ class Outcome:
     body: bytes | None = None
     dead_letter_reason: str | None = None
     deadline: float | None = None
-
-
-def raise_first_error(responses: list[Any]) -> None:
-    """Receiving must not go on past an error reply (a queue key holding a string...)."""
-    for response in responses:
-        if isinstance(response, redis.exceptions.ResponseError):
-            raise response
 
 
 def run_worker(worker: Worker) -> None:

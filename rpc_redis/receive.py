@@ -1,0 +1,61 @@
+"""Taking requests off queues: as many as a worker has free slots, in one round trip."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import redis.asyncio
+
+from .connection import exchange
+from .writer import raise_first_error
+
+
+async def pop_requests(
+    connection: redis.asyncio.Connection, queues: list[str], up_to: int, block_seconds: float
+) -> tuple[str, list[bytes]]:
+    """Wait for a request; take up to ``up_to`` from its queue in as few round trips.
+
+    With one queue, BLPOP and an LPOP of the rest go out together; with several, the
+    LPOP follows once BLPOP has said which queue had work. ``queues`` is rotated, so a
+    busy service cannot starve the others.
+    """
+    if len(queues) > 1:
+        queues.append(queues.pop(0))
+    rest = up_to - 1
+    rest_pipelined = len(queues) == 1 and rest > 0
+    commands: list[tuple[Any, ...]] = [("BLPOP", *queues, block_seconds)]
+    if rest_pipelined:
+        commands.append(("LPOP", queues[0], rest))
+    responses = await exchange(connection, commands, block_seconds + 5)
+    raise_first_error(responses)
+    popped, more = responses[0], responses[1] if rest_pipelined else None
+    if popped is None:
+        # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
+        return queues[0], list(more or [])
+    queue_name, first = cast(tuple[bytes, bytes], popped)
+    queue = queue_name.decode()
+    if rest and not rest_pipelined:
+        [more] = await exchange(connection, [("LPOP", queue, rest)], 5)
+        raise_first_error([more])
+    return queue, [first, *(more or [])]
+
+
+async def move_requests(
+    connection: redis.asyncio.Connection,
+    queue: str,
+    in_progress: str,
+    up_to: int,
+    block_seconds: float,
+) -> tuple[str, list[bytes]]:
+    """BLMOVE a request into an in-progress list, and LMOVE up to ``up_to - 1`` more.
+
+    The move is atomic in Redis: a crash leaves each request on the queue or in the
+    in-progress list, never nowhere.
+    """
+    commands: list[tuple[Any, ...]] = [
+        ("BLMOVE", queue, in_progress, "LEFT", "RIGHT", block_seconds)
+    ]
+    commands += [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * (up_to - 1)
+    moved = await exchange(connection, commands, block_seconds + 5)
+    raise_first_error(moved)
+    return queue, [message for message in moved if message is not None]

@@ -1,0 +1,84 @@
+"""Writing to Redis from the worker: outcomes batched per pass of the event loop.
+
+A reply, a dead letter or an acknowledgement is a handful of commands. Those of every
+request finished in one pass of the loop go out in one write on one connection and
+are read back together; a reliable queue's go in a MULTI/EXEC of their own, so the
+reply and the removal from the in-progress list happen together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from .connection import exchange
+
+Command = tuple[Any, ...]
+WRITE_READ_TIMEOUT = 10.0
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class Writer:
+    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
+        self.pool = pool
+        self._outbox: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
+        self._writes: set[asyncio.Future[None]] = set()
+
+    async def write_with_others(self, commands: list[Command]) -> list[Any]:
+        """Queue commands for the next write; their responses (error replies as values)."""
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[list[Any]] = loop.create_future()
+        self._outbox.append((commands, written))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._start_write)
+        return await written
+
+    async def write_transaction(self, commands: list[Command]) -> list[Any]:
+        """MULTI ... EXEC in one round trip: the results of the commands, as EXEC gives them."""
+        connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            transaction = [("MULTI",), *commands, ("EXEC",)]
+            responses = await exchange(connection, transaction, WRITE_READ_TIMEOUT)
+        finally:
+            await self.pool.release(connection)
+        raise_first_error(responses[:-1])  # a command Redis would not even queue
+        results = responses[-1]
+        if isinstance(results, Exception):
+            raise results
+        return list(results)
+
+    def _start_write(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        write = asyncio.ensure_future(self._write(outbox))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _write(self, outbox: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
+        try:
+            connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                commands = [command for commands, _ in outbox for command in commands]
+                results = await exchange(connection, commands, WRITE_READ_TIMEOUT)
+            finally:
+                await self.pool.release(connection)
+        except BaseException as exc:  # whatever it is, no writer may wait forever
+            for _, written in outbox:
+                if not written.done():
+                    written.set_exception(exc)
+            if isinstance(exc, REDIS_ERRORS):
+                return
+            raise
+        for commands, written in outbox:
+            mine, results = results[: len(commands)], results[len(commands) :]
+            if not written.done():
+                written.set_result(mine)
+
+
+def raise_first_error(responses: list[Any]) -> None:
+    """Raise the first error reply among responses (a key holding the wrong type...)."""
+    for response in responses:
+        if isinstance(response, redis.exceptions.ResponseError):
+            raise response
