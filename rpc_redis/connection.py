@@ -65,6 +65,14 @@ async def exchange(
     pipelines do with ``raise_on_error=False``, without redis-py's pipeline machinery:
     on the hot path, that machinery costs more than the round trip it organises.
     """
+    await send_commands(connection, commands)
+    return await read_responses(connection, len(commands), read_timeout)
+
+
+async def send_commands(
+    connection: redis.asyncio.Connection, commands: list[tuple[Any, ...]]
+) -> None:
+    """Send commands in one write; a stale pooled connection is replaced once."""
     packed = connection.pack_commands(commands)
     try:
         await connection.send_packed_command(packed)
@@ -73,8 +81,14 @@ async def exchange(
         # delivered, so one fresh connection may carry the same commands.
         await connection.disconnect()
         await connection.send_packed_command(packed)
+
+
+async def read_responses(
+    connection: redis.asyncio.Connection, count: int, read_timeout: float | None
+) -> list[Any]:
+    """Read ``count`` responses; error replies come back as values, in their place."""
     responses: list[Any] = []
-    for _ in commands:
+    for _ in range(count):
         try:
             responses.append(await connection.read_response(timeout=read_timeout))
         except redis.exceptions.ResponseError as error:

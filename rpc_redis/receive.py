@@ -6,18 +6,24 @@ from typing import Any, cast
 
 import redis.asyncio
 
-from .connection import exchange
-from .writer import raise_first_error
+from .connection import exchange, read_responses, send_commands
+from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, raise_first_error, settle
 
 
 async def pop_requests(
-    connection: redis.asyncio.Connection, queues: list[str], up_to: int, block_seconds: float
+    connection: redis.asyncio.Connection,
+    queues: list[str],
+    up_to: int,
+    block_seconds: float,
+    writer: Writer | None = None,
 ) -> tuple[str, list[bytes]]:
     """Wait for a request; take up to ``up_to`` from its queue in as few round trips.
 
     With one queue, BLPOP and an LPOP of the rest go out together; with several, the
     LPOP follows once BLPOP has said which queue had work. ``queues`` is rotated, so a
-    busy service cannot starve the others.
+    busy service cannot starve the others. The writer's pending writes (replies just
+    finished) ride in front of the BLPOP, in the same write, and are settled as soon as
+    their responses arrive, before the BLPOP blocks: one round trip per request.
     """
     if len(queues) > 1:
         queues.append(queues.pop(0))
@@ -26,7 +32,15 @@ async def pop_requests(
     commands: list[tuple[Any, ...]] = [("BLPOP", *queues, block_seconds)]
     if rest_pipelined:
         commands.append(("LPOP", queues[0], rest))
-    responses = await exchange(connection, commands, block_seconds + 5)
+    riding = writer.take_pending() if writer is not None else []
+    riding_commands = commands_of(riding)
+    try:
+        await send_commands(connection, riding_commands + commands)
+        settle(riding, await read_responses(connection, len(riding_commands), WRITE_READ_TIMEOUT))
+    except BaseException as exc:  # the writes' owners retry them; no one waits forever
+        settle(riding, exc)
+        raise
+    responses = await read_responses(connection, len(commands), block_seconds + 5)
     raise_first_error(responses)
     popped, more = responses[0], responses[1] if rest_pipelined else None
     if popped is None:

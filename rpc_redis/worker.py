@@ -350,7 +350,7 @@ class Worker:
                     )
                 else:
                     queue, messages = await pop_requests(
-                        connection, queues, free, self.block_seconds
+                        connection, queues, free, self.block_seconds, self._writer
                     )
             except REDIS_ERRORS as exc:
                 for _ in range(free):
@@ -375,6 +375,10 @@ class Worker:
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
                 task.add_done_callback(lambda _: slots.release())
+            if messages:
+                # One pass for the handlers just started: those that finish without
+                # waiting send their replies with the next BLPOP.
+                await asyncio.sleep(0)
 
     # -- handling ----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 class Writer:
     def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
         self.pool = pool
-        self._outbox: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
+        self._outbox: Outbox = []
         self._writes: set[asyncio.Future[None]] = set()
 
     async def write_with_others(self, commands: list[Command]) -> list[Any]:
@@ -50,31 +50,51 @@ class Writer:
             raise results
         return list(results)
 
-    def _start_write(self) -> None:
+    def take_pending(self) -> Outbox:
+        """Hand the writes not yet sent to someone about to write anyway (the receiver,
+        whose next BLPOP they ride with); that someone must :meth:`settle` them."""
         outbox, self._outbox = self._outbox, []
-        write = asyncio.ensure_future(self._write(outbox))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
+        return outbox
 
-    async def _write(self, outbox: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
+    def _start_write(self) -> None:
+        outbox = self.take_pending()
+        if outbox:  # else the receiver took them
+            write = asyncio.ensure_future(self._write(outbox))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+
+    async def _write(self, outbox: Outbox) -> None:
         try:
             connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                commands = [command for commands, _ in outbox for command in commands]
-                results = await exchange(connection, commands, WRITE_READ_TIMEOUT)
+                results = await exchange(connection, commands_of(outbox), WRITE_READ_TIMEOUT)
             finally:
                 await self.pool.release(connection)
         except BaseException as exc:  # whatever it is, no writer may wait forever
-            for _, written in outbox:
-                if not written.done():
-                    written.set_exception(exc)
+            settle(outbox, exc)
             if isinstance(exc, REDIS_ERRORS):
                 return
             raise
-        for commands, written in outbox:
+        settle(outbox, results)
+
+
+Outbox = list[tuple[list[Command], "asyncio.Future[list[Any]]"]]
+
+
+def commands_of(outbox: Outbox) -> list[Command]:
+    return [command for commands, _ in outbox for command in commands]
+
+
+def settle(outbox: Outbox, results: list[Any] | BaseException) -> None:
+    """Give each queued write its own responses, or the error that stopped them all."""
+    for commands, written in outbox:
+        if written.done():
+            continue
+        if isinstance(results, BaseException):
+            written.set_exception(results)
+        else:
             mine, results = results[: len(commands)], results[len(commands) :]
-            if not written.done():
-                written.set_result(mine)
+            written.set_result(mine)
 
 
 def raise_first_error(responses: list[Any]) -> None:
