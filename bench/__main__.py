@@ -38,6 +38,8 @@ from . import floor
 REPOSITORY = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAYLOADS = {"100 B": "x" * 100, "100 KB": "x" * 100_000}
+# Rows compared with each other are measured in this many alternating rounds.
+ROUNDS = 5
 
 
 @dataclass
@@ -167,11 +169,12 @@ class Bench:
         client_cpu = time.process_time()
         started = time.perf_counter()
         yield
-        row.seconds = time.perf_counter() - started
-        row.client_cpu = time.process_time() - client_cpu
-        row.commands = command_count(self.admin) - commands
-        row.redis_cpu = cpu_seconds(self.server.pid or 0) - redis_cpu
-        row.worker_cpu = sum(cpu_seconds(pid) for pid in pids) - worker_cpu
+        # Added, not set: a row is measured in several rounds (see run_rounds).
+        row.seconds += time.perf_counter() - started
+        row.client_cpu += time.process_time() - client_cpu
+        row.commands += command_count(self.admin) - commands
+        row.redis_cpu += cpu_seconds(self.server.pid or 0) - redis_cpu
+        row.worker_cpu += sum(cpu_seconds(pid) for pid in pids) - worker_cpu
 
     def run(self, row: Row, calls: int | None = None) -> Row:
         """Run ``row.callers`` callers for the duration (or ``calls`` calls each)."""
@@ -193,9 +196,20 @@ class Bench:
                     thread.start()
                 for thread in threads:
                     thread.join()
-        row.latencies = [latency for per_caller in latencies for latency in per_caller]
+        row.latencies += [latency for per_caller in latencies for latency in per_caller]
         row.calls = len(row.latencies)
         return row
+
+    def run_rounds(self, rows: list[Row], rounds: int, calls: int | None = None) -> list[Row]:
+        """Measure rows that are compared with each other in alternating rounds.
+
+        On a shared machine the load drifts; rows measured one after another see
+        different loads, rows measured in turns see the same, so their ratio holds.
+        """
+        for _ in range(rounds):
+            for row in rows:
+                self.run(row, calls=None if calls is None else max(calls // rounds, 1))
+        return rows
 
     def _sync_callers(
         self,
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     with EmbeddedRedis() as server:
-        bench = Bench(server, duration)
+        bench = Bench(server, duration / ROUNDS)
         print(f"machine: {machine(server)}")
         print(
             "note: shared, noisy machines; compare the ratios (measured in the same run), "
@@ -348,17 +362,24 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_workers()
         try:
             for payload, calls in sequential_calls.items():
-                rows.append(bench.run(Row("latency", "floor", 1, 1, payload), calls=calls))
-                for system in ("sync", "async"):
-                    for handler in ("def", "async def"):
-                        row = Row("latency", system, 1, 1, payload, handler)
-                        rows.append(bench.run(row, calls=calls))
+                group = [Row("latency", "floor", 1, 1, payload)]
+                group += [
+                    Row("latency", system, 1, 1, payload, handler)
+                    for system in ("sync", "async")
+                    for handler in ("def", "async def")
+                ]
+                rows += bench.run_rounds(group, ROUNDS, calls=calls)
             for workers in (1, 2):
                 for callers in caller_counts:
-                    for system in ("floor", "sync", "async"):
-                        rows.append(bench.run(Row("throughput", system, callers, workers, "100 B")))
-            for system in ("floor", "sync", "async"):
-                rows.append(bench.run(Row("throughput", system, 8, 1, "100 KB")))
+                    group = [
+                        Row("throughput", system, callers, workers, "100 B")
+                        for system in ("floor", "sync", "async")
+                    ]
+                    rows += bench.run_rounds(group, ROUNDS)
+            group = [
+                Row("throughput", system, 8, 1, "100 KB") for system in ("floor", "sync", "async")
+            ]
+            rows += bench.run_rounds(group, ROUNDS)
             together, one_by_one = bench.concurrent_versus_sequential(concurrent_calls)
             rss_before, rss_after = bench.soak(soak_calls)
         finally:

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import redis.asyncio
 
 from .connection import exchange, read_responses, send_commands
 from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, raise_first_error, settle
+
+
+class Slots:
+    """A worker's free request slots, shared by its receivers, taken in bulk."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._freed = asyncio.Event()
+        self._freed.set()
+
+    async def take(self, most: int) -> int:
+        """Wait for a free slot, then take up to ``most`` of those free."""
+        while self.free == 0:
+            self._freed.clear()
+            await self._freed.wait()
+        return self.take_now(most)
+
+    def take_now(self, most: int) -> int:
+        """Take up to ``most`` free slots, without waiting; possibly none."""
+        taken = min(most, self.free)
+        self.free -= taken
+        return taken
+
+    def give_back(self, count: int = 1) -> None:
+        if count:
+            self.free += count
+            self._freed.set()
 
 
 async def pop_requests(
@@ -73,3 +101,19 @@ async def move_requests(
     moved = await exchange(connection, commands, block_seconds + 5)
     raise_first_error(moved)
     return queue, [message for message in moved if message is not None]
+
+
+async def pop_more(connection: redis.asyncio.Connection, queue: str, count: int) -> list[bytes]:
+    """Up to ``count`` requests from ``queue``, without blocking (LPOP with a count)."""
+    [more] = await exchange(connection, [("LPOP", queue, count)], 5)
+    raise_first_error([more])
+    return list(more or [])
+
+
+async def move_more(
+    connection: redis.asyncio.Connection, queue: str, in_progress: str, count: int
+) -> list[bytes]:
+    """Up to ``count`` requests moved from ``queue`` to an in-progress list, without blocking."""
+    moved = await exchange(connection, [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * count, 5)
+    raise_first_error(moved)
+    return [message for message in moved if message is not None]

@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from . import protocol
 from .connection import async_pool, default_url, redact_url
 from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
-from .receive import move_requests, pop_requests
+from .receive import Slots, move_more, move_requests, pop_more, pop_requests
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
 from .writer import Writer
@@ -178,7 +178,8 @@ class Worker:
                     upkeep = asyncio.create_task(self._keep_up_reliability())
                 logger.info("%s", self.describe())
                 self.ready.set()
-                slots = asyncio.Semaphore(self.concurrency)
+                slots = Slots(self.concurrency)
+                self._receivers = len(receivers)
                 await asyncio.gather(
                     *(self._receive(client, queues, slots) for client, queues in receivers)
                 )
@@ -318,9 +319,7 @@ class Worker:
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def _receive(
-        self, client: redis.asyncio.Redis, queues: list[str], slots: asyncio.Semaphore
-    ) -> None:
+    async def _receive(self, client: redis.asyncio.Redis, queues: list[str], slots: Slots) -> None:
         """Pop requests while there are free slots; each runs as a task holding a slot."""
         connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -329,38 +328,31 @@ class Worker:
             await client.connection_pool.release(connection)
 
     async def _receive_on(
-        self, connection: redis.asyncio.Connection, queues: list[str], slots: asyncio.Semaphore
+        self, connection: redis.asyncio.Connection, queues: list[str], slots: Slots
     ) -> None:
+        # Alone, a receiver takes every free slot and asks for that many requests in
+        # its one round trip. Beside others, it blocks holding one slot, and takes more
+        # only once a request has come: a slot held in a blocked BLPOP is idle.
+        alone = self._receivers == 1
         refused = ""  # the last error reply logged, so that a lasting one is logged once
         while not self._stopping:
-            await slots.acquire()
-            free = 1
-            while not slots.locked():  # take every other free slot, without waiting
-                await slots.acquire()
-                free += 1
+            taken = await slots.take(self.concurrency if alone else 1)
             if self._stopping:
-                for _ in range(free):
-                    slots.release()
+                slots.give_back(taken)
                 break
             try:
-                if self._is_reliable(queues[0]):
-                    in_progress = self._reliability.in_progress_key(queues[0])
-                    queue, messages = await move_requests(
-                        connection, queues[0], in_progress, free, self.block_seconds
-                    )
-                else:
-                    queue, messages = await pop_requests(
-                        connection, queues, free, self.block_seconds, self._writer
-                    )
+                queue, messages = await self._take_requests(connection, queues, taken)
+                if messages and not alone:
+                    more = slots.take_now(self.concurrency)
+                    taken += more
+                    messages += await self._take_more(connection, queue, more)
             except REDIS_ERRORS as exc:
-                for _ in range(free):
-                    slots.release()
+                slots.give_back(taken)
                 if not self._stopping and not await self._wait_for_redis(exc):
                     break
                 continue
             except redis.exceptions.ResponseError as exc:  # e.g. a queue key holding a string
-                for _ in range(free):
-                    slots.release()
+                slots.give_back(taken)
                 if str(exc) != refused:
                     logger.error("Redis refused to pop from %s: %s; retrying", queues, exc)
                     refused = str(exc)
@@ -368,17 +360,37 @@ class Worker:
                     break
                 continue
             refused = ""
-            for _ in range(free - len(messages)):
-                slots.release()
+            slots.give_back(taken - len(messages))
             for raw in messages:
                 task = asyncio.create_task(self._handle(queue, raw))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
-                task.add_done_callback(lambda _: slots.release())
+                task.add_done_callback(lambda _: slots.give_back())
             if messages:
                 # One pass for the handlers just started: those that finish without
                 # waiting send their replies with the next BLPOP.
                 await asyncio.sleep(0)
+
+    async def _take_requests(
+        self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
+    ) -> tuple[str, list[bytes]]:
+        if self._is_reliable(queues[0]):
+            in_progress = self._reliability.in_progress_key(queues[0])
+            return await move_requests(
+                connection, queues[0], in_progress, up_to, self.block_seconds
+            )
+        return await pop_requests(connection, queues, up_to, self.block_seconds, self._writer)
+
+    async def _take_more(
+        self, connection: redis.asyncio.Connection, queue: str, count: int
+    ) -> list[bytes]:
+        """Up to ``count`` more requests from ``queue``, without blocking."""
+        if not count:
+            return []
+        if self._is_reliable(queue):
+            in_progress = self._reliability.in_progress_key(queue)
+            return await move_more(connection, queue, in_progress, count)
+        return await pop_more(connection, queue, count)
 
     # -- handling ----------------------------------------------------------------------
 

@@ -138,3 +138,27 @@ def test_processes_serve_in_parallel_and_stop_cleanly_with_calls_in_flight(
             assert not pid_alive(pid)
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("reliable", [True, False])
+def test_no_queue_waits_while_another_receiver_holds_the_slots(
+    redis_url: str, reliable: bool
+) -> None:
+    from rpc_redis import Service, Worker, WorkerThread
+
+    alpha, beta = Service("alpha", reliable=reliable), Service("beta", reliable=True)
+
+    @alpha.method(name="ping")
+    def alpha_ping() -> str:
+        return "alpha"
+
+    @beta.method(name="ping")
+    def beta_ping() -> str:
+        return "beta"
+
+    # Two receivers (one per reliable queue, one for the rest): the one that started
+    # first must not keep every slot in its blocked BLPOP while the other has work.
+    with WorkerThread(Worker([alpha, beta], redis_url, concurrency=4)):
+        with Client(redis_url, timeout=1.0) as client:  # far less than the 5 s block
+            for name in ("beta", "alpha", "beta", "alpha"):
+                assert client.proxy(name).ping() == name
