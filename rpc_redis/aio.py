@@ -22,7 +22,7 @@ from . import protocol
 from .client import CallSettings, ProxyMaker, blpop_timeout, effective_timeout, new_request_id
 from .connection import async_pool, default_url, exchange, redact_url
 from .errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
-from .proxy import BatchBuilder, Params
+from .proxy import BatchHandle, Params
 
 logger = logging.getLogger("rpc_redis.aio")
 
@@ -295,33 +295,17 @@ def chunked(items: list[T], size: int) -> list[list[T]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-class AsyncBatch:
+class AsyncBatch(BatchHandle):
     """Calls and notifications sent as one JSON-RPC batch: ``async with client.batch(...)``."""
 
-    def __init__(
-        self, client: AsyncClient, service: str, queue: str, timeout: float | None
-    ) -> None:
-        self._client = client
-        self._queue = queue
-        self._timeout = timeout or client.settings.timeout
-        self.builder = BatchBuilder(service, new_request_id)
-        self.notify = self.builder.notify
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.builder, name)
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.builder.call(method, *args, **kwargs)
+    _client: AsyncClient
 
     async def send(self) -> list[Any]:
         """Send the batch; return each call's result (or RpcError) in call order."""
         builder = self.builder
-        if not builder.requests:
-            raise ValueError("an empty batch cannot be sent")
-        if not builder.expects_reply:
-            builder.sent = True
-            await self._client._push(
-                builder.service, "batch", self._queue, builder.requests, None, self._timeout
+        if not self._expects_reply():
+            await self._client._notify(
+                builder.service, self._queue, builder.requests, self._timeout
             )
             return []
         request_ids = [result.request_id for result in builder.results]

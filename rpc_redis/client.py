@@ -18,7 +18,7 @@ import redis.exceptions
 from . import protocol
 from .connection import default_url, sync_pool
 from .errors import InternalError, RpcConnectionError, RpcTimeout
-from .proxy import BatchBuilder, Params, ServiceProxy
+from .proxy import BatchHandle, Params, ServiceProxy, new_batch_request_id
 from .service import current_call
 
 DEFAULT_TIMEOUT = 10.0
@@ -27,8 +27,7 @@ DEFAULT_MAX_CONNECTIONS = 64
 READ_GRACE = 0.25
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+new_request_id = new_batch_request_id  # one id scheme for single calls and batches
 
 
 def effective_timeout(timeout: float) -> float:
@@ -217,7 +216,7 @@ class Client(ProxyMaker):
         return responses
 
 
-class Batch:
+class Batch(BatchHandle):
     """Calls and notifications sent as one JSON-RPC batch, in one message.
 
     >>> with client.batch("calculator") as batch:
@@ -227,26 +226,12 @@ class Batch:
     3
     """
 
-    def __init__(self, client: Client, service: str, queue: str, timeout: float | None) -> None:
-        self._client = client
-        self._queue = queue
-        self._timeout = timeout or client.settings.timeout
-        self.builder = BatchBuilder(service, new_request_id)
-        self.notify = self.builder.notify
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.builder, name)
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.builder.call(method, *args, **kwargs)
+    _client: Client
 
     def send(self) -> list[Any]:
         """Send the batch; return each call's result (or RpcError) in call order."""
         builder = self.builder
-        if not builder.requests:
-            raise ValueError("an empty batch cannot be sent")
-        if not builder.expects_reply:
-            builder.sent = True
+        if not self._expects_reply():
             self._client._notify(builder.service, self._queue, builder.requests, self._timeout)
             return []
         reply = self._client._roundtrip(

@@ -6,6 +6,7 @@ decides whether a call blocks or returns an awaitable, so neither is written twi
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -141,3 +142,37 @@ class BatchBuilder:
             missing = InternalError("Batch reply has no response for this call", result.request_id)
             result.set_outcome(outcomes.get(result.request_id, missing))
         return [result._outcome for result in self.results]
+
+
+class BatchHandle:
+    """What the sync and async batches share: collecting calls, and checking before sending.
+
+    ``client`` is the client the batch will be sent by; its ``settings`` give the timeout.
+    """
+
+    def __init__(self, client: Any, service: str, queue: str, timeout: float | None) -> None:
+        self._client = client
+        self._queue = queue
+        self._timeout = timeout or client.settings.timeout
+        self.builder = BatchBuilder(service, new_batch_request_id)
+        self.notify = self.builder.notify
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.builder, name)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> BatchResult:
+        return self.builder.call(method, *args, **kwargs)
+
+    def _expects_reply(self) -> bool:
+        """Whether sending waits for a reply; an empty batch is refused, a batch of only
+        notifications is marked sent (nothing will come back to resolve it)."""
+        if not self.builder.requests:
+            raise ValueError("an empty batch cannot be sent")
+        if not self.builder.expects_reply:
+            self.builder.sent = True
+            return False
+        return True
+
+
+def new_batch_request_id() -> str:
+    return uuid.uuid4().hex
