@@ -50,6 +50,12 @@ class Row:
     workers: int
     payload: str
     handler: str = "def"  # the service method: "def" (thread pool) or "async def" (loop)
+    reliable: bool = False  # served by an rpc-worker --reliable
+
+    @property
+    def queue(self) -> str:
+        return f"rpc:bench:{self.workers}" + (":reliable" if self.reliable else "")
+
     calls: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -105,7 +111,7 @@ class Bench:
         self.duration = duration
         self.admin = redis.Redis.from_url(self.url)
         self.floor_workers: dict[int, list[subprocess.Popen[bytes]]] = {}
-        self.rpc_workers: dict[int, list[WorkerProcess]] = {}
+        self.rpc_workers: dict[str, list[WorkerProcess]] = {}  # by queue
 
     # -- processes -------------------------------------------------------------------
 
@@ -123,18 +129,22 @@ class Bench:
             for process in self.floor_workers[count]:
                 assert process.stdout is not None
                 process.stdout.readline()  # "floor worker ready"
-            args = ["bench.service", "--redis-url", self.url, "--queue", f"rpc:bench:{count}"]
-            args += ["--concurrency", "64", "--log-level", "WARNING"]
-            self.rpc_workers[count] = [
-                WorkerProcess(args, cwd=REPOSITORY).start(ready_timeout=0) for _ in range(count)
-            ]
+            for reliable in (False, True) if count == 1 else (False,):
+                queue = Row("", "", 0, count, "", reliable=reliable).queue
+                args = ["bench.service", "--redis-url", self.url, "--queue", queue]
+                args += ["--concurrency", "64", "--log-level", "WARNING"]
+                args += ["--reliable"] if reliable else []
+                self.rpc_workers[queue] = [
+                    WorkerProcess(args, cwd=REPOSITORY).start(ready_timeout=0) for _ in range(count)
+                ]
         # A warm-up call through each path also proves each worker is serving.
         for count in (1, 2):
             for _ in range(count * 4):
                 self.floor_call(count, "warm")
-            with Client(self.url) as client:
-                for _ in range(count * 4):
-                    client.proxy("bench", queue=f"rpc:bench:{count}").echo("warm")
+        with Client(self.url) as client:
+            for queue, workers in self.rpc_workers.items():
+                for _ in range(len(workers) * 4):
+                    client.proxy("bench", queue=queue).echo("warm")
 
     def stop_workers(self) -> list[int]:
         codes = []
@@ -148,10 +158,10 @@ class Bench:
             codes.extend(worker.stop() for worker in workers)
         return codes
 
-    def worker_pids(self, system: str, count: int) -> list[int]:
-        if system == "floor":
-            return [process.pid for process in self.floor_workers[count]]
-        return [worker.pid for worker in self.rpc_workers[count]]
+    def worker_pids(self, row: Row) -> list[int]:
+        if row.system == "floor":
+            return [process.pid for process in self.floor_workers[row.workers]]
+        return [worker.pid for worker in self.rpc_workers[row.queue]]
 
     # -- one measurement -------------------------------------------------------------
 
@@ -162,7 +172,7 @@ class Bench:
 
     @contextmanager
     def measuring(self, row: Row) -> Iterator[None]:
-        pids = self.worker_pids(row.system, row.workers)
+        pids = self.worker_pids(row)
         worker_cpu = sum(cpu_seconds(pid) for pid in pids)
         redis_cpu = cpu_seconds(self.server.pid or 0)
         commands = command_count(self.admin)
@@ -231,7 +241,7 @@ class Bench:
 
             return [lambda n=n: floor_caller(n) for n in range(row.callers)]
         client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
-        proxy = client.proxy("bench", queue=f"rpc:bench:{row.workers}")
+        proxy = client.proxy("bench", queue=row.queue)
         echo = proxy.echo if row.handler == "def" else proxy.echo_async
 
         def rpc_caller(n: int) -> None:
@@ -250,7 +260,7 @@ class Bench:
         keep_going: Callable[[int], bool],
     ) -> None:
         async with AsyncClient(self.url, timeout=30) as client:
-            proxy = client.proxy("bench", queue=f"rpc:bench:{row.workers}")
+            proxy = client.proxy("bench", queue=row.queue)
             echo = proxy.echo if row.handler == "def" else proxy.echo_async
 
             async def caller(n: int) -> None:
@@ -281,7 +291,7 @@ class Bench:
 
     def soak(self, calls: int) -> tuple[float, float]:
         """Worker RSS (MB) before and after ``calls`` calls."""
-        pid = self.rpc_workers[1][0].pid
+        pid = self.rpc_workers["rpc:bench:1"][0].pid
         before = rss_mb(pid)
 
         async def hammer() -> None:
@@ -304,7 +314,7 @@ class Bench:
 
 def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
     header = (
-        f"{'kind':<10} {'system':<6} {'handler':<9} {'callers':>7} {'workers':>7} {'payload':>7} "
+        f"{'kind':<10} {'system':<6} {'handler':<14} {'callers':>7} {'workers':>7} {'payload':>7} "
         f"{'calls':>7} {'calls/s':>9} {'median µs':>10} {'p99 µs':>9} {'ratio':>6} "
         f"{'cpu µs/call: worker':>19} {'client':>7} {'redis':>6} {'cmds/call':>9}"
     )
@@ -318,8 +328,9 @@ def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
         else:
             ratio = row.throughput / base.throughput
         handler = "-" if row.system == "floor" else row.handler
+        handler += ", reliable" if row.reliable else ""
         lines.append(
-            f"{row.kind:<10} {row.system:<6} {handler:<9} {row.callers:>7} {row.workers:>7} "
+            f"{row.kind:<10} {row.system:<6} {handler:<14} {row.callers:>7} {row.workers:>7} "
             f"{row.payload:>7} {row.calls:>7} {row.throughput:>9.0f} {row.median_us:>10.0f} "
             f"{row.p99_us:>9.0f} {ratio:>6.2f} {row.per_call(row.worker_cpu):>19.0f} "
             f"{row.per_call(row.client_cpu):>7.0f} {row.per_call(row.redis_cpu):>6.0f} "
@@ -368,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                     for system in ("sync", "async")
                     for handler in ("def", "async def")
                 ]
+                group.append(Row("latency", "sync", 1, 1, payload, "def", reliable=True))
                 rows += bench.run_rounds(group, ROUNDS, calls=calls)
             for workers in (1, 2):
                 for callers in caller_counts:
@@ -375,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                         Row("throughput", system, callers, workers, "100 B")
                         for system in ("floor", "sync", "async")
                     ]
+                    if workers == 1 and callers == 8:
+                        group.append(Row("throughput", "sync", 8, 1, "100 B", reliable=True))
                     rows += bench.run_rounds(group, ROUNDS)
             group = [
                 Row("throughput", system, 8, 1, "100 KB") for system in ("floor", "sync", "async")
@@ -396,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         [row] = [
             r
             for r in rows
-            if (r.system, r.kind, r.callers, r.workers, r.payload, r.handler)
-            == (system, kind, callers, workers, payload, handler)
+            if (r.system, r.kind, r.callers, r.workers, r.payload, r.handler, r.reliable)
+            == (system, kind, callers, workers, payload, handler, False)
         ]
         base = floors[(kind, callers, workers, payload)]
         if kind == "latency":

@@ -89,18 +89,24 @@ async def move_requests(
     up_to: int,
     block_seconds: float,
 ) -> tuple[str, list[bytes]]:
-    """BLMOVE a request into an in-progress list, and LMOVE up to ``up_to - 1`` more.
+    """BLMOVE a request into an in-progress list, and up to ``up_to - 1`` more waiting.
 
     The move is atomic in Redis: a crash leaves each request on the queue or in the
-    in-progress list, never nowhere.
+    in-progress list, never nowhere. LMOVE takes no count, so an LLEN rides with the
+    BLMOVE, and a second round trip moves only as many as were waiting.
     """
     commands: list[tuple[Any, ...]] = [
         ("BLMOVE", queue, in_progress, "LEFT", "RIGHT", block_seconds)
     ]
-    commands += [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * (up_to - 1)
-    moved = await exchange(connection, commands, block_seconds + 5)
-    raise_first_error(moved)
-    return queue, [message for message in moved if message is not None]
+    if up_to > 1:
+        commands.append(("LLEN", queue))
+    responses = await exchange(connection, commands, block_seconds + 5)
+    raise_first_error(responses)
+    moved = [responses[0]] if responses[0] is not None else []
+    waiting = int(responses[1]) if up_to > 1 else 0
+    if moved and waiting:
+        moved += await move_more(connection, queue, in_progress, min(waiting, up_to - 1))
+    return queue, moved
 
 
 async def pop_more(connection: redis.asyncio.Connection, queue: str, count: int) -> list[bytes]:

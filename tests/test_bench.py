@@ -30,4 +30,6 @@ def test_quick_benchmark_prints_its_table_and_targets() -> None:
     assert re.search(r"^latency\s+sync\s+async def\s+1\s+1\s+100 B", output, re.M)
     assert len(re.findall(r"^  (MET |MISS)  ", output, re.M)) == 6
     assert re.search(r"keys left in Redis: \d+", output)
-    assert re.search(r"^workers' exit codes: \[0, 0, 0, 0, 0, 0\]$", output, re.M)
+    assert re.search(r"^latency\s+sync\s+def, reliable\s+1\s+1\s+100 B\s+\d+", output, re.M)
+    # floor x1, floor x2, rpc-worker x1, x2 and --reliable x1: all stopped cleanly
+    assert re.search(r"^workers' exit codes: \[0, 0, 0, 0, 0, 0, 0\]$", output, re.M)
