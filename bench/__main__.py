@@ -370,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             "note: shared, noisy machines; compare the ratios (measured in the same run), "
             "not the absolute numbers."
         )
-        bench.start_workers()
         try:
+            bench.start_workers()
             for payload, calls in sequential_calls.items():
                 group = [Row("latency", "floor", 1, 1, payload)]
                 group += [

@@ -136,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
     kills = 0
     with EmbeddedRedis() as server:
-        workers = [start_worker(server.url) for _ in range(2)]
-        for worker in workers:
-            worker.wait_for_line("rpc-worker serving", timeout=15)
+        workers: list[WorkerProcess] = []
+        try:
+            for _ in range(2):
+                workers.append(start_worker(server.url))
+                workers[-1].wait_for_line("rpc-worker serving", timeout=15)
+        except BaseException:
+            for worker in workers:  # whatever a run starts, it stops
+                worker.stop()
+            raise
         stop = threading.Event()
         callers = [
             threading.Thread(target=sync_caller, args=(server.url, stop, tally, args.seed + n))
