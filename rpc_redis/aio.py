@@ -19,10 +19,10 @@ import redis.asyncio
 import redis.exceptions
 
 from . import protocol
-from .client import CallSettings, ProxyMaker, blpop_timeout, effective_timeout, new_request_id
-from .connection import async_pool, default_url, exchange, redact_url
+from .client import CallSettings, ProxyMaker, blpop_timeout, effective_timeout
+from .connection import REDIS_ERRORS, async_pool, default_url, exchange, redact_url
 from .errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
-from .proxy import BatchHandle, Params
+from .proxy import BatchHandle, Params, new_request_id
 
 logger = logging.getLogger("rpc_redis.aio")
 
@@ -36,7 +36,6 @@ LISTEN_BLOCK_SECONDS = 1.0
 DRAIN_COUNT = 128
 # Messages in one RPUSH when many calls are flushed together.
 PUSH_CHUNK = 256
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 class AsyncClient(ProxyMaker):

@@ -18,16 +18,13 @@ import redis.exceptions
 from . import protocol
 from .connection import default_url, sync_pool
 from .errors import InternalError, RpcConnectionError, RpcTimeout
-from .proxy import BatchHandle, Params, ServiceProxy, new_batch_request_id
+from .proxy import BatchHandle, Params, ServiceProxy, new_request_id
 from .service import current_call
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 64
 # How long past a call's timeout a read may wait for Redis's own BLPOP timeout reply.
 READ_GRACE = 0.25
-
-
-new_request_id = new_batch_request_id  # one id scheme for single calls and batches
 
 
 def effective_timeout(timeout: float) -> float:

@@ -17,6 +17,8 @@ except ImportError:  # redis-py before 7
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENVIRONMENT_VARIABLES = ("RPC_REDIS_URL", "REDIS_URL")
 CONNECT_TIMEOUT = 5.0
+# What a lost or unreachable Redis raises; an error reply (ResponseError) is not one.
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def default_url() -> str:

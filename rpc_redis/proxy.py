@@ -154,7 +154,7 @@ class BatchHandle:
         self._client = client
         self._queue = queue
         self._timeout = timeout or client.settings.timeout
-        self.builder = BatchBuilder(service, new_batch_request_id)
+        self.builder = BatchBuilder(service, new_request_id)
         self.notify = self.builder.notify
 
     def __getattr__(self, name: str) -> Any:
@@ -174,5 +174,6 @@ class BatchHandle:
         return True
 
 
-def new_batch_request_id() -> str:
+def new_request_id() -> str:
+    """A request id unique across clients: the AsyncClient routes replies by it."""
     return uuid.uuid4().hex

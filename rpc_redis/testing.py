@@ -66,6 +66,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str
         time.sleep(0.005)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process still exists: to check that what a test started has stopped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def serve_in_thread(
     service: Service | Sequence[Service], url: str, **options: object
 ) -> WorkerThread:

@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import protocol
-from .connection import async_pool, default_url, redact_url
+from .connection import REDIS_ERRORS, async_pool, default_url, redact_url
 from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
 from .receive import Slots, move_more, move_requests, pop_more, pop_requests
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
@@ -47,7 +47,6 @@ WRITE_RETRY_SECONDS = 30.0
 # Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
 ADMIN_TIMEOUT = 10.0
 HANDLER_THREAD_PREFIX = "rpc-handler"
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 @dataclass

@@ -14,11 +14,10 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from .connection import exchange
+from .connection import REDIS_ERRORS, exchange
 
 Command = tuple[Any, ...]
 WRITE_READ_TIMEOUT = 10.0
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 class Writer:

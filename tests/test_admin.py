@@ -23,7 +23,7 @@ import redis
 
 from rpc_redis import admin, protocol
 from rpc_redis.embedded import find_cli_binary, free_port
-from rpc_redis.testing import WorkerProcess, serve_in_thread
+from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
 from rpc_redis.worker import DEFAULT_DEAD_LETTER_LIMIT
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
@@ -51,11 +51,7 @@ AWKWARD = [
 
 def wait_for_length(connection: redis.Redis, key: str, length: int, timeout: float = 10.0) -> None:
     """Poll until the list has ``length`` entries; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while connection.llen(key) < length:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{key} has {connection.llen(key)} entries, not {length}")
-        time.sleep(0.01)
+    wait_until(lambda: connection.llen(key) >= length, timeout, f"{length} entries in {key}")
     assert connection.llen(key) == length
 
 
@@ -335,9 +331,7 @@ def test_a_requeued_message_is_served_once_the_cause_is_gone(
 
     with serve_in_thread(calculator, redis_url) as worker:
         assert admin.requeue_dead_letters(redis_connection, SERVICE).requeued == 1
-        deadline = time.monotonic() + 10
-        while worker.stats.notifications < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: worker.stats.notifications >= 1, 10, "the notification served")
         assert worker.stats.notifications == 1
         assert worker.stats.dead_lettered == 0
     assert redis_connection.llen(DEAD) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +10,7 @@ import pytest
 import redis
 
 from rpc_redis import Client, TimeLimitExceeded
-from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
+from rpc_redis.testing import WorkerProcess, calls_in_flight, pid_alive, wait_until
 from tests.conftest import REPOSITORY
 
 
@@ -102,14 +101,6 @@ def test_sync_client_shared_by_16_threads_stays_within_its_bound(redis_url: str)
         watcher.join()
         assert results == [[n * 100 + i for i in range(25)] for n in range(16)]
         assert 1 <= most <= 4
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_processes_serve_in_parallel_and_stop_cleanly_with_calls_in_flight(

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import redis
 
 from rpc_redis.embedded import EmbeddedRedis, EmbeddedRedisError, find_server_binary
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from rpc_redis.testing import pid_alive
 
 
 def test_start_serves_and_close_stops_by_pid_and_cleans_up() -> None:

@@ -15,7 +15,7 @@ import redis
 from rpc_redis import Client, RpcTimeout, Service, Worker
 from rpc_redis.embedded import find_cli_binary
 from rpc_redis.protocol import decode_dead_letter, encode_envelope
-from rpc_redis.testing import serve_in_thread
+from rpc_redis.testing import serve_in_thread, wait_until
 from services.calculator import service as calculator
 
 QUEUE = "rpc:queue:calculator"
@@ -39,11 +39,8 @@ def dead_letters(connection: redis.Redis) -> list[dict]:  # type: ignore[type-ar
 
 
 def wait_for_dead_letters(connection: redis.Redis, count: int) -> list[dict]:  # type: ignore[type-arg]
-    """Dead letters are written before a sentinel call is answered, so a call syncs."""
-    deadline = time.monotonic() + 5
-    while connection.llen(DEAD) < count:
-        assert time.monotonic() < deadline, dead_letters(connection)
-        time.sleep(0.005)
+    """Wait (5 s at most) until ``count`` dead letters are in, then return them all."""
+    wait_until(lambda: connection.llen(DEAD) >= count, 5, f"{count} dead letter(s)")
     return dead_letters(connection)
 
 
@@ -271,10 +268,7 @@ def test_dead_letters_are_bounded(redis_url: str, redis_connection: redis.Redis)
     with serve_in_thread(calculator, redis_url, dead_letter_limit=3, concurrency=1) as worker:
         for n in range(5):
             redis_connection.rpush(QUEUE, f"garbage {n}")
-        deadline = time.monotonic() + 5
-        while worker.stats.dead_lettered < 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until(lambda: worker.stats.dead_lettered == 5, 5, "5 dead letters")
     assert [letter["message"] for letter in dead_letters(redis_connection)] == [
         "garbage 2",
         "garbage 3",
@@ -439,10 +433,11 @@ def test_a_queue_key_of_the_wrong_type_is_logged_once_and_waited_out(
 ) -> None:
     redis_connection.set(QUEUE, "someone else's string")
     with serve_in_thread(calculator, redis_url) as worker:
-        deadline = time.monotonic() + 5
-        while not any("refused to pop" in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: any("refused to pop" in r.getMessage() for r in caplog.records),
+            5,
+            "the refusal logged",
+        )
         redis_connection.delete(QUEUE)
         assert_still_serving(redis_url)  # the worker outlived it and serves again
         assert not worker.stopped.is_set()
