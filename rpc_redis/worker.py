@@ -165,7 +165,7 @@ class Worker:
         # Receiving connections are named so that stop() can unblock their BLPOPs at once.
         self._receiver_name = f"rpc-worker-{self.name}"
         receivers = [
-            (self._receiving_client(), queues)
+            (self._receiving_connection(), queues)
             for queues in ([[q] for q in self.reliable_queues] + [self._plain_queues])
             if queues
         ]
@@ -180,7 +180,7 @@ class Worker:
                 slots = Slots(self.concurrency)
                 self._receivers = len(receivers)
                 await asyncio.gather(
-                    *(self._receive(client, queues, slots) for client, queues in receivers)
+                    *(self._receive(connection, queues, slots) for connection, queues in receivers)
                 )
         finally:
             self._receiving_done.set()
@@ -193,24 +193,25 @@ class Worker:
                     await upkeep
                 with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
                     await asyncio.wait_for(self._reliability.retire(), ADMIN_TIMEOUT)
-            for client, _ in receivers:
-                await client.aclose()
+            for connection, _ in receivers:
+                await connection.disconnect()
             await self._redis.aclose()
             self._executor.shutdown(wait=not self._busy_handler_threads)
             self.stopped.set()
 
-    def _receiving_client(self) -> redis.asyncio.Redis:
-        return redis.asyncio.Redis.from_pool(
-            async_pool(
-                self.redis_url,
-                max_connections=1,
-                # No socket timeout: it would wrap every send in a task (redis-py);
-                # every read here passes its own timeout instead.
-                socket_timeout=None,
-                client_name=self._receiver_name,
-                retry=Retry(NoBackoff(), 0),
-            )
-        )
+    def _receiving_connection(self) -> redis.asyncio.Connection:
+        """A connection of its own, not yet connected: its first BLPOP connects it, inside
+        the receive loop, which rides out an unreachable Redis."""
+        connection: redis.asyncio.Connection = async_pool(
+            self.redis_url,
+            max_connections=1,
+            # No socket timeout: it would wrap every send in a task (redis-py); every
+            # read here passes its own timeout instead.
+            socket_timeout=None,
+            client_name=self._receiver_name,
+            retry=Retry(NoBackoff(), 0),
+        ).make_connection()  # type: ignore[no-untyped-call]
+        return connection
 
     def _is_reliable(self, queue: str) -> bool:
         return queue in self.reliable_queues
@@ -318,17 +319,10 @@ class Worker:
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def _receive(self, client: redis.asyncio.Redis, queues: list[str], slots: Slots) -> None:
-        """Pop requests while there are free slots; each runs as a task holding a slot."""
-        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await self._receive_on(connection, queues, slots)
-        finally:
-            await client.connection_pool.release(connection)
-
-    async def _receive_on(
+    async def _receive(
         self, connection: redis.asyncio.Connection, queues: list[str], slots: Slots
     ) -> None:
+        """Pop requests while there are free slots; each runs as a task holding a slot."""
         # Alone, a receiver takes every free slot and asks for that many requests in
         # its one round trip. Beside others, it blocks holding one slot, and takes more
         # only once a request has come: a slot held in a blocked BLPOP is idle.
