@@ -112,6 +112,15 @@ def worker_parser() -> argparse.ArgumentParser:
         "taken for dead (default: %(default)s)",
     )
     parser.add_argument(
+        "--receive-in-threads",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve from --concurrency threads, a Redis connection each (the fastest for "
+        "plain functions), or with --no-receive-in-threads from the event loop on one "
+        "connection (default: threads if a service has plain functions and no queue is "
+        "reliable; see docs/worker.md)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -162,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reliable=args.reliable,
             max_deliveries=args.max_deliveries,
             heartbeat_interval=args.heartbeat_interval,
+            receive_in_threads=args.receive_in_threads,
         )
     except (ImportError, LookupError, ValueError) as exc:
         parser.exit(2, f"rpc-worker: error: {exc}\n")

@@ -98,6 +98,29 @@ async def read_responses(
     return responses
 
 
+def send_commands_sync(connection: redis.Connection, commands: list[tuple[Any, ...]]) -> None:
+    """The sync twin of :func:`send_commands`."""
+    packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+    try:
+        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+    except redis.exceptions.ConnectionError:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+
+
+def read_responses_sync(
+    connection: redis.Connection, count: int, read_timeout: float | None
+) -> list[Any]:
+    """The sync twin of :func:`read_responses`."""
+    responses: list[Any] = []
+    for _ in range(count):
+        try:
+            responses.append(connection.read_response(timeout=read_timeout))
+        except redis.exceptions.ResponseError as error:
+            responses.append(error)
+    return responses
+
+
 def pool_options(options: dict[str, Any]) -> dict[str, Any]:
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
     if MaintNotificationsConfig is not None:

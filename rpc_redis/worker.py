@@ -1,9 +1,13 @@
-"""The worker loop: pop a request, dispatch it, push the reply to its reply key.
+"""The worker: pop a request, dispatch it, push the reply to its reply key.
 
-Up to ``concurrency`` requests are in flight: ``async def`` handlers run on the loop,
-plain functions in a thread pool. A request is popped only when a slot is free, so
-a busy worker leaves work on the queue for its peers. Bad messages get an error
-reply or a dead-letter entry and one log line; nothing kills the loop.
+Up to ``concurrency`` requests are in flight. A worker whose services have plain
+functions receives on that many threads ("lanes", see ``lanes.py``), each serving one
+request at a time without leaving its thread. Otherwise (services of ``async def``
+methods only, or reliable queues) the event loop receives, taking a request only when
+a slot is free, so a busy worker leaves work on the queue for its peers; there,
+``async def`` handlers run on the loop and plain functions in a thread pool. Bad
+messages get an error reply or a dead-letter entry and one log line; nothing kills
+the loop.
 """
 
 from __future__ import annotations
@@ -16,22 +20,25 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import redis
 import redis.asyncio
 import redis.exceptions
+import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import protocol
-from .connection import REDIS_ERRORS, async_pool, default_url, redact_url
-from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
+from .connection import REDIS_ERRORS, async_pool, default_url, redact_url, sync_pool
+from .handling import Handling, Outcome, WorkerStats
+from .lanes import LANE_THREAD_PREFIX, Lane, give_up_time
 from .receive import Slots, move_more, move_requests, pop_more, pop_requests
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
+from .threads import HandlerThreads
 from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -41,24 +48,10 @@ DEFAULT_DEAD_LETTER_LIMIT = 10_000
 # How long one BLPOP blocks before the loop goes round again.
 BLOCK_SECONDS = 5.0
 RECONNECT_BACKOFF_CAP = 5.0
-# How long a worker keeps trying to write a reply through a Redis outage (or until the
-# request's deadline, if sooner).
-WRITE_RETRY_SECONDS = 30.0
 # Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
 ADMIN_TIMEOUT = 10.0
-HANDLER_THREAD_PREFIX = "rpc-handler"
 
-
-@dataclass
-class WorkerStats:
-    """Counters a test, a health check or a metrics exporter can read."""
-
-    received: int = 0
-    replied: int = 0
-    notifications: int = 0
-    expired: int = 0
-    rejected: int = 0
-    dead_lettered: int = 0
+__all__ = ["Worker", "WorkerStats", "WorkerThread", "run_worker"]
 
 
 class Worker:
@@ -81,7 +74,12 @@ class Worker:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         block_seconds: float = BLOCK_SECONDS,
+        receive_in_threads: bool | None = None,
     ) -> None:
+        """``receive_in_threads``: serve from ``concurrency`` threads with a connection
+        each (the fastest for plain functions), or from the event loop on one
+        connection; by default, threads when a service has plain functions, unless a
+        queue is reliable."""
         services = [services] if isinstance(services, Service) else list(services)
         if not services:
             raise ValueError("a worker needs at least one service")
@@ -113,7 +111,24 @@ class Worker:
         }
         self.max_deliveries = max_deliveries
         self.heartbeat_interval = heartbeat_interval
-        self.stats = WorkerStats()
+        self.handling = Handling(
+            self.by_queue,
+            prefix=prefix,
+            max_message_bytes=max_message_bytes,
+            reply_ttl_ms=self.reply_ttl_ms,
+            dead_letter_limit=dead_letter_limit,
+        )
+        self.stats: WorkerStats = self.handling.stats
+        # Lanes serve plain functions on their own threads; reliable queues (BLMOVE into
+        # in-progress lists, acknowledged in transactions) are received on the loop.
+        if receive_in_threads and self.reliable_queues:
+            raise ValueError("reliable queues are received on the event loop, not in threads")
+        if receive_in_threads is None:
+            receive_in_threads = not self.reliable_queues and any(
+                service.has_plain_functions for service in services
+            )
+        self.uses_lanes = receive_in_threads
+        self.handler_threads = HandlerThreads(concurrency)
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self._plain_queues = [q for q in self.by_queue if q not in self.reliable_queues]
@@ -122,13 +137,8 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unblocker: asyncio.Future[None] | None = None
-        self._busy_lock = threading.Lock()
-        self._busy_handler_threads = 0
-        # Twice the slots: a plain function past its time limit keeps its thread until it
-        # returns, so the spare threads keep the slot it frees usable.
-        self._executor = ThreadPoolExecutor(
-            2 * concurrency, thread_name_prefix=HANDLER_THREAD_PREFIX
-        )
+        self._lanes: list[Lane] = []
+        self._refused = ""  # the last refusal to pop logged
 
     def __repr__(self) -> str:
         return f"Worker({protocol.summarize(self.by_queue)}, concurrency={self.concurrency})"
@@ -167,7 +177,7 @@ class Worker:
         receivers = [
             (self._receiving_connection(), queues)
             for queues in ([[q] for q in self.reliable_queues] + [self._plain_queues])
-            if queues
+            if queues and not self.uses_lanes
         ]
         upkeep: asyncio.Task[None] | None = None
         try:
@@ -177,11 +187,17 @@ class Worker:
                     upkeep = asyncio.create_task(self._keep_up_reliability())
                 logger.info("%s", self.describe())
                 self.ready.set()
-                slots = Slots(self.concurrency)
-                self._receivers = len(receivers)
-                await asyncio.gather(
-                    *(self._receive(connection, queues, slots) for connection, queues in receivers)
-                )
+                if self.uses_lanes:
+                    await self._run_lanes()
+                else:
+                    slots = Slots(self.concurrency)
+                    self._receivers = len(receivers)
+                    await asyncio.gather(
+                        *(
+                            self._receive(connection, queues, slots)
+                            for connection, queues in receivers
+                        )
+                    )
         finally:
             self._receiving_done.set()
             if self._unblocker is not None:
@@ -196,8 +212,14 @@ class Worker:
             for connection, _ in receivers:
                 await connection.disconnect()
             await self._redis.aclose()
-            self._executor.shutdown(wait=not self._busy_handler_threads)
+            self.handler_threads.shutdown()
             self.stopped.set()
+
+    async def _run_lanes(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._lanes = [Lane(self, self._plain_queues) for _ in range(self.concurrency)]
+        with ThreadPoolExecutor(len(self._lanes), thread_name_prefix=LANE_THREAD_PREFIX) as pool:
+            await asyncio.gather(*(loop.run_in_executor(pool, lane.run) for lane in self._lanes))
 
     def _receiving_connection(self) -> redis.asyncio.Connection:
         """A connection of its own, not yet connected: its first BLPOP connects it, inside
@@ -213,6 +235,17 @@ class Worker:
         ).make_connection()  # type: ignore[no-untyped-call]
         return connection
 
+    def receiving_connection_sync(self) -> redis.Connection:
+        """A lane's connection: the sync twin of :meth:`_receiving_connection`."""
+        connection = sync_pool(
+            self.redis_url,
+            max_connections=1,
+            socket_timeout=None,
+            client_name=self._receiver_name,
+            retry=redis.retry.Retry(NoBackoff(), 0),
+        ).make_connection()
+        return cast(redis.Connection, connection)
+
     def _is_reliable(self, queue: str) -> bool:
         return queue in self.reliable_queues
 
@@ -226,6 +259,18 @@ class Worker:
                 pass  # The receive loops log the outage and wait for Redis.
             await asyncio.sleep(self.heartbeat_interval)
 
+    def note_refusal(self, queues: list[str], error: Exception | None) -> None:
+        """Log Redis's refusal to pop (a queue key holding a string...) once while it
+        lasts, whichever receiver meets it; None: popping works again."""
+        message = "" if error is None else str(error)
+        if message and message != self._refused:
+            logger.error("Redis refused to pop from %s: %s; retrying", queues, message)
+        self._refused = message
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def stop(self) -> None:
         """Stop taking requests; in-flight ones finish. Safe from any thread or signal handler."""
         self._stopping = True
@@ -236,7 +281,8 @@ class Worker:
     def _begin_stop(self) -> None:
         if self._stop_requested is not None and not self._stop_requested.is_set():
             self._stop_requested.set()
-            logger.info("stopping: finishing %d request(s) in flight", len(self._in_flight))
+            in_flight = len(self._in_flight) + sum(lane.busy for lane in self._lanes)
+            logger.info("stopping: finishing %d request(s) in flight", in_flight)
             self._unblocker = asyncio.ensure_future(self._unblock_receiver())
 
     def describe(self) -> str:
@@ -246,9 +292,10 @@ class Worker:
             for queue, service in self.by_queue.items()
         )
         reliable = f", reliable: {', '.join(self.reliable_queues)}" if self.reliable_queues else ""
+        where = "in threads" if self.uses_lanes else "on the event loop"
         return (
             f"rpc-worker serving {served} on {redact_url(self.redis_url)} "
-            f"(concurrency {self.concurrency}, pid {os.getpid()}{reliable})"
+            f"(concurrency {self.concurrency} {where}, pid {os.getpid()}{reliable})"
         )
 
     async def _unblock_receiver(self) -> None:
@@ -308,6 +355,38 @@ class Worker:
             return True
         return False
 
+    # -- for lanes, from their threads ---------------------------------------------------
+
+    def wait_for_redis_from_thread(self, first_error: BaseException) -> bool:
+        """:meth:`_wait_for_redis` from a lane: one log line per outage, shared with all."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(
+            self._wait_for_redis(first_error), self._loop
+        ).result()
+
+    def sleep_unless_stopped_from_thread(self, seconds: float) -> bool:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(
+            self._sleep_unless_stopped(seconds), self._loop
+        ).result()
+
+    def finish_on_loop(self, queue: str, raw: bytes, outcome: Outcome) -> None:
+        """Write an outcome from the event loop, without waiting for it."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._finish(queue, raw, outcome), self._loop)
+
+    def dispatch_on_loop(self, service: Service, message: protocol.Incoming) -> Any:
+        """Dispatch a message on the event loop (async methods, batches) and wait for it."""
+        assert self._loop is not None
+        dispatching = service.dispatch(
+            message.payload,
+            deadline=message.deadline,
+            debug=self.debug,
+            time_limit=self.time_limit,
+            threads=self.handler_threads,
+        )
+        return asyncio.run_coroutine_threadsafe(dispatching, self._loop).result()
+
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep; True if a stop was requested meanwhile."""
         assert self._stop_requested is not None
@@ -327,7 +406,6 @@ class Worker:
         # its one round trip. Beside others, it blocks holding one slot, and takes more
         # only once a request has come: a slot held in a blocked BLPOP is idle.
         alone = self._receivers == 1
-        refused = ""  # the last error reply logged, so that a lasting one is logged once
         while not self._stopping:
             taken = await slots.take(self.concurrency if alone else 1)
             if self._stopping:
@@ -346,13 +424,11 @@ class Worker:
                 continue
             except redis.exceptions.ResponseError as exc:  # e.g. a queue key holding a string
                 slots.give_back(taken)
-                if str(exc) != refused:
-                    logger.error("Redis refused to pop from %s: %s; retrying", queues, exc)
-                    refused = str(exc)
+                self.note_refusal(queues, exc)
                 if await self._sleep_unless_stopped(1.0):
                     break
                 continue
-            refused = ""
+            self.note_refusal(queues, None)
             slots.give_back(taken - len(messages))
             for raw in messages:
                 task = asyncio.create_task(self._handle(queue, raw))
@@ -396,88 +472,22 @@ class Worker:
 
     async def _outcome(self, queue: str, raw: bytes) -> Outcome:
         """Decide what a message earns: a reply, a dead letter, or nothing."""
-        self.stats.received += 1
-        service = self.by_queue[queue]
-        message = protocol.decode_message(raw, self.max_message_bytes)
-        if isinstance(message, protocol.Rejected):
-            return self._rejection(service, message)
-        reply_to = message.reply_to
-        if reply_to is not None:
-            problem = protocol.reply_key_problem(reply_to, self.by_queue, self.prefix)
-            if problem is not None:
-                return Outcome(dead_letter_reason=problem)
-        if protocol.is_expired(message.deadline, time.time()):
-            self.stats.expired += 1
-            logger.debug("skipped a request to %s whose caller stopped waiting", service.name)
-            return Outcome()
-        if reply_to is None and protocol.expects_reply(message.payload):
-            return Outcome(dead_letter_reason="request has no usable reply key")
-        response = await service.dispatch(
-            message.payload,
-            deadline=message.deadline,
-            run_sync=self._run_sync,
+        screened = self.handling.screen(queue, raw)
+        if isinstance(screened, Outcome):
+            return screened
+        response = await self.by_queue[queue].dispatch(
+            screened.payload,
+            deadline=screened.deadline,
             debug=self.debug,
             time_limit=self.time_limit,
+            threads=self.handler_threads,
         )
-        if response is None:
-            self.stats.notifications += 1
-            return Outcome(deadline=message.deadline)
-        self._log_error_responses(service, message.payload, response)
-        return Outcome(reply_to, protocol.encode_response(response), deadline=message.deadline)
-
-    def _rejection(self, service: Service, rejected: protocol.Rejected) -> Outcome:
-        self.stats.rejected += 1
-        reply_to = rejected.reply_to
-        if reply_to is None or protocol.reply_key_problem(reply_to, self.by_queue, self.prefix):
-            return Outcome(dead_letter_reason=rejected.reason)
-        logger.warning(
-            "rejected a message to %s (%s); replied with error %d",
-            service.name,
-            rejected.reason,
-            rejected.error.code,
-        )
-        response = protocol.error_response(rejected.request_id, rejected.error)
-        return Outcome(reply_to, protocol.encode_response(response))
-
-    async def _run_sync(self, func: Callable[[], Any]) -> Any:
-        assert self._loop is not None
-        with self._busy_lock:
-            self._busy_handler_threads += 1
-        return await self._loop.run_in_executor(self._executor, self._tracked, func)
-
-    def _tracked(self, func: Callable[[], Any]) -> Any:
-        try:
-            return func()
-        finally:
-            with self._busy_lock:
-                self._busy_handler_threads -= 1
+        return self.handling.answer(queue, screened, response)
 
     @property
     def busy_handler_threads(self) -> int:
         """Threads running a plain-function handler now: after a stop, those past a limit."""
-        return self._busy_handler_threads
-
-    def _log_error_responses(self, service: Service, payload: Any, response: Any) -> None:
-        """One line for each request the caller got wrong; handler failures log their own."""
-        methods = {
-            item.get("id"): item.get("method")
-            for item in (payload if isinstance(payload, list) else [payload])
-            if isinstance(item, dict) and protocol.is_valid_id(item.get("id"))
-        }
-        for item in response if isinstance(response, list) else [response]:
-            error = item.get("error") if isinstance(item, dict) else None
-            if error is None or error.get("code") in (INTERNAL_ERROR, TIME_LIMIT_EXCEEDED):
-                continue
-            is_reserved = -32768 <= error.get("code", 0) <= -32000
-            logger.log(
-                logging.WARNING if is_reserved else logging.DEBUG,
-                "%s.%s: error %s %s (%s)",
-                service.name,
-                methods.get(item.get("id"), "?"),
-                error.get("code"),
-                error.get("message"),
-                error.get("data", ""),
-            )
+        return self.handler_threads.busy
 
     # -- writing -----------------------------------------------------------------------
 
@@ -487,36 +497,11 @@ class Worker:
 
         A reply key gets its expiry with the reply, so a reply nobody reads vanishes.
         """
-        service = self.by_queue[queue]
         in_progress = self._reliability.in_progress_key(queue) if self._is_reliable(queue) else None
-        commands: list[tuple[Any, ...]] = []
-        if outcome.reply_to is not None and outcome.body is not None:
-            commands.append(
-                (
-                    "EVAL",
-                    protocol.PUSH_REPLY_SCRIPT,
-                    1,
-                    outcome.reply_to,
-                    outcome.body,
-                    self.reply_ttl_ms,
-                )
-            )
-        if outcome.dead_letter_reason is not None:
-            self.stats.dead_lettered += 1
-            logger.warning(
-                "dead-lettered a message to %s: %s", service.name, outcome.dead_letter_reason
-            )
-            key = protocol.dead_letter_key(service.name, self.prefix)
-            entry = protocol.encode_dead_letter(raw, outcome.dead_letter_reason, queue, time.time())
-            commands.append(("RPUSH", key, entry))
-            commands.append(("LTRIM", key, -self.dead_letter_limit, -1))
-        if in_progress is not None:
-            commands.append(("LREM", in_progress, 1, raw))
+        commands = self.handling.commands(queue, raw, outcome, in_progress)
         if not commands:
             return
-        give_up_at = time.time() + WRITE_RETRY_SECONDS
-        if outcome.deadline is not None:
-            give_up_at = max(min(give_up_at, outcome.deadline), time.time() + 1)
+        give_up_at = give_up_time(outcome.deadline)
         delay = 0.05
         while True:
             try:
@@ -531,27 +516,9 @@ class Worker:
                     return
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
-        failures = [result for result in results if isinstance(result, Exception)]
-        if failures:
-            logger.error("could not write the outcome of a request to %s: %s", queue, failures[0])
-        elif outcome.reply_to is not None:
-            pushed = results[0]
-            if pushed in (b"ok", "ok"):
-                self.stats.replied += 1
-            else:  # the reply key holds another type: keep the request, leave the key
-                kind = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
-                reason = f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
-                await self._finish(queue, raw, Outcome(dead_letter_reason=reason))
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What handling a message produced: a reply to write, a dead letter, or neither."""
-
-    reply_to: str | None = None
-    body: bytes | None = None
-    dead_letter_reason: str | None = None
-    deadline: float | None = None
+        follow_up = self.handling.written(queue, outcome, results)
+        if follow_up is not None:  # the reply key holds another type: keep the request
+            await self._finish(queue, raw, follow_up)
 
 
 def run_worker(worker: Worker) -> None:

@@ -34,6 +34,11 @@ def where() -> dict[str, object]:
     return {"pid": os.getpid(), "thread": threading.current_thread().name}
 
 
+@service.method
+async def where_async() -> dict[str, object]:
+    return {"pid": os.getpid(), "thread": threading.current_thread().name}
+
+
 @service.method(time_limit=0.3)
 def stuck_sync() -> str:
     time.sleep(3)

@@ -142,6 +142,7 @@ def test_stop_while_waiting_for_redis_exits_0() -> None:
         (["services.calculator", "services.cats", "--queue", "x"], "only when serving one"),
         (["services.calculator", "--concurrency", "0"], "must be at least 1"),
         (["services.calculator", "--reply-ttl", "0"], "must be a positive number"),
+        (["services.calculator", "--reliable", "--receive-in-threads"], "on the event loop"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(args: list[str], message: str) -> None:

@@ -13,13 +13,21 @@ from rpc_redis import Client, TimeLimitExceeded
 from rpc_redis.testing import WorkerProcess, calls_in_flight, pid_alive, wait_until
 from tests.conftest import REPOSITORY
 
+# Both ways a worker receives: threads (the default for services with plain functions)
+# and the event loop. Concurrency, fairness and time limits hold for both.
+RECEIVING = pytest.mark.parametrize(
+    "receiving", ["--receive-in-threads", "--no-receive-in-threads"], ids=["threads", "loop"]
+)
+
 
 def slow_worker(redis_url: str, *options: str) -> WorkerProcess:
     return WorkerProcess(["tests.slow_service", "--redis-url", redis_url, *options], cwd=REPOSITORY)
 
 
-def test_sync_and_async_handlers_are_in_flight_together(redis_url: str) -> None:
-    with slow_worker(redis_url, "--concurrency", "4"), Client(redis_url, timeout=15) as client:
+@RECEIVING
+def test_sync_and_async_handlers_are_in_flight_together(redis_url: str, receiving: str) -> None:
+    worker = slow_worker(redis_url, "--concurrency", "4", receiving)
+    with worker, Client(redis_url, timeout=15) as client:
         slow = client.proxy("slow")
         with ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(slow.meet_sync, "mixed", 4) for _ in range(2)]
@@ -28,8 +36,10 @@ def test_sync_and_async_handlers_are_in_flight_together(redis_url: str) -> None:
             assert [call.result() for call in calls] == ["met"] * 4
 
 
-def test_concurrency_bounds_the_requests_in_flight(redis_url: str) -> None:
-    with slow_worker(redis_url, "--concurrency", "2"), Client(redis_url, timeout=15) as client:
+@RECEIVING
+def test_concurrency_bounds_the_requests_in_flight(redis_url: str, receiving: str) -> None:
+    worker = slow_worker(redis_url, "--concurrency", "2", receiving)
+    with worker, Client(redis_url, timeout=15) as client:
         slow = client.proxy("slow")
         with ThreadPoolExecutor(3) as pool:
             calls = [pool.submit(slow.meet_sync, "three", 3, 1.5) for _ in range(3)]
@@ -38,8 +48,10 @@ def test_concurrency_bounds_the_requests_in_flight(redis_url: str) -> None:
         assert all(outcome is not None for outcome in outcomes)
 
 
-def test_a_fast_call_is_not_held_up_by_slow_ones(redis_url: str) -> None:
-    with slow_worker(redis_url, "--concurrency", "3"), Client(redis_url, timeout=15) as client:
+@RECEIVING
+def test_a_fast_call_is_not_held_up_by_slow_ones(redis_url: str, receiving: str) -> None:
+    worker = slow_worker(redis_url, "--concurrency", "3", receiving)
+    with worker, Client(redis_url, timeout=15) as client:
         slow = client.proxy("slow")
         with ThreadPoolExecutor(2) as pool:
             sleepers = [pool.submit(slow.sync_sleep, 3), pool.submit(slow.async_sleep, 3)]
@@ -51,8 +63,10 @@ def test_a_fast_call_is_not_held_up_by_slow_ones(redis_url: str) -> None:
             assert sorted(s.result() for s in sleepers) == ["async slept 3", "sync slept 3"]
 
 
-def test_method_time_limit_answers_and_frees_the_slot(redis_url: str) -> None:
-    with slow_worker(redis_url, "--concurrency", "1"), Client(redis_url, timeout=5) as client:
+@RECEIVING
+def test_method_time_limit_answers_and_frees_the_slot(redis_url: str, receiving: str) -> None:
+    worker = slow_worker(redis_url, "--concurrency", "1", receiving)
+    with worker, Client(redis_url, timeout=5) as client:
         slow = client.proxy("slow")
         with pytest.raises(TimeLimitExceeded) as caught:
             slow.stuck_sync()
@@ -62,8 +76,9 @@ def test_method_time_limit_answers_and_frees_the_slot(redis_url: str) -> None:
         assert client.proxy("slow", timeout=1.5).fast(1) == 1
 
 
-def test_worker_wide_time_limit_cancels_async_handlers(redis_url: str) -> None:
-    args = ("--concurrency", "1", "--time-limit", "0.5")
+@RECEIVING
+def test_worker_wide_time_limit_cancels_async_handlers(redis_url: str, receiving: str) -> None:
+    args = ("--concurrency", "1", "--time-limit", "0.5", receiving)
     with slow_worker(redis_url, *args) as worker, Client(redis_url, timeout=5) as client:
         with pytest.raises(TimeLimitExceeded) as caught:
             client.proxy("slow").stuck_async()
@@ -153,3 +168,43 @@ def test_no_queue_waits_while_another_receiver_holds_the_slots(
         with Client(redis_url, timeout=1.0) as client:  # far less than the 5 s block
             for name in ("beta", "alpha", "beta", "alpha"):
                 assert client.proxy(name).ping() == name
+
+
+def test_threads_serve_plain_functions_where_they_pop_and_hand_async_ones_to_the_loop(
+    redis_url: str,
+) -> None:
+    with slow_worker(redis_url, "--concurrency", "3") as worker, Client(redis_url) as client:
+        worker.wait_for_line(r"\(concurrency 3 in threads, pid")
+        slow = client.proxy("slow")
+        assert slow.where()["thread"].startswith("rpc-lane")
+        assert slow.where_async()["thread"] == "MainThread"  # the event loop's
+        # Three receiving threads, a connection each, all blocked in BLPOP.
+        wait_until(lambda: len(receiving_connections(redis_url)) == 3, 5, "three BLPOPs")
+        assert {c["cmd"] for c in receiving_connections(redis_url)} == {"blpop"}
+
+
+def test_on_the_event_loop_plain_functions_run_in_the_handler_threads(redis_url: str) -> None:
+    args = ("--concurrency", "3", "--no-receive-in-threads")
+    with slow_worker(redis_url, *args) as worker, Client(redis_url) as client:
+        worker.wait_for_line(r"\(concurrency 3 on the event loop, pid")
+        slow = client.proxy("slow")
+        assert slow.where()["thread"].startswith("rpc-handler")
+        assert slow.where_async()["thread"] == "MainThread"
+        wait_until(lambda: len(receiving_connections(redis_url)) == 1, 5, "one BLPOP")
+
+
+def receiving_connections(url: str) -> list[dict[str, str]]:
+    with redis.Redis.from_url(url, decode_responses=True) as connection:
+        return [
+            client
+            for client in connection.client_list()
+            if client.get("name", "").startswith("rpc-worker-")
+        ]
+
+
+def test_reliable_queues_are_not_received_in_threads(redis_url: str) -> None:
+    from rpc_redis import Service, Worker
+
+    with pytest.raises(ValueError, match="reliable queues are received on the event loop"):
+        Worker(Service("x", reliable=True), redis_url, receive_in_threads=True)
+    assert not Worker(Service("x", reliable=True), redis_url).uses_lanes

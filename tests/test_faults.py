@@ -162,14 +162,19 @@ async def run_async_client(url: str, stream: CallStream) -> None:
         stream.crash = exc
 
 
-def test_redis_killed_and_restarted_under_a_stream_of_calls(fresh_redis: EmbeddedRedis) -> None:
+@pytest.mark.parametrize(
+    "receiving", ["--receive-in-threads", "--no-receive-in-threads"], ids=["threads", "loop"]
+)
+def test_redis_killed_and_restarted_under_a_stream_of_calls(
+    fresh_redis: EmbeddedRedis, receiving: str
+) -> None:
     url = fresh_redis.url
     faults = Faults()
     streams = [CallStream(f"sync-{n}", faults) for n in range(3)]
     streams.append(CallStream("async", faults))
     threads = [threading.Thread(target=run_sync_client, args=(url, s)) for s in streams[:3]]
     threads.append(threading.Thread(target=lambda: asyncio.run(run_async_client(url, streams[3]))))
-    worker = WorkerProcess(["services.calculator", "--redis-url", url], cwd=REPOSITORY)
+    worker = WorkerProcess(["services.calculator", "--redis-url", url, receiving], cwd=REPOSITORY)
     with worker:
         try:
             for thread in threads:

@@ -22,9 +22,12 @@ QUEUE = "rpc:queue:calculator"
 DEAD = "rpc:dead:calculator"
 
 
-@pytest.fixture
-def worker(redis_url: str) -> Iterator[Worker]:
-    with serve_in_thread(calculator, redis_url, max_message_bytes=10_000) as worker:
+@pytest.fixture(params=[True, False], ids=["in-threads", "on-event-loop"])
+def worker(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Worker]:
+    """The calculator served both ways a worker can receive: every rule here holds for both."""
+    options = {"max_message_bytes": 10_000, "receive_in_threads": request.param}
+    with serve_in_thread(calculator, redis_url, **options) as worker:
+        assert worker.uses_lanes is request.param
         yield worker
 
 

@@ -1,0 +1,188 @@
+"""What a message earns, and the Redis commands that deliver it.
+
+The worker receives on its event loop or on its threads (see ``lanes.py``); both come
+here to decide what a message gets (a reply, a dead letter, or nothing), to turn that
+outcome into commands, and to judge what Redis said to them, so each decision exists
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol
+from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
+from .service import Service
+
+logger = logging.getLogger("rpc_redis.worker")
+
+Command = tuple[Any, ...]
+
+
+@dataclass
+class WorkerStats:
+    """Counters a test, a health check or a metrics exporter can read."""
+
+    received: int = 0
+    replied: int = 0
+    notifications: int = 0
+    expired: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()  # not a field: asdict() gives the counters alone
+
+    def add(self, counter: str) -> None:
+        """Count one; safe from the worker's threads and its event loop alike."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What handling a message produced: a reply to write, a dead letter, or neither."""
+
+    reply_to: str | None = None
+    body: bytes | None = None
+    dead_letter_reason: str | None = None
+    deadline: float | None = None
+
+
+class Handling:
+    """A worker's rules for messages: its services, limits and reply expiry."""
+
+    def __init__(
+        self,
+        by_queue: dict[str, Service],
+        *,
+        prefix: str,
+        max_message_bytes: int,
+        reply_ttl_ms: int,
+        dead_letter_limit: int,
+    ) -> None:
+        self.by_queue = by_queue
+        self.prefix = prefix
+        self.max_message_bytes = max_message_bytes
+        self.reply_ttl_ms = reply_ttl_ms
+        self.dead_letter_limit = dead_letter_limit
+        self.stats = WorkerStats()
+
+    def screen(self, queue: str, raw: bytes) -> protocol.Incoming | Outcome:
+        """The message to dispatch, or the outcome it earns without being dispatched."""
+        self.stats.add("received")
+        service = self.by_queue[queue]
+        message = protocol.decode_message(raw, self.max_message_bytes)
+        if isinstance(message, protocol.Rejected):
+            return self._rejection(service, message)
+        reply_to = message.reply_to
+        if reply_to is not None:
+            problem = protocol.reply_key_problem(reply_to, self.by_queue, self.prefix)
+            if problem is not None:
+                return Outcome(dead_letter_reason=problem)
+        if protocol.is_expired(message.deadline, time.time()):
+            self.stats.add("expired")
+            logger.debug("skipped a request to %s whose caller stopped waiting", service.name)
+            return Outcome()
+        if reply_to is None and protocol.expects_reply(message.payload):
+            return Outcome(dead_letter_reason="request has no usable reply key")
+        return message
+
+    def answer(self, queue: str, message: protocol.Incoming, response: Any) -> Outcome:
+        """The outcome of a dispatched message, given its response (None: nothing due)."""
+        if response is None:
+            self.stats.add("notifications")
+            return Outcome(deadline=message.deadline)
+        self._log_error_responses(self.by_queue[queue], message.payload, response)
+        body = protocol.encode_response(response)
+        return Outcome(message.reply_to, body, deadline=message.deadline)
+
+    def commands(
+        self, queue: str, raw: bytes, outcome: Outcome, in_progress: str | None = None
+    ) -> list[Command]:
+        """The writes that deliver an outcome; for a reliable queue, also the removal of
+        the request from the in-progress list (to run in one transaction with them)."""
+        commands: list[Command] = []
+        if outcome.reply_to is not None and outcome.body is not None:
+            commands.append(
+                (
+                    "EVAL",
+                    protocol.PUSH_REPLY_SCRIPT,
+                    1,
+                    outcome.reply_to,
+                    outcome.body,
+                    self.reply_ttl_ms,
+                )
+            )
+        if outcome.dead_letter_reason is not None:
+            self.stats.add("dead_lettered")
+            service = self.by_queue[queue]
+            logger.warning(
+                "dead-lettered a message to %s: %s", service.name, outcome.dead_letter_reason
+            )
+            key = protocol.dead_letter_key(service.name, self.prefix)
+            entry = protocol.encode_dead_letter(raw, outcome.dead_letter_reason, queue, time.time())
+            commands.append(("RPUSH", key, entry))
+            commands.append(("LTRIM", key, -self.dead_letter_limit, -1))
+        if in_progress is not None:
+            commands.append(("LREM", in_progress, 1, raw))
+        return commands
+
+    def written(self, queue: str, outcome: Outcome, results: list[Any]) -> Outcome | None:
+        """Judge Redis's answers to an outcome's commands; a reply key of the wrong type
+        earns the request a dead letter instead, returned to be written in turn."""
+        failures = [result for result in results if isinstance(result, Exception)]
+        if failures:
+            logger.error("could not write the outcome of a request to %s: %s", queue, failures[0])
+            return None
+        if outcome.reply_to is None or outcome.body is None:
+            return None
+        pushed = results[0]
+        if pushed in (b"ok", "ok"):
+            self.stats.add("replied")
+            return None
+        kind = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
+        return Outcome(
+            dead_letter_reason=f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
+        )
+
+    def _rejection(self, service: Service, rejected: protocol.Rejected) -> Outcome:
+        self.stats.add("rejected")
+        reply_to = rejected.reply_to
+        if reply_to is None or protocol.reply_key_problem(reply_to, self.by_queue, self.prefix):
+            return Outcome(dead_letter_reason=rejected.reason)
+        logger.warning(
+            "rejected a message to %s (%s); replied with error %d",
+            service.name,
+            rejected.reason,
+            rejected.error.code,
+        )
+        response = protocol.error_response(rejected.request_id, rejected.error)
+        return Outcome(reply_to, protocol.encode_response(response))
+
+    @staticmethod
+    def _log_error_responses(service: Service, payload: Any, response: Any) -> None:
+        """One line for each request the caller got wrong; handler failures log their own."""
+        methods = {
+            item.get("id"): item.get("method")
+            for item in (payload if isinstance(payload, list) else [payload])
+            if isinstance(item, dict) and protocol.is_valid_id(item.get("id"))
+        }
+        for item in response if isinstance(response, list) else [response]:
+            error = item.get("error") if isinstance(item, dict) else None
+            if error is None or error.get("code") in (INTERNAL_ERROR, TIME_LIMIT_EXCEEDED):
+                continue
+            is_reserved = -32768 <= error.get("code", 0) <= -32000
+            logger.log(
+                logging.WARNING if is_reserved else logging.DEBUG,
+                "%s.%s: error %s %s (%s)",
+                service.name,
+                methods.get(item.get("id"), "?"),
+                error.get("code"),
+                error.get("message"),
+                error.get("data", ""),
+            )
