@@ -40,6 +40,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAYLOADS = {"100 B": "x" * 100, "100 KB": "x" * 100_000}
 # Rows compared with each other are measured in this many alternating rounds.
 ROUNDS = 5
+# Ways to serve the plain-function service besides the default (receiving in threads).
+SERVING = {"loop": ["--no-receive-in-threads"], "reliable": ["--reliable"]}
 
 
 @dataclass
@@ -49,12 +51,17 @@ class Row:
     callers: int
     workers: int
     payload: str
-    handler: str = "def"  # the service method: "def" (thread pool) or "async def" (loop)
-    reliable: bool = False  # served by an rpc-worker --reliable
+    handler: str = "def"  # the service method: "def" (threads) or "async def" (event loop)
+    serving: str = ""  # how the worker serves it, if not as it does by default: see SERVING
 
     @property
     def queue(self) -> str:
-        return f"rpc:bench:{self.workers}" + (":reliable" if self.reliable else "")
+        kind = ":async" if self.handler == "async def" else ""
+        return f"rpc:bench:{self.workers}{kind}{self.serving and ':' + self.serving}"
+
+    @property
+    def service(self) -> str:
+        return "bench_async" if self.handler == "async def" else "bench"
 
     calls: int = 0
     seconds: float = 0.0
@@ -129,12 +136,18 @@ class Bench:
             for process in self.floor_workers[count]:
                 assert process.stdout is not None
                 process.stdout.readline()  # "floor worker ready"
-            for reliable in (False, True) if count == 1 else (False,):
-                queue = Row("", "", 0, count, "", reliable=reliable).queue
-                args = ["bench.service", "--redis-url", self.url, "--queue", queue]
+            served = [Row("", "", 0, count, "")]
+            if count == 1:
+                served.append(Row("", "", 0, count, "", "async def"))
+                served += [Row("", "", 0, count, "", serving=serving) for serving in SERVING]
+            for row in served:
+                target = "bench.service:" + (
+                    "async_service" if row.service != "bench" else "service"
+                )
+                args = [target, "--redis-url", self.url, "--queue", row.queue]
                 args += ["--concurrency", "64", "--log-level", "WARNING"]
-                args += ["--reliable"] if reliable else []
-                self.rpc_workers[queue] = [
+                args += SERVING.get(row.serving, [])
+                self.rpc_workers[row.queue] = [
                     WorkerProcess(args, cwd=REPOSITORY).start(ready_timeout=0) for _ in range(count)
                 ]
         # A warm-up call through each path also proves each worker is serving.
@@ -241,8 +254,7 @@ class Bench:
 
             return [lambda n=n: floor_caller(n) for n in range(row.callers)]
         client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
-        proxy = client.proxy("bench", queue=row.queue)
-        echo = proxy.echo if row.handler == "def" else proxy.echo_async
+        echo = client.proxy(row.service, queue=row.queue).echo
 
         def rpc_caller(n: int) -> None:
             while keep_going(len(latencies[n])):
@@ -260,8 +272,7 @@ class Bench:
         keep_going: Callable[[int], bool],
     ) -> None:
         async with AsyncClient(self.url, timeout=30) as client:
-            proxy = client.proxy("bench", queue=row.queue)
-            echo = proxy.echo if row.handler == "def" else proxy.echo_async
+            echo = client.proxy(row.service, queue=row.queue).echo
 
             async def caller(n: int) -> None:
                 while keep_going(len(latencies[n])):
@@ -273,12 +284,13 @@ class Bench:
 
     # -- the other measurements ------------------------------------------------------
 
-    def concurrent_versus_sequential(self, calls: int) -> tuple[float, float]:
+    def concurrent_versus_sequential(self, calls: int, handler: str) -> tuple[float, float]:
         """Seconds for ``calls`` async calls gathered at once, and made one by one."""
+        served = Row("", "", 0, 1, "", handler)
 
         async def measure() -> tuple[float, float]:
             async with AsyncClient(self.url, timeout=60) as client:
-                proxy = client.proxy("bench", queue="rpc:bench:1")
+                proxy = client.proxy(served.service, queue=served.queue)
                 started = time.perf_counter()
                 await asyncio.gather(*(proxy.echo("x") for _ in range(calls)))
                 together = time.perf_counter() - started
@@ -328,7 +340,7 @@ def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
         else:
             ratio = row.throughput / base.throughput
         handler = "-" if row.system == "floor" else row.handler
-        handler += ", reliable" if row.reliable else ""
+        handler += f", {row.serving}" if row.serving else ""
         lines.append(
             f"{row.kind:<10} {row.system:<6} {handler:<14} {row.callers:>7} {row.workers:>7} "
             f"{row.payload:>7} {row.calls:>7} {row.throughput:>9.0f} {row.median_us:>10.0f} "
@@ -379,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
                     for system in ("sync", "async")
                     for handler in ("def", "async def")
                 ]
-                group.append(Row("latency", "sync", 1, 1, payload, "def", reliable=True))
+                group += [
+                    Row("latency", "sync", 1, 1, payload, "def", serving) for serving in SERVING
+                ]
                 rows += bench.run_rounds(group, ROUNDS, calls=calls)
             for workers in (1, 2):
                 for callers in caller_counts:
@@ -388,13 +402,19 @@ def main(argv: list[str] | None = None) -> int:
                         for system in ("floor", "sync", "async")
                     ]
                     if workers == 1 and callers == 8:
-                        group.append(Row("throughput", "sync", 8, 1, "100 B", reliable=True))
+                        group += [
+                            Row("throughput", "sync", 8, 1, "100 B", "def", serving)
+                            for serving in SERVING
+                        ]
                     rows += bench.run_rounds(group, ROUNDS)
             group = [
                 Row("throughput", system, 8, 1, "100 KB") for system in ("floor", "sync", "async")
             ]
             rows += bench.run_rounds(group, ROUNDS)
-            together, one_by_one = bench.concurrent_versus_sequential(concurrent_calls)
+            bursts = {
+                handler: bench.concurrent_versus_sequential(concurrent_calls, handler)
+                for handler in ("def", "async def")
+            }
             rss_before, rss_after = bench.soak(soak_calls)
         finally:
             exit_codes = bench.stop_workers()
@@ -410,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         [row] = [
             r
             for r in rows
-            if (r.system, r.kind, r.callers, r.workers, r.payload, r.handler, r.reliable)
-            == (system, kind, callers, workers, payload, handler, False)
+            if (r.system, r.kind, r.callers, r.workers, r.payload, r.handler, r.serving)
+            == (system, kind, callers, workers, payload, handler, "")
         ]
         base = floors[(kind, callers, workers, payload)]
         if kind == "latency":
@@ -421,17 +441,25 @@ def main(argv: list[str] | None = None) -> int:
     latency_ratio = ratio("sync", "latency", 1, 1, "100 B")
     async_handler_ratio = ratio("sync", "latency", 1, 1, "100 B", "async def")
     throughput_ratio = ratio("sync", "throughput", 8, 1, "100 B")
-    speedup = one_by_one / together
+    speedups = {
+        handler: one_by_one / together for handler, (together, one_by_one) in bursts.items()
+    }
     growth = rss_after - rss_before
     rss = f"{growth:+.1f} MB ({rss_before:.1f} -> {rss_after:.1f})"
-    timing = f"{speedup:.1f}x ({one_by_one:.2f}s / {together:.2f}s)"
+
+    def timing(handler: str) -> str:
+        together, one_by_one = bursts[handler]
+        return f"{speedups[handler]:.1f}x ({one_by_one:.2f}s / {together:.2f}s)"
+
+    burst = f"{concurrent_calls} async calls: one by one / gathered"
     targets = [
         ("sync median latency / floor (100 B, def)", f"{latency_ratio:.2f}", "<= 1.25"),
         ("the same, async def handler", f"{async_handler_ratio:.2f}", "<= 1.25"),
         ("sync throughput / floor, 8 callers, 1 worker", f"{throughput_ratio:.2f}", ">= 0.80"),
         (f"worker RSS growth over {soak_calls:,} calls", rss, "< 5 MB"),
         ("keys left in Redis", str(keys_left), "0"),
-        (f"{concurrent_calls} async calls: one by one / gathered", timing, ">= 3x"),
+        (f"{burst} (def handler)", timing("def"), ">= 3x"),
+        (f"{burst} (async def handler)", timing("async def"), ">= 3x"),
     ]
     met = [
         latency_ratio <= 1.25,
@@ -439,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         throughput_ratio >= 0.8,
         growth < 5,
         keys_left == 0,
-        speedup >= 3,
+        speedups["def"] >= 3,
+        speedups["async def"] >= 3,
     ]
     print("targets (ratios from this run):")
     for (name, value, goal), ok in zip(targets, met, strict=True):

@@ -1,10 +1,16 @@
-"""The service the benchmark calls: ``rpc-worker bench.service``."""
+"""The services the benchmark calls: ``rpc-worker bench.service:service`` and
+``rpc-worker bench.service:async_service``.
+
+One service per kind of handler: a worker receives in threads for a service with
+plain functions and on its event loop for one whose methods are all ``async def``.
+"""
 
 from __future__ import annotations
 
 from rpc_redis import Service
 
 service = Service("bench")
+async_service = Service("bench_async")
 
 
 @service.method
@@ -12,6 +18,6 @@ def echo(payload: str) -> str:
     return payload
 
 
-@service.method
+@async_service.method(name="echo")
 async def echo_async(payload: str) -> str:
     return payload
