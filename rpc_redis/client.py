@@ -16,7 +16,7 @@ import redis
 import redis.exceptions
 
 from . import protocol
-from .connection import default_url, sync_pool
+from .connection import default_url, send_commands_sync, sync_pool
 from .errors import InternalError, RpcConnectionError, RpcTimeout
 from .proxy import BatchHandle, Params, ServiceProxy, new_request_id
 from .service import current_call
@@ -197,14 +197,7 @@ class Client(ProxyMaker):
     def _send_and_read(
         connection: redis.Connection, commands: list[tuple[Any, ...]], deadline: float
     ) -> list[Any]:
-        packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-        try:
-            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
-        except redis.exceptions.ConnectionError:
-            # A pooled connection that went stale since its last use: nothing was
-            # delivered, so one fresh connection may carry the same commands.
-            connection.disconnect()  # type: ignore[no-untyped-call]
-            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+        send_commands_sync(connection, commands)
         responses = []
         for index in range(len(commands)):
             remaining = deadline - time.monotonic()

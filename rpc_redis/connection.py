@@ -104,6 +104,8 @@ def send_commands_sync(connection: redis.Connection, commands: list[tuple[Any, .
     try:
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
     except redis.exceptions.ConnectionError:
+        # A pooled connection that went stale since its last use: nothing was
+        # delivered, so one fresh connection may carry the same commands.
         connection.disconnect()  # type: ignore[no-untyped-call]
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
 

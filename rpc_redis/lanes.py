@@ -134,13 +134,7 @@ class Lane:
             return screened
         service = worker.by_queue[queue]
         if service.dispatches_in_thread(screened.payload):
-            response = service.dispatch_in_thread(
-                screened.payload,
-                deadline=screened.deadline,
-                debug=worker.debug,
-                time_limit=worker.time_limit,
-                threads=worker.handler_threads,
-            )
+            response = worker.dispatch_in_this_thread(service, screened)
         else:
             response = worker.dispatch_on_loop(service, screened)
         return worker.handling.answer(queue, screened, response)

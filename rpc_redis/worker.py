@@ -378,14 +378,23 @@ class Worker:
     def dispatch_on_loop(self, service: Service, message: protocol.Incoming) -> Any:
         """Dispatch a message on the event loop (async methods, batches) and wait for it."""
         assert self._loop is not None
-        dispatching = service.dispatch(
-            message.payload,
-            deadline=message.deadline,
-            debug=self.debug,
-            time_limit=self.time_limit,
-            threads=self.handler_threads,
-        )
+        dispatching = self._dispatch(service, message)
         return asyncio.run_coroutine_threadsafe(dispatching, self._loop).result()
+
+    def dispatch_in_this_thread(self, service: Service, message: protocol.Incoming) -> Any:
+        """Dispatch one request to a plain function right here, in a lane's thread."""
+        return service.dispatch_in_thread(message.payload, **self._dispatch_options(message))
+
+    async def _dispatch(self, service: Service, message: protocol.Incoming) -> Any:
+        return await service.dispatch(message.payload, **self._dispatch_options(message))
+
+    def _dispatch_options(self, message: protocol.Incoming) -> dict[str, Any]:
+        return {
+            "deadline": message.deadline,
+            "debug": self.debug,
+            "time_limit": self.time_limit,
+            "threads": self.handler_threads,
+        }
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep; True if a stop was requested meanwhile."""
@@ -475,13 +484,7 @@ class Worker:
         screened = self.handling.screen(queue, raw)
         if isinstance(screened, Outcome):
             return screened
-        response = await self.by_queue[queue].dispatch(
-            screened.payload,
-            deadline=screened.deadline,
-            debug=self.debug,
-            time_limit=self.time_limit,
-            threads=self.handler_threads,
-        )
+        response = await self._dispatch(self.by_queue[queue], screened)
         return self.handling.answer(queue, screened, response)
 
     @property
