@@ -17,10 +17,13 @@ from typing import Any
 from . import protocol
 from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
 from .service import Service
+from .writer import Command
 
 logger = logging.getLogger("rpc_redis.worker")
 
-Command = tuple[Any, ...]
+# How long a worker keeps trying to write an outcome through a Redis outage (or until
+# the request's deadline, if sooner).
+WRITE_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -51,6 +54,16 @@ class Outcome:
     body: bytes | None = None
     dead_letter_reason: str | None = None
     deadline: float | None = None
+
+
+def give_up_time(deadline: float | None) -> float:
+    """When to stop retrying a write: after WRITE_RETRY_SECONDS, or at the caller's
+    deadline if sooner, but never less than a second from now."""
+    now = time.time()
+    give_up_at = now + WRITE_RETRY_SECONDS
+    if deadline is not None:
+        give_up_at = max(min(give_up_at, deadline), now + 1)
+    return give_up_at
 
 
 class Handling:

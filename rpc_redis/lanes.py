@@ -22,8 +22,8 @@ import redis
 import redis.exceptions
 
 from .connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
-from .handling import Command, Outcome
-from .writer import WRITE_READ_TIMEOUT, raise_first_error
+from .handling import Outcome, give_up_time
+from .writer import WRITE_READ_TIMEOUT, Command, raise_first_error
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("rpc_redis.worker")
 
 LANE_THREAD_PREFIX = "rpc-lane"
-# How long a worker keeps trying to write an outcome through a Redis outage (or until
-# the request's deadline, if sooner).
-WRITE_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +42,6 @@ class PendingWrite:
     outcome: Outcome
     commands: list[Command]
     give_up_at: float
-
-
-def give_up_time(deadline: float | None) -> float:
-    """When to stop retrying a write: after WRITE_RETRY_SECONDS, or at the caller's
-    deadline if sooner, but never less than a second from now."""
-    now = time.time()
-    give_up_at = now + WRITE_RETRY_SECONDS
-    if deadline is not None:
-        give_up_at = max(min(give_up_at, deadline), now + 1)
-    return give_up_at
 
 
 class Lane:

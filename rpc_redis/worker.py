@@ -33,8 +33,8 @@ from redis.backoff import NoBackoff
 
 from . import protocol
 from .connection import REDIS_ERRORS, async_pool, default_url, redact_url, sync_pool
-from .handling import Handling, Outcome, WorkerStats
-from .lanes import LANE_THREAD_PREFIX, Lane, give_up_time
+from .handling import Handling, Outcome, WorkerStats, give_up_time
+from .lanes import LANE_THREAD_PREFIX, Lane
 from .receive import Slots, move_more, move_requests, pop_more, pop_requests
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
