@@ -16,7 +16,7 @@ from .connection import default_url
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES
 from .service import Service, load_services
 from .supervisor import Supervisor, child_command
-from .worker import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT, Worker
+from .worker import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT, DEFAULT_PREFETCH, Worker
 
 logger = logging.getLogger("rpc_redis.cli")
 
@@ -121,6 +121,13 @@ def worker_parser() -> argparse.ArgumentParser:
         "reliable; see docs/worker.md)",
     )
     parser.add_argument(
+        "--prefetch",
+        type=non_negative_int,
+        default=DEFAULT_PREFETCH,
+        help="in threads: requests waiting on the queue that each thread may take ahead, "
+        "to serve a burst in fewer round trips; 0 takes none (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -148,6 +155,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = worker_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -172,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_deliveries=args.max_deliveries,
             heartbeat_interval=args.heartbeat_interval,
             receive_in_threads=args.receive_in_threads,
+            prefetch=args.prefetch,
         )
     except (ImportError, LookupError, ValueError) as exc:
         parser.exit(2, f"rpc-worker: error: {exc}\n")

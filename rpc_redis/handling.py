@@ -36,14 +36,18 @@ class WorkerStats:
     expired: int = 0
     rejected: int = 0
     dead_lettered: int = 0
+    # Receiving in threads: requests taken ahead of a free thread, and given back to
+    # their queue unstarted (see lanes.py). Many given back: a lower --prefetch.
+    taken_ahead: int = 0
+    given_back: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # not a field: asdict() gives the counters alone
 
-    def add(self, counter: str) -> None:
-        """Count one; safe from the worker's threads and its event loop alike."""
+    def add(self, counter: str, count: int = 1) -> None:
+        """Count; safe from the worker's threads and its event loop alike."""
         with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            setattr(self, counter, getattr(self, counter) + count)
 
 
 @dataclass(frozen=True, slots=True)

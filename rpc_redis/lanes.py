@@ -7,21 +7,43 @@ lanes instead. Each lane is a thread with its own connection that BLPOPs a reque
 calls the function right there, and sends the reply in the same write as its next
 BLPOP: the shape of the bare LPUSH/BLPOP loop our benchmark calls the floor.
 
+In a burst, one round trip and one thread wake-up per request would decide the cost.
+So an LPOP rides behind each BLPOP and takes up to ``prefetch`` more requests if they
+are waiting; they go to a list shared by the lanes, which each lane empties before it
+asks Redis again. A lane going from one such request to the next keeps its finished
+replies, to send them together, while its calls are quick. Taking ahead must not make
+anyone wait behind a slow call, so the keeper, on the event loop, looks every
+KEEPER_SECONDS while the lanes hold anything: it sends the replies kept by a lane whose
+call has run that long, and gives requests unstarted that long back to the head of
+their queue, where any free lane or worker takes them at once.
+
 What a thread cannot serve well goes to the worker's event loop, and the lane waits
 for it: ``async def`` methods and batches (whose items run concurrently).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
+import redis.asyncio
 import redis.exceptions
 
-from .connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
+from .connection import (
+    REDIS_ERRORS,
+    read_responses,
+    read_responses_sync,
+    send_commands,
+    send_commands_sync,
+)
 from .handling import Outcome, give_up_time
 from .writer import WRITE_READ_TIMEOUT, Command, raise_first_error
 
@@ -31,6 +53,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("rpc_redis.worker")
 
 LANE_THREAD_PREFIX = "rpc-lane"
+# A lane keeps finished replies to send together only while its calls take less than
+# this and the oldest reply has waited less than this.
+HOLD_SECONDS = 0.001
+# How often the keeper looks, and how long a call or an unstarted request may keep
+# others waiting before it steps in.
+KEEPER_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,26 +70,211 @@ class PendingWrite:
     outcome: Outcome
     commands: list[Command]
     give_up_at: float
+    finished_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Unstarted:
+    """A request a lane took beyond its own, for the first lane free."""
+
+    queue: str
+    raw: bytes
+    taken_at: float  # time.monotonic()
+
+
+class Lanes:
+    """A worker's lanes, the requests they took ahead, and the keeper that watches both."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        queues: list[str],
+        count: int,
+        prefetch: int,
+        pool: redis.asyncio.ConnectionPool,
+    ) -> None:
+        self.worker = worker
+        self.pool = pool  # the worker's, for giving requests back
+        self.prefetch = prefetch
+        self.unstarted: collections.deque[Unstarted] = collections.deque()
+        self.lanes = [Lane(self, queues) for _ in range(count)]
+        self._reserved = 0  # room promised to LPOPs on their way
+        self._room_lock = threading.Lock()
+        self._watched = False  # the keeper is looking, or has been asked to
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.Event | None = None
+
+    @property
+    def busy(self) -> int:
+        """Lanes in a call now."""
+        return sum(lane.busy for lane in self.lanes)
+
+    async def run(self) -> None:
+        """Run the lanes and the keeper until the worker stops and the lanes are done."""
+        self._loop = asyncio.get_running_loop()
+        self._watch = asyncio.Event()
+        keeper = asyncio.create_task(self._keep())
+        try:
+            with ThreadPoolExecutor(len(self.lanes), thread_name_prefix=LANE_THREAD_PREFIX) as pool:
+                await asyncio.gather(
+                    *(self._loop.run_in_executor(pool, lane.run) for lane in self.lanes)
+                )
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        # A give-back that failed while the lanes were leaving left its requests here.
+        while self.unstarted:
+            request = self.unstarted.popleft()
+            await self.worker.handle(request.queue, request.raw)
+
+    # -- for lanes, from their threads ---------------------------------------------------
+
+    def take(self) -> Unstarted | None:
+        """The oldest request taken ahead, if any."""
+        try:
+            return self.unstarted.popleft()
+        except IndexError:
+            return None
+
+    def reserve(self) -> int:
+        """Room for requests taken ahead, promised to one LPOP (see :meth:`add`): up to
+        ``prefetch``, while the lanes hold fewer than ``prefetch`` each."""
+        with self._room_lock:
+            held = len(self.unstarted) + self._reserved
+            room = max(0, min(self.prefetch, self.prefetch * len(self.lanes) - held))
+            self._reserved += room
+            return room
+
+    def add(self, reserved: int, queue: str, raws: list[bytes]) -> None:
+        """What an LPOP given ``reserved`` room brought (possibly nothing), for the first
+        lane free; the keeper is called to watch over it."""
+        now = time.monotonic()
+        with self._room_lock:
+            self._reserved -= reserved
+            self.unstarted.extend(Unstarted(queue, raw, now) for raw in raws)
+        if raws:
+            self.worker.stats.add("taken_ahead", len(raws))
+        if raws and not self._watched:
+            self._watched = True
+            assert self._loop is not None and self._watch is not None
+            self._loop.call_soon_threadsafe(self._watch.set)
+
+    # -- the keeper, on the event loop -----------------------------------------------------
+
+    async def _keep(self) -> None:
+        assert self._watch is not None
+        while True:
+            await self._watch.wait()
+            await asyncio.sleep(KEEPER_SECONDS)
+            cutoff = time.monotonic() - KEEPER_SECONDS
+            for lane in self.lanes:
+                for write in lane.take_kept_writes(started_before=cutoff):
+                    self.worker.finish_soon(write.queue, write.raw, write.outcome)
+            await self._give_back(taken_before=cutoff)
+            if self._holding():
+                continue
+            self._watched = False
+            if self._holding():  # taken ahead just now, by a lane that saw us watching
+                self._watched = True
+            else:
+                self._watch.clear()
+
+    def _holding(self) -> bool:
+        return bool(self.unstarted) or any(lane.keeps_writes for lane in self.lanes)
+
+    async def _give_back(self, taken_before: float) -> None:
+        """Push requests unstarted since ``taken_before`` back to the head of their queue,
+        in their order: the oldest run of one queue, in one LPUSH."""
+        stale: list[Unstarted] = []
+        with contextlib.suppress(IndexError):  # the lanes may empty the list meanwhile
+            while self.unstarted[0].taken_at <= taken_before and (
+                not stale or self.unstarted[0].queue == stale[0].queue
+            ):
+                stale.append(self.unstarted.popleft())
+        if not stale:
+            return
+        queue = stale[0].queue
+        pool = self.pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:
+                pushing = [request.raw for request in reversed(stale)]
+                await send_commands(connection, [("LPUSH", queue, *pushing)])
+            except BaseException:  # not delivered: the lanes serve them after all
+                self.unstarted.extendleft(reversed(stale))
+                raise
+            try:
+                [pushed] = await read_responses(connection, 1, WRITE_READ_TIMEOUT)
+                raise_first_error([pushed])
+            except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
+                # Delivered, perhaps done: serving them too could run a call twice.
+                logger.error(
+                    "gave %d unstarted request(s) back to %s, unconfirmed (%s): they may be lost",
+                    len(stale),
+                    queue,
+                    exc,
+                )
+                return
+        except REDIS_ERRORS:
+            return  # the lanes log the outage
+        finally:
+            await pool.release(connection)
+        self.worker.stats.add("given_back", len(stale))
+        logger.debug("gave %d unstarted request(s) back to %s", len(stale), queue)
 
 
 class Lane:
     """One receiving thread of a worker: see the module's docstring."""
 
-    def __init__(self, worker: Worker, queues: list[str]) -> None:
-        self.worker = worker
+    def __init__(self, lanes: Lanes, queues: list[str]) -> None:
+        self.lanes = lanes
+        self.worker = lanes.worker
         self.queues = list(queues)
-        self.busy = False
-        self._pending: list[PendingWrite] = []
+        self.serving_since: float | None = None  # time.monotonic(), while in a call
+        self._last_call_seconds = 0.0
+        self._pending: list[PendingWrite] = []  # the keeper may take them: under _lock
+        self._lock = threading.Lock()
+        self._sent: list[PendingWrite] = []  # sent, their answers not read yet
+
+    @property
+    def busy(self) -> bool:
+        return self.serving_since is not None
+
+    @property
+    def keeps_writes(self) -> bool:
+        return self.serving_since is not None and bool(self._pending)
+
+    def take_kept_writes(self, started_before: float) -> list[PendingWrite]:
+        """For the keeper: the replies kept by this lane, if its call started before
+        ``started_before``; they are the keeper's to write from then on."""
+        with self._lock:
+            since = self.serving_since
+            if since is None or since > started_before or not self._pending:
+                return []
+            kept, self._pending = self._pending, []
+            return kept
 
     def run(self) -> None:
         """Serve until the worker stops, then write what is still pending."""
         connection = self.worker.receiving_connection_sync()
         try:
-            while not self.worker.stopping:
+            while True:
+                # Marked busy before taking, so the keeper never misses a lane that
+                # keeps replies: it looks at the shared list first, then at the lanes.
+                self.serving_since = time.monotonic()
+                request = self.lanes.take()
+                if request is not None:
+                    self._send_kept_writes_if_due(connection)
+                    self._serve(request.queue, request.raw)
+                    continue
+                self.serving_since = None
+                if self.worker.stopping:
+                    break
                 try:
                     popped = self._pop(connection)
                 except REDIS_ERRORS as exc:
-                    self._drop_expired_writes()
+                    self._after_lost_connection()
                     if not self.worker.wait_for_redis_from_thread(exc):
                         break
                     continue
@@ -72,32 +285,69 @@ class Lane:
                     continue
                 self.worker.note_refusal(self.queues, None)
                 if popped is not None:
+                    self.serving_since = time.monotonic()
                     self._serve(*popped)
             self._flush(connection)
         finally:
             connection.disconnect()  # type: ignore[no-untyped-call]
 
     def _pop(self, connection: redis.Connection) -> tuple[str, bytes] | None:
-        """Send the pending writes and a BLPOP in one write; settle the writes as soon as
-        their answers come, then wait for a request."""
+        """Send the pending writes, a BLPOP and an LPOP of requests waiting behind it, in
+        one write; settle the writes as soon as their answers come, then wait."""
         if len(self.queues) > 1:  # rotated, so that a busy service cannot starve the others
             self.queues.append(self.queues.pop(0))
-        writes = [command for write in self._pending for command in write.commands]
-        send_commands_sync(
-            connection, [*writes, ("BLPOP", *self.queues, self.worker.block_seconds)]
-        )
-        self._settle(read_responses_sync(connection, len(writes), WRITE_READ_TIMEOUT))
-        [popped] = read_responses_sync(connection, 1, self.worker.block_seconds + 5)
-        raise_first_error([popped])
-        if popped is None:
+        ahead = self.queues[0]  # BLPOP looks here first; with one queue, the only one
+        room = self.lanes.reserve()
+        more: list[bytes] = []
+        try:
+            commands = [*self._sending(), ("BLPOP", *self.queues, self.worker.block_seconds)]
+            if room:
+                commands.append(("LPOP", ahead, room))
+            send_commands_sync(connection, commands)
+            self._settle(read_responses_sync(connection, self._unread(), WRITE_READ_TIMEOUT))
+            responses = read_responses_sync(
+                connection, 2 if room else 1, self.worker.block_seconds + 5
+            )
+            raise_first_error(responses)
+            more = list(responses[1] or []) if room else []
+        finally:
+            self.lanes.add(room, ahead, more)
+        if responses[0] is None:  # unblocked at stop; what the LPOP took is served
             return None
-        queue, raw = cast(tuple[bytes, bytes], popped)
+        queue, raw = cast(tuple[bytes, bytes], responses[0])
         return queue.decode(), raw
 
+    def _sending(self) -> list[Command]:
+        """Move the pending writes to those sent; their commands, to send now."""
+        with self._lock:
+            sending, self._pending = self._pending, []
+        self._sent += sending
+        return [command for write in sending for command in write.commands]
+
+    def _unread(self) -> int:
+        return sum(len(write.commands) for write in self._sent)
+
+    def _send_kept_writes_if_due(self, connection: redis.Connection) -> None:
+        """Before a request taken ahead: send the replies kept so far, unless the calls
+        are quick and the replies fresh (then they wait to go out together). Their
+        answers are read with the next BLPOP's."""
+        with self._lock:
+            if not self._pending or (
+                self._last_call_seconds < HOLD_SECONDS
+                and time.monotonic() - self._pending[0].finished_at < HOLD_SECONDS
+            ):
+                return
+        try:
+            commands = self._sending()  # none, if the keeper took them meanwhile
+            if commands:
+                send_commands_sync(connection, commands)
+        except REDIS_ERRORS:
+            self._after_lost_connection()  # the next BLPOP meets the outage and waits
+
     def _settle(self, results: list[Any]) -> None:
-        """Judge each pending write by its answers. A follow-up (a dead letter for a reply
+        """Judge each sent write by its answers. A follow-up (a dead letter for a reply
         key of the wrong type) goes to the event loop: this connection is in a BLPOP."""
-        written, self._pending = self._pending, []
+        written, self._sent = self._sent, []
         for write in written:
             mine, results = results[: len(write.commands)], results[len(write.commands) :]
             follow_up = self.worker.handling.written(write.queue, write.outcome, mine)
@@ -105,14 +355,23 @@ class Lane:
                 self.worker.finish_on_loop(write.queue, write.raw, follow_up)
 
     def _serve(self, queue: str, raw: bytes) -> None:
-        self.busy = True
+        """Call and answer; ``serving_since`` is set by the caller."""
+        write: PendingWrite | None = None
+        started = time.monotonic()
         try:
             outcome = self._outcome(queue, raw)
-            self._add_write(queue, raw, outcome)
+            commands = self.worker.handling.commands(queue, raw, outcome)
+            if commands:
+                deadline = give_up_time(outcome.deadline)
+                write = PendingWrite(queue, raw, outcome, commands, deadline, time.monotonic())
         except Exception:  # The last line of defence: log it, keep serving.
             logger.exception("unexpected error handling a message from %s", queue)
         finally:
-            self.busy = False
+            with self._lock:
+                if write is not None:
+                    self._pending.append(write)
+                self.serving_since = None
+            self._last_call_seconds = time.monotonic() - started
 
     def _outcome(self, queue: str, raw: bytes) -> Outcome:
         worker = self.worker
@@ -126,32 +385,30 @@ class Lane:
             response = worker.dispatch_on_loop(service, screened)
         return worker.handling.answer(queue, screened, response)
 
-    def _add_write(self, queue: str, raw: bytes, outcome: Outcome) -> None:
-        commands = self.worker.handling.commands(queue, raw, outcome)
-        if commands:
-            write = PendingWrite(queue, raw, outcome, commands, give_up_time(outcome.deadline))
-            self._pending.append(write)
-
-    def _drop_expired_writes(self) -> None:
-        """After a lost connection: keep the writes worth retrying, log the others."""
+    def _after_lost_connection(self) -> None:
+        """Writes sent without an answer go out again (a reply written twice is read
+        once); those past retrying are logged and dropped."""
         now = time.time()
-        for write in self._pending:
-            if write.give_up_at < now:
-                logger.error(
-                    "could not write the outcome of a request to %s: Redis unreachable",
-                    write.queue,
-                )
-        self._pending = [write for write in self._pending if write.give_up_at >= now]
+        with self._lock:
+            self._pending, self._sent = self._sent + self._pending, []
+            for write in self._pending:
+                if write.give_up_at < now:
+                    logger.error(
+                        "could not write the outcome of a request to %s: Redis unreachable",
+                        write.queue,
+                    )
+            self._pending = [write for write in self._pending if write.give_up_at >= now]
 
     def _flush(self, connection: redis.Connection) -> None:
         """At stop: write what is pending, retrying through an outage as long as allowed."""
-        while self._pending:
-            writes = [command for write in self._pending for command in write.commands]
+        while self._pending or self._sent:
             try:
-                send_commands_sync(connection, writes)
-                self._settle(read_responses_sync(connection, len(writes), WRITE_READ_TIMEOUT))
+                sending = self._sending()
+                if sending:
+                    send_commands_sync(connection, sending)
+                self._settle(read_responses_sync(connection, self._unread(), WRITE_READ_TIMEOUT))
             except REDIS_ERRORS as exc:
-                self._drop_expired_writes()
+                self._after_lost_connection()
                 if self._pending:
                     logger.debug("retrying %d write(s) at stop: %s", len(self._pending), exc)
                     time.sleep(0.1)

@@ -20,8 +20,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 import redis
@@ -34,7 +33,7 @@ from redis.backoff import NoBackoff
 from . import protocol
 from .connection import REDIS_ERRORS, async_pool, default_url, redact_url, sync_pool
 from .handling import Handling, Outcome, WorkerStats, give_up_time
-from .lanes import LANE_THREAD_PREFIX, Lane
+from .lanes import Lanes
 from .receive import Slots, move_more, move_requests, pop_more, pop_requests
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
@@ -44,6 +43,7 @@ from .writer import Writer
 logger = logging.getLogger("rpc_redis.worker")
 
 DEFAULT_CONCURRENCY = 8
+DEFAULT_PREFETCH = 8
 DEFAULT_DEAD_LETTER_LIMIT = 10_000
 # How long one BLPOP blocks before the loop goes round again.
 BLOCK_SECONDS = 5.0
@@ -75,11 +75,14 @@ class Worker:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         block_seconds: float = BLOCK_SECONDS,
         receive_in_threads: bool | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         """``receive_in_threads``: serve from ``concurrency`` threads with a connection
         each (the fastest for plain functions), or from the event loop on one
         connection; by default, threads when a service has plain functions, unless a
-        queue is reliable."""
+        queue is reliable. ``prefetch``: in threads, how many requests waiting on the
+        queue each thread may take ahead, for the first thread free (see ``lanes.py``);
+        0 takes none."""
         services = [services] if isinstance(services, Service) else list(services)
         if not services:
             raise ValueError("a worker needs at least one service")
@@ -87,6 +90,8 @@ class Worker:
             raise ValueError("a queue name can be given only when serving one service")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")
         if reply_ttl <= 0:
             raise ValueError("reply_ttl must be a positive number of seconds")
         if time_limit is not None and time_limit <= 0:
@@ -95,6 +100,7 @@ class Worker:
         self.redis_url = redis_url or default_url()
         self.prefix = prefix
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.reply_ttl_ms = int(reply_ttl * 1000)
         self.max_message_bytes = max_message_bytes
         self.dead_letter_limit = dead_letter_limit
@@ -137,7 +143,7 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unblocker: asyncio.Future[None] | None = None
-        self._lanes: list[Lane] = []
+        self._lanes: Lanes | None = None
         self._refused = ""  # the last refusal to pop logged
 
     def __repr__(self) -> str:
@@ -216,10 +222,9 @@ class Worker:
             self.stopped.set()
 
     async def _run_lanes(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._lanes = [Lane(self, self._plain_queues) for _ in range(self.concurrency)]
-        with ThreadPoolExecutor(len(self._lanes), thread_name_prefix=LANE_THREAD_PREFIX) as pool:
-            await asyncio.gather(*(loop.run_in_executor(pool, lane.run) for lane in self._lanes))
+        pool = self._redis.connection_pool
+        self._lanes = Lanes(self, self._plain_queues, self.concurrency, self.prefetch, pool)
+        await self._lanes.run()
 
     def _receiving_connection(self) -> redis.asyncio.Connection:
         """A connection of its own, not yet connected: its first BLPOP connects it, inside
@@ -281,7 +286,7 @@ class Worker:
     def _begin_stop(self) -> None:
         if self._stop_requested is not None and not self._stop_requested.is_set():
             self._stop_requested.set()
-            in_flight = len(self._in_flight) + sum(lane.busy for lane in self._lanes)
+            in_flight = len(self._in_flight) + (self._lanes.busy if self._lanes else 0)
             logger.info("stopping: finishing %d request(s) in flight", in_flight)
             self._unblocker = asyncio.ensure_future(self._unblock_receiver())
 
@@ -292,7 +297,9 @@ class Worker:
             for queue, service in self.by_queue.items()
         )
         reliable = f", reliable: {', '.join(self.reliable_queues)}" if self.reliable_queues else ""
-        where = "in threads" if self.uses_lanes else "on the event loop"
+        where = (
+            f"in threads, prefetch {self.prefetch}" if self.uses_lanes else "on the event loop"
+        )
         return (
             f"rpc-worker serving {served} on {redact_url(self.redis_url)} "
             f"(concurrency {self.concurrency} {where}, pid {os.getpid()}{reliable})"
@@ -371,9 +378,9 @@ class Worker:
         ).result()
 
     def finish_on_loop(self, queue: str, raw: bytes, outcome: Outcome) -> None:
-        """Write an outcome from the event loop, without waiting for it."""
+        """:meth:`finish_soon`, from another thread."""
         assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._finish(queue, raw, outcome), self._loop)
+        self._loop.call_soon_threadsafe(self.finish_soon, queue, raw, outcome)
 
     def dispatch_on_loop(self, service: Service, message: protocol.Incoming) -> Any:
         """Dispatch a message on the event loop (async methods, batches) and wait for it."""
@@ -440,9 +447,7 @@ class Worker:
             self.note_refusal(queues, None)
             slots.give_back(taken - len(messages))
             for raw in messages:
-                task = asyncio.create_task(self._handle(queue, raw))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                task = self._start(self.handle(queue, raw))
                 task.add_done_callback(lambda _: slots.give_back())
             if messages:
                 # One pass for the handlers just started: those that finish without
@@ -472,7 +477,15 @@ class Worker:
 
     # -- handling ----------------------------------------------------------------------
 
-    async def _handle(self, queue: str, raw: bytes) -> None:
+    def _start(self, handling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task the worker waits for before it stops."""
+        task = asyncio.create_task(handling)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
+
+    async def handle(self, queue: str, raw: bytes) -> None:
+        """Handle one message, from its screening to its outcome written."""
         try:
             outcome = await self._outcome(queue, raw)
             await self._finish(queue, raw, outcome)
@@ -493,6 +506,10 @@ class Worker:
         return self.handler_threads.busy
 
     # -- writing -----------------------------------------------------------------------
+
+    def finish_soon(self, queue: str, raw: bytes, outcome: Outcome) -> None:
+        """Write an outcome from the event loop, without waiting for it."""
+        self._start(self._finish(queue, raw, outcome))
 
     async def _finish(self, queue: str, raw: bytes, outcome: Outcome) -> None:
         """Write the outcome in one round trip; for a reliable queue, in one transaction

@@ -174,7 +174,7 @@ def test_threads_serve_plain_functions_where_they_pop_and_hand_async_ones_to_the
     redis_url: str,
 ) -> None:
     with slow_worker(redis_url, "--concurrency", "3") as worker, Client(redis_url) as client:
-        worker.wait_for_line(r"\(concurrency 3 in threads, pid")
+        worker.wait_for_line(r"\(concurrency 3 in threads, prefetch 8, pid")
         slow = client.proxy("slow")
         assert slow.where()["thread"].startswith("rpc-lane")
         assert slow.where_async()["thread"] == "MainThread"  # the event loop's
