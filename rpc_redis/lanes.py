@@ -56,6 +56,8 @@ LANE_THREAD_PREFIX = "rpc-lane"
 # A lane keeps finished replies to send together only while its calls take less than
 # this and the oldest reply has waited less than this.
 HOLD_SECONDS = 0.001
+# While the queue is quiet, how often an LPOP looks for requests waiting.
+PROBE_SECONDS = 0.01
 # How often the keeper looks, and how long a call or an unstarted request may keep
 # others waiting before it steps in.
 KEEPER_SECONDS = 0.005
@@ -99,6 +101,8 @@ class Lanes:
         self.unstarted: collections.deque[Unstarted] = collections.deque()
         self.lanes = [Lane(self, queues) for _ in range(count)]
         self._reserved = 0  # room promised to LPOPs on their way
+        self._queue_busy = False  # the last LPOP brought requests
+        self._probed_at = 0.0
         self._room_lock = threading.Lock()
         self._watched = False  # the keeper is looking, or has been asked to
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,8 +143,17 @@ class Lanes:
 
     def reserve(self) -> int:
         """Room for requests taken ahead, promised to one LPOP (see :meth:`add`): up to
-        ``prefetch``, while the lanes hold fewer than ``prefetch`` each."""
+        ``prefetch``, while the lanes hold fewer than ``prefetch`` each.
+
+        While the last LPOP found the queue empty, only one LPOP every PROBE_SECONDS
+        looks again: one per call would cost a calm stream of calls a few per cent.
+        """
         with self._room_lock:
+            if not self._queue_busy:
+                now = time.monotonic()
+                if now - self._probed_at < PROBE_SECONDS:
+                    return 0
+                self._probed_at = now
             held = len(self.unstarted) + self._reserved
             room = max(0, min(self.prefetch, self.prefetch * len(self.lanes) - held))
             self._reserved += room
@@ -153,6 +166,8 @@ class Lanes:
         with self._room_lock:
             self._reserved -= reserved
             self.unstarted.extend(Unstarted(queue, raw, now) for raw in raws)
+            if reserved:
+                self._queue_busy = bool(raws)
         if raws:
             self.worker.stats.add("taken_ahead", len(raws))
         if raws and not self._watched:
