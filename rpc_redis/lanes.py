@@ -105,6 +105,7 @@ class Lanes:
         self._probed_at = 0.0
         self._room_lock = threading.Lock()
         self._watched = False  # the keeper is looking, or has been asked to
+        self._lanes_done = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Event | None = None
 
@@ -124,10 +125,10 @@ class Lanes:
                     *(self._loop.run_in_executor(pool, lane.run) for lane in self.lanes)
                 )
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        # A give-back that failed while the lanes were leaving left its requests here.
+            self._lanes_done = True  # the keeper finishes its round, not cut off mid-write
+            self._watch.set()
+            await keeper
+        # A give-back refused while the lanes were leaving left its requests here.
         while self.unstarted:
             request = self.unstarted.popleft()
             await self.worker.handle(request.queue, request.raw)
@@ -179,7 +180,7 @@ class Lanes:
 
     async def _keep(self) -> None:
         assert self._watch is not None
-        while True:
+        while not self._lanes_done:
             await self._watch.wait()
             await asyncio.sleep(KEEPER_SECONDS)
             cutoff = time.monotonic() - KEEPER_SECONDS
@@ -210,31 +211,29 @@ class Lanes:
         if not stale:
             return
         queue = stale[0].queue
-        pool = self.pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        pushing = [request.raw for request in reversed(stale)]
+        delivered = False
         try:
+            connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                pushing = [request.raw for request in reversed(stale)]
                 await send_commands(connection, [("LPUSH", queue, *pushing)])
-            except BaseException:  # not delivered: the lanes serve them after all
-                self.unstarted.extendleft(reversed(stale))
-                raise
-            try:
+                delivered = True
                 [pushed] = await read_responses(connection, 1, WRITE_READ_TIMEOUT)
-                raise_first_error([pushed])
-            except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
-                # Delivered, perhaps done: serving them too could run a call twice.
+            finally:
+                await self.pool.release(connection)
+            raise_first_error([pushed])  # refused (a key of another type): not done
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
+            if delivered and not isinstance(exc, redis.exceptions.ResponseError):
+                # Perhaps done: serving them as well could run a call twice.
                 logger.error(
                     "gave %d unstarted request(s) back to %s, unconfirmed (%s): they may be lost",
                     len(stale),
                     queue,
                     exc,
                 )
-                return
-        except REDIS_ERRORS:
-            return  # the lanes log the outage
-        finally:
-            await pool.release(connection)
+            else:  # not done: the lanes serve them after all
+                self.unstarted.extendleft(reversed(stale))
+            return
         self.worker.stats.add("given_back", len(stale))
         logger.debug("gave %d unstarted request(s) back to %s", len(stale), queue)
 

@@ -297,9 +297,7 @@ class Worker:
             for queue, service in self.by_queue.items()
         )
         reliable = f", reliable: {', '.join(self.reliable_queues)}" if self.reliable_queues else ""
-        where = (
-            f"in threads, prefetch {self.prefetch}" if self.uses_lanes else "on the event loop"
-        )
+        where = f"in threads, prefetch {self.prefetch}" if self.uses_lanes else "on the event loop"
         return (
             f"rpc-worker serving {served} on {redact_url(self.redis_url)} "
             f"(concurrency {self.concurrency} {where}, pid {os.getpid()}{reliable})"
