@@ -145,6 +145,7 @@ class Worker:
         self._unblocker: asyncio.Future[None] | None = None
         self._lanes: Lanes | None = None
         self._refused = ""  # the last refusal to pop logged
+        self._refused_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Worker({protocol.summarize(self.by_queue)}, concurrency={self.concurrency})"
@@ -268,9 +269,11 @@ class Worker:
         """Log Redis's refusal to pop (a queue key holding a string...) once while it
         lasts, whichever receiver meets it; None: popping works again."""
         message = "" if error is None else str(error)
-        if message and message != self._refused:
+        with self._refused_lock:  # lanes meet it together: one of them logs
+            first = message and message != self._refused
+            self._refused = message
+        if first:
             logger.error("Redis refused to pop from %s: %s; retrying", queues, message)
-        self._refused = message
 
     @property
     def stopping(self) -> bool:
