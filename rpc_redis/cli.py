@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from . import protocol
@@ -122,7 +122,7 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prefetch",
-        type=non_negative_int,
+        type=int_at_least(0),
         default=DEFAULT_PREFETCH,
         help="in threads: requests waiting on the queue that each thread may take ahead, "
         "to serve a burst in fewer round trips; 0 takes none (default: %(default)s)",
@@ -148,18 +148,19 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+positive_int = int_at_least(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

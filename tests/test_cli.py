@@ -143,7 +143,7 @@ def test_stop_while_waiting_for_redis_exits_0() -> None:
         (["services.calculator", "--concurrency", "0"], "must be at least 1"),
         (["services.calculator", "--reply-ttl", "0"], "must be a positive number"),
         (["services.calculator", "--reliable", "--receive-in-threads"], "on the event loop"),
-        (["services.calculator", "--prefetch", "-1"], "must be 0 or more"),
+        (["services.calculator", "--prefetch", "-1"], "must be at least 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(args: list[str], message: str) -> None:
