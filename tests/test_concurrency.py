@@ -126,6 +126,8 @@ def test_processes_serve_in_parallel_and_stop_cleanly_with_calls_in_flight(
     try:
         worker.wait_for_line("supervising 2 processes")
         worker.wait_for_line("rpc-worker serving", count=2)
+        # The startup lines come before the receiving threads connect: wait for all four.
+        wait_until(lambda: sum(c["cmd"] == "blpop" for c in receiving_connections(redis_url)) == 4)
         with Client(redis_url, timeout=15) as client:
             slow = client.proxy("slow")
             # Redis hands each call to the worker blocked longest: both processes serve.
