@@ -184,6 +184,8 @@ class Handling:
     @staticmethod
     def _log_error_responses(service: Service, payload: Any, response: Any) -> None:
         """One line for each request the caller got wrong; handler failures log their own."""
+        if isinstance(response, dict) and "error" not in response:
+            return  # a result: the usual case, decided at once
         methods = {
             item.get("id"): item.get("method")
             for item in (payload if isinstance(payload, list) else [payload])

@@ -77,6 +77,7 @@ class Service:
         self.functions: dict[str, Callable[..., Any]] = {}
         self._methods: dict[str, Callable[..., Any]] = {}  # for the event loop
         self._plain_methods: dict[str, Callable[..., Any]] = {}  # for a thread, plain only
+        self._params_shapes: dict[str, ParamsShape] = {}
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, methods={sorted(self.functions)})"
@@ -116,6 +117,7 @@ class Service:
             self.functions[method_name] = func
             handler = Handler(func, self.name, method_name, time_limit)
             self._methods[method_name] = handler.for_event_loop()
+            self._params_shapes[method_name] = ParamsShape(func)
             if not handler.is_async:
                 self._plain_methods[method_name] = handler.for_thread()
             return func
@@ -148,8 +150,12 @@ class Service:
         if not isinstance(context, CallContext):
             return context
         parsed = create_request(request)
+        method = self._method_if_params_fit(self._plain_methods, parsed)
         try:
-            _, result = dispatcher.dispatch_request(self._plain_methods, context, parsed)
+            if method is not None:
+                result = dispatcher.call(parsed, context, method)
+            else:
+                _, result = dispatcher.dispatch_request(self._plain_methods, context, parsed)
         except Exception as exc:
             return self._dispatcher_fault(request, exc)
         return self._response(parsed, result)
@@ -193,8 +199,12 @@ class Service:
         # its dispatch_to_response_pure would wrap even one in asyncio.gather, a task
         # and several passes of the event loop per call.
         parsed = create_request(request)
+        method = self._method_if_params_fit(self._methods, parsed)
         try:
-            _, result = await async_dispatcher.dispatch_request(self._methods, context, parsed)
+            if method is not None:
+                result = await async_dispatcher.call(parsed, context, method)
+            else:
+                _, result = await async_dispatcher.dispatch_request(self._methods, context, parsed)
         except Exception as exc:
             return self._dispatcher_fault(request, exc)
         return self._response(parsed, result)
@@ -215,6 +225,17 @@ class Service:
             return protocol.error_response(request_id, InvalidRequest(data=problem))
         return CallContext(self.name, request["method"], deadline, debug, time_limit, threads)
 
+    def _method_if_params_fit(
+        self, methods: dict[str, Callable[..., Any]], parsed: Request
+    ) -> Callable[..., Any] | None:
+        """The method to call at once, if the request's params surely fit it; else None,
+        and jsonrpcserver checks them (and answers what does not fit). Its own check
+        binds the whole signature on every call: a fifth of a call's time in the worker."""
+        shape = self._params_shapes.get(parsed.method)
+        if shape is None or not shape.fits(parsed.params):
+            return None
+        return methods.get(parsed.method)
+
     def _dispatcher_fault(self, request: Any, exc: Exception) -> dict[str, Any]:
         """A fault in the dispatcher itself, not in a handler: answered, and logged."""
         logger.exception("dispatching %s.%s failed", self.name, request["method"])
@@ -226,6 +247,33 @@ class Service:
         if parsed.id is NOID:
             return None  # a notification
         return to_serializable_one(to_response(parsed, result))
+
+
+class ParamsShape:
+    """The params a function surely accepts, told apart in well under a microsecond.
+
+    Only the common shape is vouched for: parameters that may be given by position or
+    by name, without ``*args``, ``**kwargs`` or keyword-only ones. For any other
+    function, or params that do not fit, :meth:`fits` says False and jsonrpcserver's
+    full check decides.
+    """
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        parameters = list(inspect.signature(func).parameters.values())
+        self.simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
+        self.names = frozenset(p.name for p in parameters)
+        self.required = frozenset(p.name for p in parameters if p.default is p.empty)
+        self.most = len(parameters)
+        self.least = len(self.required)  # those without a default come first
+
+    def fits(self, params: Any) -> bool:
+        if not self.simple:
+            return False
+        if type(params) is list:
+            return self.least <= len(params) <= self.most
+        if type(params) is dict:
+            return self.required <= params.keys() <= self.names
+        return False
 
 
 class Handler:
