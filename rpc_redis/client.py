@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -18,7 +17,7 @@ import redis.exceptions
 from . import protocol
 from .connection import default_url, send_commands_sync, sync_pool
 from .errors import InternalError, RpcConnectionError, RpcTimeout
-from .proxy import BatchHandle, Params, ServiceProxy, new_request_id
+from .proxy import BatchHandle, Params, ServiceProxy, new_request_id, unique_hex
 from .service import current_call
 
 DEFAULT_TIMEOUT = 10.0
@@ -54,7 +53,7 @@ class CallSettings:
         return queue or protocol.queue_key(service, self.prefix)
 
     def new_reply_key(self) -> str:
-        return protocol.reply_key(uuid.uuid4().hex, self.prefix)
+        return protocol.reply_key(unique_hex(), self.prefix)
 
 
 class ProxyMaker:
@@ -107,7 +106,7 @@ class Client(ProxyMaker):
         self.settings = CallSettings(prefix, timeout)
         self._slots = threading.BoundedSemaphore(max_connections)
         # Named, so its connections can be told apart in CLIENT LIST.
-        redis_options.setdefault("client_name", f"rpc-client-{uuid.uuid4().hex}")
+        redis_options.setdefault("client_name", f"rpc-client-{unique_hex()}")
         self.client_name: str = redis_options["client_name"]
         self._pool = sync_pool(
             self.url, max_connections=max_connections, socket_timeout=timeout, **redis_options
