@@ -1,8 +1,12 @@
-"""From a Redis URL to connections: one place for URLs, defaults and redaction."""
+"""From a Redis URL to connections: one place for URLs, defaults and redaction; and
+riding out a Redis that went away."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import random
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,8 +21,12 @@ except ImportError:  # redis-py before 7
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENVIRONMENT_VARIABLES = ("RPC_REDIS_URL", "REDIS_URL")
 CONNECT_TIMEOUT = 5.0
+RECONNECT_BACKOFF_CAP = 5.0
 # What a lost or unreachable Redis raises; an error reply (ResponseError) is not one.
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+logger = logging.getLogger("rpc_redis.worker")  # the lines are the worker's
 
 
 def default_url() -> str:
@@ -131,3 +139,54 @@ def pool_options(options: dict[str, Any]) -> dict[str, Any]:
         # after a Redis restart fails. Redis before 8 and Valkey do not send them anyway.
         options.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
     return options
+
+
+class Reconnector:
+    """Waits out a lost Redis for every receiver of a worker: pings backing off with
+    jitter until Redis answers or a stop is requested, with one log line per outage."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        url: str,
+        stop_requested: asyncio.Event,
+        ping_timeout: float,
+    ) -> None:
+        self.client = client
+        self.url = url
+        self.stop_requested = stop_requested
+        self.ping_timeout = ping_timeout
+        self._lock = asyncio.Lock()  # several receivers, one outage, one log line
+
+    async def wait(self, first_error: BaseException | None = None) -> bool:
+        """True once Redis answers; False if a stop is requested first."""
+        async with self._lock:
+            return await self._reconnect(first_error)
+
+    async def _reconnect(self, first_error: BaseException | None) -> bool:
+        delay = 0.1
+        try:
+            await asyncio.wait_for(self.client.ping(), self.ping_timeout)
+            return True  # never lost, or another receiver already reconnected
+        except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
+            error = exc if first_error is None else first_error
+        url = redact_url(self.url)
+        logger.warning("cannot reach Redis at %s (%s); retrying with backoff", url, error)
+        while not await sleep_unless_set(self.stop_requested, delay * random.uniform(0.5, 1.5)):
+            delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
+            try:
+                await asyncio.wait_for(self.client.ping(), self.ping_timeout)
+            except (*REDIS_ERRORS, asyncio.TimeoutError):
+                continue
+            logger.info("connected to Redis at %s", url)
+            return True
+        return False
+
+
+async def sleep_unless_set(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep, waking early if ``event`` is set; True if it was."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True

@@ -1,14 +1,114 @@
-"""Taking requests off queues: as many as a worker has free slots, in one round trip."""
+"""Receiving on the event loop: taking as many requests as a worker has free slots,
+in one round trip, each handled in a task of its own.
+
+A worker receives here when its services have only ``async def`` methods, or its
+queues are reliable; plain functions are received in threads instead (``lanes.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio
+import redis.exceptions
 
-from .connection import exchange, read_responses, send_commands
+from .connection import REDIS_ERRORS, exchange, read_responses, send_commands
+from .reliable import Reliability
 from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, raise_first_error, settle
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+
+class LoopReceivers:
+    """A worker's receivers on its event loop, one connection each, sharing its slots:
+    one for each reliable queue (BLMOVE takes one source list), one for the rest."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        queue_groups: list[list[str]],
+        writer: Writer,
+        reliability: Reliability,
+    ) -> None:
+        self.worker = worker
+        self.queue_groups = queue_groups
+        self.writer = writer
+        self.reliability = reliability
+        self.slots = Slots(worker.concurrency)
+
+    async def run(self) -> None:
+        """Receive until the worker stops; requests taken are handled in the worker's tasks."""
+        connections = [self.worker.receiving_connection() for _ in self.queue_groups]
+        try:
+            await asyncio.gather(
+                *(
+                    self._receive(connection, queues)
+                    for connection, queues in zip(connections, self.queue_groups, strict=True)
+                )
+            )
+        finally:
+            for connection in connections:
+                await connection.disconnect()
+
+    async def _receive(self, connection: redis.asyncio.Connection, queues: list[str]) -> None:
+        """Pop requests while there are free slots; each runs as a task holding a slot."""
+        worker, slots, most = self.worker, self.slots, self.worker.concurrency
+        # Alone, a receiver takes every free slot and asks for that many requests in
+        # its one round trip. Beside others, it blocks holding one slot, and takes more
+        # only once a request has come: a slot held in a blocked BLPOP is idle.
+        alone = len(self.queue_groups) == 1
+        while not worker.stopping:
+            taken = await slots.take(most if alone else 1)
+            if worker.stopping:
+                slots.give_back(taken)
+                break
+            try:
+                queue, messages = await self._take_requests(connection, queues, taken)
+                if messages and not alone:
+                    more = slots.take_now(most)
+                    taken += more
+                    messages += await self._take_more(connection, queue, more)
+            except REDIS_ERRORS as exc:
+                slots.give_back(taken)
+                if not worker.stopping and not await worker.wait_for_redis(exc):
+                    break
+                continue
+            except redis.exceptions.ResponseError as exc:  # e.g. a queue key holding a string
+                slots.give_back(taken)
+                worker.note_refusal(queues, exc)
+                if await worker.sleep_unless_stopped(1.0):
+                    break
+                continue
+            worker.note_refusal(queues, None)
+            slots.give_back(taken - len(messages))
+            for raw in messages:
+                worker.handle_soon(queue, raw).add_done_callback(lambda _: slots.give_back())
+            if messages:
+                # One pass for the handlers just started: those that finish without
+                # waiting send their replies with the next BLPOP.
+                await asyncio.sleep(0)
+
+    async def _take_requests(
+        self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
+    ) -> tuple[str, list[bytes]]:
+        block_seconds = self.worker.block_seconds
+        if self.worker.is_reliable(queues[0]):
+            in_progress = self.reliability.in_progress_key(queues[0])
+            return await move_requests(connection, queues[0], in_progress, up_to, block_seconds)
+        return await pop_requests(connection, queues, up_to, block_seconds, self.writer)
+
+    async def _take_more(
+        self, connection: redis.asyncio.Connection, queue: str, count: int
+    ) -> list[bytes]:
+        """Up to ``count`` more requests from ``queue``, without blocking."""
+        if not count:
+            return []
+        if self.worker.is_reliable(queue):
+            in_progress = self.reliability.in_progress_key(queue)
+            return await move_more(connection, queue, in_progress, count)
+        return await pop_more(connection, queue, count)
 
 
 class Slots:

@@ -11,6 +11,7 @@ The script is atomic, so each request is recovered once, whoever runs it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 import redis.asyncio
 
 from . import protocol
+from .connection import REDIS_ERRORS
 
 logger = logging.getLogger("rpc_redis.reliable")
 
@@ -121,6 +123,17 @@ class Reliability:
             pipe.set(protocol.heartbeat_key(self.worker_id, self.prefix), b"1", px=ttl_ms)
             pipe.hset(protocol.worker_registry_key(self.prefix), self.worker_id, self._registration)
             await pipe.execute()
+
+    async def keep_up(self, command_timeout: float) -> None:
+        """Beat the heartbeat and look for dead workers, every heartbeat interval, until
+        cancelled; an outage is only waited out (the receivers log it)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.beat(), command_timeout)
+                await asyncio.wait_for(self.recover_dead_workers(), command_timeout)
+            except (*REDIS_ERRORS, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(self.heartbeat_interval)
 
     async def recover_dead_workers(self) -> None:
         """Requeue the in-progress requests of every registered worker whose heartbeat is gone."""

@@ -25,16 +25,23 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio
-import redis.exceptions
 import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import protocol
-from .connection import REDIS_ERRORS, async_pool, default_url, redact_url, sync_pool
+from .connection import (
+    REDIS_ERRORS,
+    Reconnector,
+    async_pool,
+    default_url,
+    redact_url,
+    sleep_unless_set,
+    sync_pool,
+)
 from .handling import Handling, Outcome, WorkerStats, give_up_time
 from .lanes import Lanes
-from .receive import Slots, move_more, move_requests, pop_more, pop_requests
+from .receive import LoopReceivers
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
 from .service import Service
 from .threads import HandlerThreads
@@ -47,7 +54,6 @@ DEFAULT_PREFETCH = 8
 DEFAULT_DEAD_LETTER_LIMIT = 10_000
 # How long one BLPOP blocks before the loop goes round again.
 BLOCK_SECONDS = 5.0
-RECONNECT_BACKOFF_CAP = 5.0
 # Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
 ADMIN_TIMEOUT = 10.0
 
@@ -168,7 +174,9 @@ class Worker:
                 socket_timeout=None,
             )
         )
-        self._reconnecting = asyncio.Lock()
+        self._reconnector = Reconnector(
+            self._redis, self.redis_url, self._stop_requested, ADMIN_TIMEOUT
+        )
         self._writer = Writer(self._redis.connection_pool)
         self._reliability = Reliability(
             self._redis,
@@ -181,30 +189,15 @@ class Worker:
         )
         # Receiving connections are named so that stop() can unblock their BLPOPs at once.
         self._receiver_name = f"rpc-worker-{self.name}"
-        receivers = [
-            (self._receiving_connection(), queues)
-            for queues in ([[q] for q in self.reliable_queues] + [self._plain_queues])
-            if queues and not self.uses_lanes
-        ]
         upkeep: asyncio.Task[None] | None = None
         try:
-            if await self._wait_for_redis():
+            if await self.wait_for_redis():
                 if self.reliable_queues:
                     await asyncio.wait_for(self._reliability.beat(), ADMIN_TIMEOUT)
-                    upkeep = asyncio.create_task(self._keep_up_reliability())
+                    upkeep = asyncio.create_task(self._reliability.keep_up(ADMIN_TIMEOUT))
                 logger.info("%s", self.describe())
                 self.ready.set()
-                if self.uses_lanes:
-                    await self._run_lanes()
-                else:
-                    slots = Slots(self.concurrency)
-                    self._receivers = len(receivers)
-                    await asyncio.gather(
-                        *(
-                            self._receive(connection, queues, slots)
-                            for connection, queues in receivers
-                        )
-                    )
+                await self._receive()
         finally:
             self._receiving_done.set()
             if self._unblocker is not None:
@@ -216,18 +209,23 @@ class Worker:
                     await upkeep
                 with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
                     await asyncio.wait_for(self._reliability.retire(), ADMIN_TIMEOUT)
-            for connection, _ in receivers:
-                await connection.disconnect()
             await self._redis.aclose()
             self.handler_threads.shutdown()
             self.stopped.set()
 
-    async def _run_lanes(self) -> None:
-        pool = self._redis.connection_pool
-        self._lanes = Lanes(self, self._plain_queues, self.concurrency, self.prefetch, pool)
-        await self._lanes.run()
+    async def _receive(self) -> None:
+        """Receive until stopped: in lanes (threads), or on the event loop."""
+        if self.uses_lanes:
+            pool = self._redis.connection_pool
+            self._lanes = Lanes(self, self._plain_queues, self.concurrency, self.prefetch, pool)
+            await self._lanes.run()
+        else:
+            # BLMOVE takes one source list: a receiver for each reliable queue.
+            groups = [[queue] for queue in self.reliable_queues]
+            groups += [self._plain_queues] if self._plain_queues else []
+            await LoopReceivers(self, groups, self._writer, self._reliability).run()
 
-    def _receiving_connection(self) -> redis.asyncio.Connection:
+    def receiving_connection(self) -> redis.asyncio.Connection:
         """A connection of its own, not yet connected: its first BLPOP connects it, inside
         the receive loop, which rides out an unreachable Redis."""
         connection: redis.asyncio.Connection = async_pool(
@@ -242,7 +240,7 @@ class Worker:
         return connection
 
     def receiving_connection_sync(self) -> redis.Connection:
-        """A lane's connection: the sync twin of :meth:`_receiving_connection`."""
+        """A lane's connection: the sync twin of :meth:`receiving_connection`."""
         connection = sync_pool(
             self.redis_url,
             max_connections=1,
@@ -252,18 +250,8 @@ class Worker:
         ).make_connection()
         return cast(redis.Connection, connection)
 
-    def _is_reliable(self, queue: str) -> bool:
+    def is_reliable(self, queue: str) -> bool:
         return queue in self.reliable_queues
-
-    async def _keep_up_reliability(self) -> None:
-        """Beat the heartbeat and look for dead workers, every heartbeat interval."""
-        while True:
-            try:
-                await asyncio.wait_for(self._reliability.beat(), ADMIN_TIMEOUT)
-                await asyncio.wait_for(self._reliability.recover_dead_workers(), ADMIN_TIMEOUT)
-            except (*REDIS_ERRORS, asyncio.TimeoutError):
-                pass  # The receive loops log the outage and wait for Redis.
-            await asyncio.sleep(self.heartbeat_interval)
 
     def note_refusal(self, queues: list[str], error: Exception | None) -> None:
         """Log Redis's refusal to pop (a queue key holding a string...) once while it
@@ -329,53 +317,30 @@ class Worker:
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    # -- connection ------------------------------------------------------------------
+    # -- for receivers ---------------------------------------------------------------
 
-    async def _wait_for_redis(self, first_error: BaseException | None = None) -> bool:
-        """Ping until Redis answers, backing off with jitter; log once per outage.
+    async def wait_for_redis(self, first_error: BaseException | None = None) -> bool:
+        """Wait out a lost Redis (one log line per outage); False if asked to stop first."""
+        return await self._reconnector.wait(first_error)
 
-        Returns False if asked to stop first.
-        """
-        async with self._reconnecting:  # several receivers, one outage, one log line
-            return await self._reconnect(first_error)
-
-    async def _reconnect(self, first_error: BaseException | None) -> bool:
-        delay = 0.1
-        try:
-            await asyncio.wait_for(self._redis.ping(), ADMIN_TIMEOUT)
-            return True  # never lost, or another receiver already reconnected
-        except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
-            error = exc if first_error is None else first_error
-        logger.warning(
-            "cannot reach Redis at %s (%s); retrying with backoff",
-            redact_url(self.redis_url),
-            error,
-        )
-        while not self._stopping:
-            if await self._sleep_unless_stopped(delay * random.uniform(0.5, 1.5)):
-                return False
-            delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
-            try:
-                await asyncio.wait_for(self._redis.ping(), ADMIN_TIMEOUT)
-            except (*REDIS_ERRORS, asyncio.TimeoutError):
-                continue
-            logger.info("connected to Redis at %s", redact_url(self.redis_url))
-            return True
-        return False
+    async def sleep_unless_stopped(self, seconds: float) -> bool:
+        """Sleep; True if a stop was requested meanwhile."""
+        assert self._stop_requested is not None
+        return await sleep_unless_set(self._stop_requested, seconds)
 
     # -- for lanes, from their threads ---------------------------------------------------
 
     def wait_for_redis_from_thread(self, first_error: BaseException) -> bool:
-        """:meth:`_wait_for_redis` from a lane: one log line per outage, shared with all."""
+        """:meth:`wait_for_redis` from a lane: one log line per outage, shared with all."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(
-            self._wait_for_redis(first_error), self._loop
+            self.wait_for_redis(first_error), self._loop
         ).result()
 
     def sleep_unless_stopped_from_thread(self, seconds: float) -> bool:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(
-            self._sleep_unless_stopped(seconds), self._loop
+            self.sleep_unless_stopped(seconds), self._loop
         ).result()
 
     def finish_on_loop(self, queue: str, raw: bytes, outcome: Outcome) -> None:
@@ -404,79 +369,11 @@ class Worker:
             "threads": self.handler_threads,
         }
 
-    async def _sleep_unless_stopped(self, seconds: float) -> bool:
-        """Sleep; True if a stop was requested meanwhile."""
-        assert self._stop_requested is not None
-        try:
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-    # -- receiving ---------------------------------------------------------------------
-
-    async def _receive(
-        self, connection: redis.asyncio.Connection, queues: list[str], slots: Slots
-    ) -> None:
-        """Pop requests while there are free slots; each runs as a task holding a slot."""
-        # Alone, a receiver takes every free slot and asks for that many requests in
-        # its one round trip. Beside others, it blocks holding one slot, and takes more
-        # only once a request has come: a slot held in a blocked BLPOP is idle.
-        alone = self._receivers == 1
-        while not self._stopping:
-            taken = await slots.take(self.concurrency if alone else 1)
-            if self._stopping:
-                slots.give_back(taken)
-                break
-            try:
-                queue, messages = await self._take_requests(connection, queues, taken)
-                if messages and not alone:
-                    more = slots.take_now(self.concurrency)
-                    taken += more
-                    messages += await self._take_more(connection, queue, more)
-            except REDIS_ERRORS as exc:
-                slots.give_back(taken)
-                if not self._stopping and not await self._wait_for_redis(exc):
-                    break
-                continue
-            except redis.exceptions.ResponseError as exc:  # e.g. a queue key holding a string
-                slots.give_back(taken)
-                self.note_refusal(queues, exc)
-                if await self._sleep_unless_stopped(1.0):
-                    break
-                continue
-            self.note_refusal(queues, None)
-            slots.give_back(taken - len(messages))
-            for raw in messages:
-                task = self._start(self.handle(queue, raw))
-                task.add_done_callback(lambda _: slots.give_back())
-            if messages:
-                # One pass for the handlers just started: those that finish without
-                # waiting send their replies with the next BLPOP.
-                await asyncio.sleep(0)
-
-    async def _take_requests(
-        self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
-    ) -> tuple[str, list[bytes]]:
-        if self._is_reliable(queues[0]):
-            in_progress = self._reliability.in_progress_key(queues[0])
-            return await move_requests(
-                connection, queues[0], in_progress, up_to, self.block_seconds
-            )
-        return await pop_requests(connection, queues, up_to, self.block_seconds, self._writer)
-
-    async def _take_more(
-        self, connection: redis.asyncio.Connection, queue: str, count: int
-    ) -> list[bytes]:
-        """Up to ``count`` more requests from ``queue``, without blocking."""
-        if not count:
-            return []
-        if self._is_reliable(queue):
-            in_progress = self._reliability.in_progress_key(queue)
-            return await move_more(connection, queue, in_progress, count)
-        return await pop_more(connection, queue, count)
-
     # -- handling ----------------------------------------------------------------------
+
+    def handle_soon(self, queue: str, raw: bytes) -> asyncio.Task[None]:
+        """Handle a message in a task of its own, which the worker waits for at stop."""
+        return self._start(self.handle(queue, raw))
 
     def _start(self, handling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task the worker waits for before it stops."""
@@ -518,7 +415,7 @@ class Worker:
 
         A reply key gets its expiry with the reply, so a reply nobody reads vanishes.
         """
-        in_progress = self._reliability.in_progress_key(queue) if self._is_reliable(queue) else None
+        in_progress = self._reliability.in_progress_key(queue) if self.is_reliable(queue) else None
         commands = self.handling.commands(queue, raw, outcome, in_progress)
         if not commands:
             return
