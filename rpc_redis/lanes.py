@@ -9,13 +9,13 @@ BLPOP: the shape of the bare LPUSH/BLPOP loop our benchmark calls the floor.
 
 In a burst, one round trip and one thread wake-up per request would decide the cost.
 So an LPOP rides behind each BLPOP and takes up to ``prefetch`` more requests if they
-are waiting; they go to a list shared by the lanes, which each lane empties before it
-asks Redis again. A lane going from one such request to the next keeps its finished
-replies, to send them together, while its calls are quick. Taking ahead must not make
-anyone wait behind a slow call, so the keeper, on the event loop, looks every
-KEEPER_SECONDS while the lanes hold anything: it sends the replies kept by a lane whose
-call has run that long, and gives requests unstarted that long back to the head of
-their queue, where any free lane or worker takes them at once.
+are waiting; they go to a list shared by the lanes (``ahead.py``), which each lane
+empties before it asks Redis again. A lane going from one such request to the next
+keeps its finished replies, to send them together, while its calls are quick. Taking
+ahead must not make anyone wait behind a slow call, so the keeper, on the event loop,
+looks every KEEPER_SECONDS while the lanes hold anything: it sends the replies kept by
+a lane whose call has run that long, and gives requests unstarted that long back to
+the head of their queue, where any free lane or worker takes them at once.
 
 What a thread cannot serve well goes to the worker's event loop, and the lane waits
 for it: ``async def`` methods and batches (whose items run concurrently).
@@ -24,8 +24,6 @@ for it: ``async def`` methods and batches (whose items run concurrently).
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import threading
 import time
@@ -37,11 +35,10 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
+from .ahead import TakenAhead
 from .connection import (
     REDIS_ERRORS,
-    read_responses,
     read_responses_sync,
-    send_commands,
     send_commands_sync,
 )
 from .handling import Outcome, give_up_time
@@ -56,8 +53,6 @@ LANE_THREAD_PREFIX = "rpc-lane"
 # A lane keeps finished replies to send together only while its calls take less than
 # this and the oldest reply has waited less than this.
 HOLD_SECONDS = 0.001
-# While the queue is quiet, how often an LPOP looks for requests waiting.
-PROBE_SECONDS = 0.01
 # How often the keeper looks, and how long a call or an unstarted request may keep
 # others waiting before it steps in.
 KEEPER_SECONDS = 0.005
@@ -75,15 +70,6 @@ class PendingWrite:
     finished_at: float  # time.monotonic()
 
 
-@dataclass(frozen=True, slots=True)
-class Unstarted:
-    """A request a lane took beyond its own, for the first lane free."""
-
-    queue: str
-    raw: bytes
-    taken_at: float  # time.monotonic()
-
-
 class Lanes:
     """A worker's lanes, the requests they took ahead, and the keeper that watches both."""
 
@@ -96,14 +82,8 @@ class Lanes:
         pool: redis.asyncio.ConnectionPool,
     ) -> None:
         self.worker = worker
-        self.pool = pool  # the worker's, for giving requests back
-        self.prefetch = prefetch
-        self.unstarted: collections.deque[Unstarted] = collections.deque()
+        self.ahead = TakenAhead(prefetch, count, pool, worker.stats, self._call_keeper)
         self.lanes = [Lane(self, queues) for _ in range(count)]
-        self._reserved = 0  # room promised to LPOPs on their way
-        self._queue_busy = False  # the last LPOP brought requests
-        self._probed_at = 0.0
-        self._room_lock = threading.Lock()
         self._watched = False  # the keeper is looking, or has been asked to
         self._lanes_done = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,54 +109,17 @@ class Lanes:
             self._watch.set()
             await keeper
         # A give-back refused while the lanes were leaving left its requests here.
-        while self.unstarted:
-            request = self.unstarted.popleft()
+        while (request := self.ahead.take()) is not None:
             await self.worker.handle(request.queue, request.raw)
 
-    # -- for lanes, from their threads ---------------------------------------------------
+    # -- the keeper, on the event loop -----------------------------------------------------
 
-    def take(self) -> Unstarted | None:
-        """The oldest request taken ahead, if any."""
-        try:
-            return self.unstarted.popleft()
-        except IndexError:
-            return None
-
-    def reserve(self) -> int:
-        """Room for requests taken ahead, promised to one LPOP (see :meth:`add`): up to
-        ``prefetch``, while the lanes hold fewer than ``prefetch`` each.
-
-        While the last LPOP found the queue empty, only one LPOP every PROBE_SECONDS
-        looks again: one per call would cost a calm stream of calls a few per cent.
-        """
-        with self._room_lock:
-            if not self._queue_busy:
-                now = time.monotonic()
-                if now - self._probed_at < PROBE_SECONDS:
-                    return 0
-                self._probed_at = now
-            held = len(self.unstarted) + self._reserved
-            room = max(0, min(self.prefetch, self.prefetch * len(self.lanes) - held))
-            self._reserved += room
-            return room
-
-    def add(self, reserved: int, queue: str, raws: list[bytes]) -> None:
-        """What an LPOP given ``reserved`` room brought (possibly nothing), for the first
-        lane free; the keeper is called to watch over it."""
-        now = time.monotonic()
-        with self._room_lock:
-            self._reserved -= reserved
-            self.unstarted.extend(Unstarted(queue, raw, now) for raw in raws)
-            if reserved:
-                self._queue_busy = bool(raws)
-        if raws:
-            self.worker.stats.add("taken_ahead", len(raws))
-        if raws and not self._watched:
+    def _call_keeper(self) -> None:
+        """From a lane that took requests ahead: wake the keeper, unless it is looking."""
+        if not self._watched:
             self._watched = True
             assert self._loop is not None and self._watch is not None
             self._loop.call_soon_threadsafe(self._watch.set)
-
-    # -- the keeper, on the event loop -----------------------------------------------------
 
     async def _keep(self) -> None:
         assert self._watch is not None
@@ -187,7 +130,7 @@ class Lanes:
             for lane in self.lanes:
                 for write in lane.take_kept_writes(started_before=cutoff):
                     self.worker.finish_soon(write.queue, write.raw, write.outcome)
-            await self._give_back(taken_before=cutoff)
+            await self.ahead.give_back(taken_before=cutoff)
             if self._holding():
                 continue
             self._watched = False
@@ -197,45 +140,7 @@ class Lanes:
                 self._watch.clear()
 
     def _holding(self) -> bool:
-        return bool(self.unstarted) or any(lane.keeps_writes for lane in self.lanes)
-
-    async def _give_back(self, taken_before: float) -> None:
-        """Push requests unstarted since ``taken_before`` back to the head of their queue,
-        in their order: the oldest run of one queue, in one LPUSH."""
-        stale: list[Unstarted] = []
-        with contextlib.suppress(IndexError):  # the lanes may empty the list meanwhile
-            while self.unstarted[0].taken_at <= taken_before and (
-                not stale or self.unstarted[0].queue == stale[0].queue
-            ):
-                stale.append(self.unstarted.popleft())
-        if not stale:
-            return
-        queue = stale[0].queue
-        pushing = [request.raw for request in reversed(stale)]
-        delivered = False
-        try:
-            connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                await send_commands(connection, [("LPUSH", queue, *pushing)])
-                delivered = True
-                [pushed] = await read_responses(connection, 1, WRITE_READ_TIMEOUT)
-            finally:
-                await self.pool.release(connection)
-            raise_first_error([pushed])  # refused (a key of another type): not done
-        except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
-            if delivered and not isinstance(exc, redis.exceptions.ResponseError):
-                # Perhaps done: serving them as well could run a call twice.
-                logger.error(
-                    "gave %d unstarted request(s) back to %s, unconfirmed (%s): they may be lost",
-                    len(stale),
-                    queue,
-                    exc,
-                )
-            else:  # not done: the lanes serve them after all
-                self.unstarted.extendleft(reversed(stale))
-            return
-        self.worker.stats.add("given_back", len(stale))
-        logger.debug("gave %d unstarted request(s) back to %s", len(stale), queue)
+        return bool(self.ahead) or any(lane.keeps_writes for lane in self.lanes)
 
 
 class Lane:
@@ -277,7 +182,7 @@ class Lane:
                 # Marked busy before taking, so the keeper never misses a lane that
                 # keeps replies: it looks at the shared list first, then at the lanes.
                 self.serving_since = time.monotonic()
-                request = self.lanes.take()
+                request = self.lanes.ahead.take()
                 if request is not None:
                     self._send_kept_writes_if_due(connection)
                     self._serve(request.queue, request.raw)
@@ -311,7 +216,7 @@ class Lane:
         if len(self.queues) > 1:  # rotated, so that a busy service cannot starve the others
             self.queues.append(self.queues.pop(0))
         ahead = self.queues[0]  # BLPOP looks here first; with one queue, the only one
-        room = self.lanes.reserve()
+        room = self.lanes.ahead.reserve()
         more: list[bytes] = []
         try:
             commands = [*self._sending(), ("BLPOP", *self.queues, self.worker.block_seconds)]
@@ -325,7 +230,7 @@ class Lane:
             raise_first_error(responses)
             more = list(responses[1] or []) if room else []
         finally:
-            self.lanes.add(room, ahead, more)
+            self.lanes.ahead.add(room, ahead, more)
         if responses[0] is None:  # unblocked at stop; what the LPOP took is served
             return None
         queue, raw = cast(tuple[bytes, bytes], responses[0])
