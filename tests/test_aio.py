@@ -6,7 +6,7 @@ import asyncio
 import gc
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from rpc_redis import (
     RpcTimeout,
     Service,
 )
+from rpc_redis.aio import InFlight
 from rpc_redis.embedded import EmbeddedRedis, free_port
 from rpc_redis.protocol import encode_envelope
 from rpc_redis.testing import WorkerProcess, serve_in_thread
@@ -161,9 +162,26 @@ async def test_the_first_call_after_a_redis_restart_succeeds(fresh_redis: Embedd
             assert await calc.add(2, 3) == 5
 
 
-async def test_a_push_redis_refuses_fails_the_call_at_once(
-    redis_url: str, redis_connection: redis.Redis
+def record_deadlines(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.TimerHandle]:
+    """The timers calls arm on the running loop from now on, one per call."""
+    loop = asyncio.get_running_loop()
+    call_later = loop.call_later
+    deadlines: list[asyncio.TimerHandle] = []
+
+    def recording(delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        handle = call_later(delay, callback, *args)
+        if isinstance(getattr(callback, "__self__", None), InFlight):
+            deadlines.append(handle)
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", recording)
+    return deadlines
+
+
+async def test_a_push_redis_refuses_fails_the_call_at_once_and_disarms_its_deadline(
+    redis_url: str, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    deadlines = record_deadlines(monkeypatch)
     redis_connection.set("rpc:queue:calculator", "not a list")
     refused = r"^Redis refused the request on rpc:queue:calculator: WRONGTYPE"
     # Far longer than a refusal takes to come back: only the push can fail these calls.
@@ -175,9 +193,13 @@ async def test_a_push_redis_refuses_fails_the_call_at_once(
         with pytest.raises(RpcRedisError, match=refused):
             await calc.notify.add(1, 2)
         assert client._pending == {}
+    assert len(deadlines) == 2 and all(deadline.cancelled() for deadline in deadlines)
 
 
-async def test_a_push_to_a_redis_that_is_down_fails_with_a_redacted_connection_error() -> None:
+async def test_a_push_to_a_redis_that_is_down_fails_with_a_redacted_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deadlines = record_deadlines(monkeypatch)
     port = free_port()
     async with AsyncClient(f"redis://:secret@127.0.0.1:{port}/0", timeout=10) as client:
         with pytest.raises(RpcConnectionError) as caught:
@@ -186,6 +208,7 @@ async def test_a_push_to_a_redis_that_is_down_fails_with_a_redacted_connection_e
         f"Redis at redis://:***@127.0.0.1:{port}/0 failed during the call: "
     )
     assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+    assert len(deadlines) == 1 and deadlines[0].cancelled()
 
 
 async def test_a_notification_redis_does_not_take_in_time_times_out(
@@ -205,8 +228,9 @@ async def test_a_notification_redis_does_not_take_in_time_times_out(
 
 
 async def test_a_cancelled_call_leaves_nothing_behind(
-    redis_url: str, redis_connection: redis.Redis
+    redis_url: str, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    deadlines = record_deadlines(monkeypatch)
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
     async with AsyncClient(redis_url, timeout=10) as client:
@@ -228,6 +252,7 @@ async def test_a_cancelled_call_leaves_nothing_behind(
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         assert client._pending == {}
+    assert len(deadlines) == 3 and all(deadline.cancelled() for deadline in deadlines)
     gc.collect()  # an unread future exception is reported when the future is collected
     assert loop_errors == []
 
