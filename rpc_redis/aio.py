@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -69,9 +70,9 @@ class AsyncClient(ProxyMaker):
             self.url, max_connections=max_connections, socket_timeout=None, **redis_options
         )
         self._send_slots = asyncio.Semaphore(max_connections - 1)
-        self._pending: dict[Any, asyncio.Future[Any]] = {}
+        self._pending: dict[Any, InFlight] = {}
         self._listener: asyncio.Task[None] | None = None
-        self._outbox: dict[str, list[tuple[bytes, asyncio.Future[None]]]] = {}
+        self._outbox: dict[str, list[tuple[bytes, InFlight]]] = {}
         self._flush_scheduled = False
         self._flushes: set[asyncio.Future[None]] = set()
         self._outage_logged = False
@@ -103,9 +104,8 @@ class AsyncClient(ProxyMaker):
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(RpcConnectionError("the client was closed"))
+        for call in self._pending.values():
+            call.fail(RpcConnectionError("the client was closed"))
         await self._pool.disconnect()
 
     async def __aenter__(self) -> AsyncClient:
@@ -127,7 +127,7 @@ class AsyncClient(ProxyMaker):
         return protocol.result_of(reply)
 
     async def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
-        await self._push(service, "notification", queue, payload, None, timeout)
+        await self._send(service, "notification", queue, payload, [], timeout)
 
     async def _roundtrip(
         self,
@@ -139,53 +139,45 @@ class AsyncClient(ProxyMaker):
         timeout: float,
     ) -> Any:
         """Push a request naming this client's reply key; wait for the listener to route it."""
-        timeout = effective_timeout(timeout)
-        deadline = time.monotonic() + timeout
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        for request_id in request_ids:
-            self._pending[request_id] = future
-        try:
-            self._ensure_listener()
-            await self._push(service, method, queue, payload, self.reply_key, timeout)
-            return await asyncio.wait_for(future, max(deadline - time.monotonic(), 0))
-        except asyncio.TimeoutError:
-            raise RpcTimeout(service, method, timeout) from None
-        finally:
-            for request_id in request_ids:
-                self._pending.pop(request_id, None)
+        return await self._send(
+            service, method, queue, payload, request_ids, effective_timeout(timeout)
+        )
 
-    async def _push(
+    async def _send(
         self,
         service: str,
         method: str,
         queue: str,
         payload: Any,
-        reply_to: str | None,
+        request_ids: list[Any],
         timeout: float,
-    ) -> None:
-        """Queue one message for the next flush and wait, within the call's time, until
-        Redis has it.
+    ) -> Any:
+        """Queue one message for the next flush and await its one future, settled by
+        whichever comes first: a failed push, the reply (or, for a notification, the push),
+        or the deadline's one timer.
 
-        Every message pushed in one pass of the event loop goes out in one round trip
+        Every message queued in one pass of the event loop goes out in one round trip
         (one RPUSH per queue): a thousand gathered calls cost a handful of writes.
         """
+        reply_to = self.reply_key if request_ids else None
         message = protocol.encode_envelope(payload, reply_to, time.time() + timeout)
         loop = asyncio.get_running_loop()
-        pushed: asyncio.Future[None] = loop.create_future()
-        self._outbox.setdefault(queue, []).append((message, pushed))
+        call = InFlight(loop.create_future(), service, method, timeout, bool(request_ids))
+        for request_id in request_ids:
+            self._pending[request_id] = call
+        if request_ids:
+            self._ensure_listener()
+        self._outbox.setdefault(queue, []).append((message, call))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
+        deadline = loop.call_later(timeout, call.expire)
         try:
-            await asyncio.wait_for(asyncio.shield(pushed), timeout)
-        except (asyncio.TimeoutError, redis.exceptions.TimeoutError):
-            raise RpcTimeout(service, method, timeout) from None
-        except redis.exceptions.ResponseError as exc:  # e.g. the queue key holds a string
-            raise RpcRedisError(f"Redis refused the request on {queue}: {exc}") from exc
-        except REDIS_ERRORS as exc:
-            raise RpcConnectionError(
-                f"Redis at {redact_url(self.url)} failed during the call: {exc}"
-            ) from exc
+            return await call.future
+        finally:
+            deadline.cancel()
+            for request_id in request_ids:
+                self._pending.pop(request_id, None)
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
@@ -194,7 +186,7 @@ class AsyncClient(ProxyMaker):
         self._flushes.add(flush)
         flush.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, outbox: dict[str, list[tuple[bytes, asyncio.Future[None]]]]) -> None:
+    async def _flush(self, outbox: dict[str, list[tuple[bytes, InFlight]]]) -> None:
         """RPUSH everything in the outbox on one pooled connection, in one round trip."""
         chunks = [
             (queue, chunk)
@@ -211,15 +203,27 @@ class AsyncClient(ProxyMaker):
                     await self._pool.release(connection)
         except (*REDIS_ERRORS, asyncio.CancelledError) as exc:
             responses = [exc] * len(chunks)
-        for (_, chunk), response in zip(chunks, responses, strict=True):
-            for _, pushed in chunk:
-                if pushed.done():
-                    continue
+        for (queue, chunk), response in zip(chunks, responses, strict=True):
+            for _, call in chunk:
                 if isinstance(response, BaseException):
-                    pushed.set_exception(response)
-                    pushed.exception()  # its caller may have timed out: nobody else reads it
-                else:
-                    pushed.set_result(None)
+                    call.fail(self._push_error(call, queue, response))
+                elif not call.expects_reply:
+                    call.settle(None)
+
+    def _push_error(self, call: InFlight, queue: str, error: BaseException) -> BaseException:
+        """What the caller of a message that Redis did not take sees."""
+        if isinstance(error, redis.exceptions.TimeoutError):
+            return RpcTimeout(call.service, call.method, call.timeout)
+        if isinstance(error, redis.exceptions.ResponseError):  # e.g. the queue key holds a string
+            mapped = RpcRedisError(f"Redis refused the request on {queue}: {error}")
+        elif isinstance(error, REDIS_ERRORS):
+            mapped = RpcConnectionError(
+                f"Redis at {redact_url(self.url)} failed during the call: {error}"
+            )
+        else:
+            return error  # the flush was cancelled: the loop is closing
+        mapped.__cause__ = error  # as `raise mapped from error` would
+        return mapped
 
     # -- the listener ------------------------------------------------------------------
 
@@ -282,12 +286,38 @@ class AsyncClient(ProxyMaker):
         for request_id in protocol.reply_ids(reply):
             if not protocol.is_valid_id(request_id):
                 continue
-            future = self._pending.get(request_id)
-            if future is not None:
-                if not future.done():
-                    future.set_result(reply)
+            call = self._pending.get(request_id)
+            if call is not None:
+                call.settle(reply)
                 return
         logger.debug("a reply for no waiting call (timed out?) on %s", self.reply_key)
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """One call or notification between its send and its outcome.
+
+    Its caller awaits ``future`` directly, so cancelling the caller cancels the future:
+    an outcome that comes later finds it done and is dropped, and no failure goes unread.
+    """
+
+    future: asyncio.Future[Any]
+    service: str
+    method: str
+    timeout: float
+    expects_reply: bool
+
+    def settle(self, outcome: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def expire(self) -> None:
+        """The deadline's timer: no outcome in time."""
+        self.fail(RpcTimeout(self.service, self.method, self.timeout))
 
 
 def chunked(items: list[T], size: int) -> list[list[T]]:

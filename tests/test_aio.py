@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -16,9 +19,13 @@ from rpc_redis import (
     MethodNotFound,
     RpcConnectionError,
     RpcError,
+    RpcRedisError,
     RpcTimeout,
+    Service,
 )
-from rpc_redis.embedded import EmbeddedRedis
+from rpc_redis.aio import InFlight
+from rpc_redis.embedded import EmbeddedRedis, free_port
+from rpc_redis.protocol import encode_envelope
 from rpc_redis.testing import WorkerProcess, serve_in_thread
 from services.calculator import DIVISION_BY_ZERO
 from services.calculator import service as calculator
@@ -89,8 +96,6 @@ async def test_timeout_against_a_service_nobody_serves(redis_url: str) -> None:
 
 
 async def test_redis_down_is_a_clear_connection_error() -> None:
-    from rpc_redis.embedded import free_port
-
     async with AsyncClient(f"redis://127.0.0.1:{free_port()}/0", timeout=1) as client:
         started = time.monotonic()
         with pytest.raises((RpcConnectionError, RpcTimeout)):
@@ -155,3 +160,123 @@ async def test_the_first_call_after_a_redis_restart_succeeds(fresh_redis: Embedd
             fresh_redis.start()
             # The pooled connections died with the old server; none is handed out stale.
             assert await calc.add(2, 3) == 5
+
+
+def record_deadlines(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.TimerHandle]:
+    """The timers calls arm on the running loop from now on, one per call."""
+    loop = asyncio.get_running_loop()
+    call_later = loop.call_later
+    deadlines: list[asyncio.TimerHandle] = []
+
+    def recording(delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        handle = call_later(delay, callback, *args)
+        if isinstance(getattr(callback, "__self__", None), InFlight):
+            deadlines.append(handle)
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", recording)
+    return deadlines
+
+
+async def test_a_push_redis_refuses_fails_the_call_at_once_and_disarms_its_deadline(
+    redis_url: str, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deadlines = record_deadlines(monkeypatch)
+    redis_connection.set("rpc:queue:calculator", "not a list")
+    refused = r"^Redis refused the request on rpc:queue:calculator: WRONGTYPE"
+    # Far longer than a refusal takes to come back: only the push can fail these calls.
+    async with AsyncClient(redis_url, timeout=10) as client:
+        calc = client.proxy("calculator")
+        with pytest.raises(RpcRedisError, match=refused) as caught:
+            await calc.add(1, 2)
+        assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
+        with pytest.raises(RpcRedisError, match=refused):
+            await calc.notify.add(1, 2)
+        assert client._pending == {}
+    assert len(deadlines) == 2 and all(deadline.cancelled() for deadline in deadlines)
+
+
+async def test_a_push_to_a_redis_that_is_down_fails_with_a_redacted_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deadlines = record_deadlines(monkeypatch)
+    port = free_port()
+    async with AsyncClient(f"redis://:secret@127.0.0.1:{port}/0", timeout=10) as client:
+        with pytest.raises(RpcConnectionError) as caught:
+            await client.proxy("calculator").add(1, 2)
+    assert str(caught.value).startswith(
+        f"Redis at redis://:***@127.0.0.1:{port}/0 failed during the call: "
+    )
+    assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+    assert len(deadlines) == 1 and deadlines[0].cancelled()
+
+
+async def test_a_notification_redis_does_not_take_in_time_times_out(
+    fresh_redis: EmbeddedRedis,
+) -> None:
+    with redis.Redis.from_url(fresh_redis.url) as connection:
+        connection.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # RPUSH waits
+        try:
+            async with AsyncClient(fresh_redis.url, timeout=60) as client:
+                notify = client.proxy("calculator", timeout=0.2).notify
+                with pytest.raises(
+                    RpcTimeout, match=r"'calculator' to 'notification' within 0\.200s"
+                ):
+                    await notify.add(1, 1)
+        finally:
+            connection.execute_command("CLIENT", "UNPAUSE")
+
+
+async def test_a_cancelled_call_leaves_nothing_behind(
+    redis_url: str, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deadlines = record_deadlines(monkeypatch)
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
+    async with AsyncClient(redis_url, timeout=10) as client:
+        # Cancelled while its request waits in the queue for a worker.
+        waiting = asyncio.create_task(client.proxy("nobody").anything())
+        assert await asyncio.to_thread(redis_connection.blpop, ["rpc:queue:nobody"], 10)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # Cancelled before its flush, which then fails: the flush still settles the other.
+        redis_connection.set("rpc:queue:calculator", "not a list")
+        calc = client.proxy("calculator")
+        cancelled = asyncio.create_task(calc.add(1, 2))
+        refused = asyncio.create_task(calc.add(3, 4))
+        await asyncio.sleep(0)  # both run up to their await: queued for one flush
+        cancelled.cancel()
+        with pytest.raises(RpcRedisError, match="refused"):
+            await refused
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert client._pending == {}
+    assert len(deadlines) == 3 and all(deadline.cancelled() for deadline in deadlines)
+    gc.collect()  # an unread future exception is reported when the future is collected
+    assert loop_errors == []
+
+
+async def test_a_call_made_inside_a_handler_waits_no_longer_than_its_caller(
+    redis_url: str, redis_connection: redis.Redis
+) -> None:
+    service = Service("outer")
+
+    @service.method
+    async def ask_nobody() -> float:
+        async with AsyncClient(redis_url, timeout=30) as inner:  # its own default is far longer
+            try:
+                await inner.proxy("nobody").anything()
+            except RpcTimeout as exc:
+                return exc.waited
+        raise AssertionError("nobody answered")
+
+    request = {"jsonrpc": "2.0", "method": "ask_nobody", "id": 1}
+    with serve_in_thread(service, redis_url):
+        # The outer caller allows 1 s; the reply is read from the key well after.
+        redis_connection.rpush(
+            "rpc:queue:outer", encode_envelope(request, "rpc:reply:outer", time.time() + 1.0)
+        )
+        popped = await asyncio.to_thread(redis_connection.blpop, ["rpc:reply:outer"], 10)
+    assert popped is not None
+    assert 0.5 < json.loads(popped[1])["result"] <= 1.0  # the outer deadline, not 30 s
