@@ -24,6 +24,7 @@ for it: ``async def`` methods and batches (whose items run concurrently).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -84,6 +85,9 @@ class Lanes:
         self.worker = worker
         self.ahead = TakenAhead(prefetch, count, pool, worker.stats, self._call_keeper)
         self.lanes = [Lane(self, queues) for _ in range(count)]
+        self.connected = asyncio.Event()  # every lane's connection is up, or met an outage
+        self._unconnected = count
+        self._unconnected_lock = threading.Lock()
         self._watched = False  # the keeper is looking, or has been asked to
         self._lanes_done = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,6 +115,15 @@ class Lanes:
         # A give-back refused while the lanes were leaving left its requests here.
         while (request := self.ahead.take()) is not None:
             await self.worker.handle(request.queue, request.raw)
+
+    def lane_connected(self) -> None:
+        """From each lane, once its connection is up or has failed to come up."""
+        with self._unconnected_lock:
+            self._unconnected -= 1
+            last = self._unconnected == 0
+        if last:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.connected.set)
 
     # -- the keeper, on the event loop -----------------------------------------------------
 
@@ -178,6 +191,9 @@ class Lane:
         """Serve until the worker stops, then write what is still pending."""
         connection = self.worker.receiving_connection_sync()
         try:
+            with contextlib.suppress(*REDIS_ERRORS):  # the first BLPOP meets the outage
+                connection.connect()  # type: ignore[no-untyped-call]
+            self.lanes.lane_connected()
             while True:
                 # Marked busy before taking, so the keeper never misses a lane that
                 # keeps replies: it looks at the shared list first, then at the lanes.

@@ -8,6 +8,7 @@ queues are reliable; plain functions are received in threads instead (``lanes.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio
@@ -37,11 +38,16 @@ class LoopReceivers:
         self.writer = writer
         self.reliability = reliability
         self.slots = Slots(worker.concurrency)
+        self.connected = asyncio.Event()  # every connection is up, or met an outage
 
     async def run(self) -> None:
         """Receive until the worker stops; requests taken are handled in the worker's tasks."""
         connections = [self.worker.receiving_connection() for _ in self.queue_groups]
         try:
+            for connection in connections:
+                with contextlib.suppress(*REDIS_ERRORS):  # the receive loop meets the outage
+                    await connection.connect()  # type: ignore[no-untyped-call]
+            self.connected.set()
             await asyncio.gather(
                 *(
                     self._receive(connection, queues)

@@ -195,8 +195,6 @@ class Worker:
                 if self.reliable_queues:
                     await asyncio.wait_for(self._reliability.beat(), ADMIN_TIMEOUT)
                     upkeep = asyncio.create_task(self._reliability.keep_up(ADMIN_TIMEOUT))
-                logger.info("%s", self.describe())
-                self.ready.set()
                 await self._receive()
         finally:
             self._receiving_done.set()
@@ -214,16 +212,32 @@ class Worker:
             self.stopped.set()
 
     async def _receive(self) -> None:
-        """Receive until stopped: in lanes (threads), or on the event loop."""
+        """Receive until stopped: in lanes (threads), or on the event loop. The startup
+        line and :attr:`ready` wait for the receiving connections to be up, so that
+        "ready" means receiving (a failed one meets its outage in its receive loop)."""
+        receivers: Lanes | LoopReceivers
         if self.uses_lanes:
             pool = self._redis.connection_pool
-            self._lanes = Lanes(self, self._plain_queues, self.concurrency, self.prefetch, pool)
-            await self._lanes.run()
+            receivers = Lanes(self, self._plain_queues, self.concurrency, self.prefetch, pool)
+            self._lanes = receivers
         else:
             # BLMOVE takes one source list: a receiver for each reliable queue.
             groups = [[queue] for queue in self.reliable_queues]
             groups += [self._plain_queues] if self._plain_queues else []
-            await LoopReceivers(self, groups, self._writer, self._reliability).run()
+            receivers = LoopReceivers(self, groups, self._writer, self._reliability)
+        receiving = asyncio.create_task(receivers.run())
+        connected = asyncio.create_task(receivers.connected.wait())
+        try:
+            await asyncio.wait({receiving, connected}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            receiving.cancel()  # as it would be if awaited
+            raise
+        finally:
+            connected.cancel()
+        if receivers.connected.is_set():
+            logger.info("%s", self.describe())
+            self.ready.set()
+        await receiving
 
     def receiving_connection(self) -> redis.asyncio.Connection:
         """A connection of its own, not yet connected: its first BLPOP connects it, inside

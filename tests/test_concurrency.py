@@ -10,7 +10,14 @@ import pytest
 import redis
 
 from rpc_redis import Client, TimeLimitExceeded
-from rpc_redis.testing import WorkerProcess, calls_in_flight, pid_alive, wait_until
+from rpc_redis.testing import (
+    WorkerProcess,
+    calls_in_flight,
+    pid_alive,
+    serve_in_thread,
+    wait_until,
+)
+from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
 
 # Both ways a worker receives: threads (the default for services with plain functions)
@@ -193,6 +200,18 @@ def test_on_the_event_loop_plain_functions_run_in_the_handler_threads(redis_url:
         assert slow.where()["thread"].startswith("rpc-handler")
         assert slow.where_async()["thread"] == "MainThread"
         wait_until(lambda: len(receiving_connections(redis_url)) == 1, 5, "one BLPOP")
+
+
+@pytest.mark.parametrize(
+    ("in_threads", "receivers"), [(True, 8), (False, 1)], ids=["in-threads", "on-event-loop"]
+)
+def test_a_ready_worker_has_its_receiving_connections_up(
+    redis_url: str, in_threads: bool, receivers: int
+) -> None:
+    """Ready (and the startup line) means receiving, not a few milliseconds short of it."""
+    options = {"concurrency": 8, "receive_in_threads": in_threads}
+    with serve_in_thread(calculator, redis_url, **options):
+        assert len(receiving_connections(redis_url)) == receivers
 
 
 def receiving_connections(url: str) -> list[dict[str, str]]:
