@@ -7,11 +7,17 @@ import asyncio
 import logging
 import os
 import random
+import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+
+if sys.version_info >= (3, 11, 3):
+    from asyncio import timeout as async_timeout
+else:  # as redis-py does
+    from async_timeout import timeout as async_timeout  # type: ignore[no-redef,import-not-found]
 
 try:
     from redis.maint_notifications import MaintNotificationsConfig
@@ -96,13 +102,24 @@ async def send_commands(
 async def read_responses(
     connection: redis.asyncio.Connection, count: int, read_timeout: float | None
 ) -> list[Any]:
-    """Read ``count`` responses; error replies come back as values, in their place."""
+    """Read ``count`` responses within ``read_timeout`` in all; error replies come back
+    as values, in their place.
+
+    Past the timeout the connection is closed and TimeoutError raised, as in the sync
+    twin. (redis-py's own async read with a timeout returns None instead and keeps the
+    connection open, so the late response would be read as the next command's.)
+    """
     responses: list[Any] = []
-    for _ in range(count):
-        try:
-            responses.append(await connection.read_response(timeout=read_timeout))
-        except redis.exceptions.ResponseError as error:
-            responses.append(error)
+    try:
+        async with async_timeout(read_timeout):  # one timer for all: they come together
+            for _ in range(count):
+                try:
+                    responses.append(await connection.read_response())
+                except redis.exceptions.ResponseError as error:
+                    responses.append(error)
+    except asyncio.TimeoutError:
+        await connection.disconnect()
+        raise redis.exceptions.TimeoutError(f"no response from Redis in {read_timeout}s") from None
     return responses
 
 
