@@ -9,6 +9,7 @@ import redis.exceptions
 
 from rpc_redis.connection import (
     async_pool,
+    pack_commands,
     read_responses,
     read_responses_sync,
     send_commands,
@@ -65,3 +66,31 @@ def test_error_replies_come_back_in_their_place(redis_url: str) -> None:
     assert (ok, value) == (b"OK", b"x")
     assert isinstance(refused, redis.exceptions.ResponseError)
     assert "WRONGTYPE" in str(refused)
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        [("PING",)],
+        [("BLPOP", "rpc:queue:a", "rpc:queue:b", 5.0), ("LPOP", "rpc:queue:a", 63)],
+        [("EVAL", "return 1", 1, "rpc:reply:é", b"\x00\xff" * 3000, 60000)],
+        [("RPUSH", "q", "naïve ☃", 1.5, -2, b"")],
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(commands: list[tuple[object, ...]]) -> None:
+    connection = async_pool("redis://127.0.0.1:1", max_connections=1).make_connection()  # type: ignore[no-untyped-call]
+    ours = pack_commands(connection, commands)  # type: ignore[arg-type]
+    assert ours == b"".join(connection.pack_commands(commands))
+
+
+def test_a_connection_with_another_encoding_packs_its_own_way() -> None:
+    pool = async_pool("redis://127.0.0.1:1", max_connections=1, encoding="latin-1")
+    connection = pool.make_connection()  # type: ignore[no-untyped-call]
+    packed = pack_commands(connection, [("SET", "k", "é")])
+    assert b"".join(packed) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\xe9\r\n"
+
+
+def test_a_value_redis_cannot_take_is_a_data_error() -> None:
+    connection = async_pool("redis://127.0.0.1:1", max_connections=1).make_connection()  # type: ignore[no-untyped-call]
+    with pytest.raises(redis.exceptions.DataError):
+        pack_commands(connection, [("SET", "k", None)])
