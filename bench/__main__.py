@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     burst = f"{concurrent_calls} async calls: one by one / gathered"
     targets = [
         ("sync median latency / floor (100 B, def)", f"{latency_ratio:.2f}", "<= 1.25"),
-        ("the same, async def handler", f"{async_handler_ratio:.2f}", "<= 1.25"),
+        ("the same, async def handler (a goal of ours)", f"{async_handler_ratio:.2f}", "<= 1.25"),
         ("sync throughput / floor, 8 callers, 1 worker", f"{throughput_ratio:.2f}", ">= 0.80"),
         (f"worker RSS growth over {soak_calls:,} calls", rss, "< 5 MB"),
         ("keys left in Redis", str(keys_left), "0"),
