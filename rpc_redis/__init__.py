@@ -4,8 +4,7 @@ Serve plain functions with :class:`Service` and ``rpc-worker``; call them throug
 :class:`Client` proxies. The wire protocol is in docs/protocol.md.
 """
 
-from .aio import AsyncBatch, AsyncClient
-from .client import Batch, Client
+from .client import AsyncBatch, AsyncClient, Batch, BatchResult, Client, ServiceProxy
 from .errors import (
     InternalError,
     InvalidParams,
@@ -18,7 +17,6 @@ from .errors import (
     RpcTimeout,
     TimeLimitExceeded,
 )
-from .proxy import BatchResult, ServiceProxy
 from .service import CallContext, Service, current_call
 from .worker import Worker, WorkerThread
 

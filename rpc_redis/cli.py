@@ -13,10 +13,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import protocol
 from .connection import default_url
-from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES
 from .service import Service, load_services
-from .supervisor import Supervisor, child_command
-from .worker import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT, DEFAULT_PREFETCH, Worker
+from .worker.lifecycle import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEAD_LETTER_LIMIT,
+    DEFAULT_PREFETCH,
+    Worker,
+)
+from .worker.reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES
+from .worker.supervisor import Supervisor, child_command
 
 logger = logging.getLogger("rpc_redis.cli")
 

@@ -23,7 +23,7 @@ from rpc_redis import (
     RpcTimeout,
     Service,
 )
-from rpc_redis.aio import InFlight
+from rpc_redis.client.aio import InFlight
 from rpc_redis.embedded import EmbeddedRedis, free_port
 from rpc_redis.protocol import encode_envelope
 from rpc_redis.testing import WorkerProcess, serve_in_thread

@@ -8,7 +8,7 @@ import time
 import redis
 
 from rpc_redis import Client, RpcTimeout, Service, current_call
-from rpc_redis.client import effective_timeout
+from rpc_redis.client.sync import effective_timeout
 from rpc_redis.protocol import encode_envelope
 from rpc_redis.testing import serve_in_thread
 

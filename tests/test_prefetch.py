@@ -1,5 +1,5 @@
 """Taking requests ahead, in threads: fewer round trips in a burst, and nobody left
-waiting behind a slow call because of it (see rpc_redis/lanes.py)."""
+waiting behind a slow call because of it (see rpc_redis/worker/lanes.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio
 import redis.exceptions
 
-from .connection import REDIS_ERRORS, read_responses, send_commands
+from ..connection import REDIS_ERRORS, read_responses, send_commands
 from .handling import WorkerStats
 from .writer import WRITE_READ_TIMEOUT, raise_first_error
 

@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol
-from .errors import InternalError, RpcError
+from .. import protocol
+from ..errors import InternalError, RpcError
 
 Params = list[Any] | dict[str, Any]
 Caller = Callable[[str, Params], Any]

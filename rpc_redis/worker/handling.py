@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol
-from .errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
-from .service import Service
+from .. import protocol
+from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
+from ..service import Service
 from .writer import Command
 
 logger = logging.getLogger("rpc_redis.worker")

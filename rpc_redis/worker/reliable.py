@@ -21,8 +21,8 @@ from typing import Any
 
 import redis.asyncio
 
-from . import protocol
-from .connection import REDIS_ERRORS
+from .. import protocol
+from ..connection import REDIS_ERRORS
 
 logger = logging.getLogger("rpc_redis.reliable")
 

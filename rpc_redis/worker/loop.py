@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, cast
 import redis.asyncio
 import redis.exceptions
 
-from .connection import REDIS_ERRORS, exchange, read_responses, send_commands
+from ..connection import REDIS_ERRORS, exchange, read_responses, send_commands
 from .reliable import Reliability
 from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, raise_first_error, settle
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .lifecycle import Worker
 
 
 class LoopReceivers:

@@ -29,8 +29,8 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import protocol
-from .connection import (
+from .. import protocol
+from ..connection import (
     REDIS_ERRORS,
     Reconnector,
     async_pool,
@@ -39,12 +39,12 @@ from .connection import (
     sleep_unless_set,
     sync_pool,
 )
+from ..service import Service
+from ..threads import HandlerThreads
 from .handling import Handling, Outcome, WorkerStats, give_up_time
 from .lanes import Lanes
-from .receive import LoopReceivers
+from .loop import LoopReceivers
 from .reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES, Reliability
-from .service import Service
-from .threads import HandlerThreads
 from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")

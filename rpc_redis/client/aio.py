@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.exceptions
 
-from . import protocol
-from .client import CallSettings, ProxyMaker, blpop_timeout, effective_timeout
-from .connection import REDIS_ERRORS, async_pool, default_url, exchange, redact_url
-from .errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
+from .. import protocol
+from ..connection import REDIS_ERRORS, async_pool, default_url, exchange, redact_url
+from ..errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
 from .proxy import BatchHandle, Params, new_request_id
+from .sync import CallSettings, ProxyMaker, blpop_timeout, effective_timeout
 
 logger = logging.getLogger("rpc_redis.aio")
 

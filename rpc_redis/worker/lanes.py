@@ -36,17 +36,17 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from .ahead import TakenAhead
-from .connection import (
+from ..connection import (
     REDIS_ERRORS,
     read_responses_sync,
     send_commands_sync,
 )
+from .ahead import TakenAhead
 from .handling import Outcome, give_up_time
 from .writer import WRITE_READ_TIMEOUT, Command, raise_first_error
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .lifecycle import Worker
 
 logger = logging.getLogger("rpc_redis.worker")
 

@@ -14,11 +14,11 @@ from typing import Any
 import redis
 import redis.exceptions
 
-from . import protocol
-from .connection import default_url, send_commands_sync, sync_pool
-from .errors import InternalError, RpcConnectionError, RpcTimeout
+from .. import protocol
+from ..connection import default_url, send_commands_sync, sync_pool
+from ..errors import InternalError, RpcConnectionError, RpcTimeout
+from ..service import current_call
 from .proxy import BatchHandle, Params, ServiceProxy, new_request_id, unique_hex
-from .service import current_call
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 64

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from .connection import REDIS_ERRORS, exchange
+from ..connection import REDIS_ERRORS, exchange
 
 Command = tuple[Any, ...]
 WRITE_READ_TIMEOUT = 10.0
