@@ -5,6 +5,7 @@ Serve plain functions with :class:`Service` and ``rpc-worker``; call them throug
 """
 
 from .client import AsyncBatch, AsyncClient, Batch, BatchResult, Client, ServiceProxy
+from .context import CallContext, current_call
 from .errors import (
     InternalError,
     InvalidParams,
@@ -17,7 +18,8 @@ from .errors import (
     RpcTimeout,
     TimeLimitExceeded,
 )
-from .service import CallContext, Service, current_call
+from .middleware import Middleware
+from .service import Service
 from .worker import Worker, WorkerThread
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "MethodNotFound",
+    "Middleware",
     "ParseError",
     "RpcConnectionError",
     "RpcError",

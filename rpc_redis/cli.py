@@ -1,4 +1,8 @@
-"""``rpc-worker``: import services, then serve them until SIGTERM or SIGINT."""
+"""``rpc-worker``: import services, then serve them until SIGTERM or SIGINT.
+
+Thin by design: the options are derived from :class:`~rpc_redis.worker.settings.WorkerSettings`,
+and everything else is the library's (``Worker``, ``Supervisor``).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,24 @@ import logging
 import os
 import signal
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from . import protocol
-from .connection import default_url
+from .connection import check_url, default_url
+from .errors import RpcConfigurationError
+from .middleware import Middleware, load_middleware
 from .service import Service, load_services
-from .worker.lifecycle import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_DEAD_LETTER_LIMIT,
-    DEFAULT_PREFETCH,
-    Worker,
-)
-from .worker.reliable import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_DELIVERIES
-from .worker.supervisor import Supervisor, child_command
+from .worker import Worker
+from .worker.settings import WorkerSettings, settings_fields, value_problem
+from .worker.supervisor import EXIT_CONFIGURATION, Supervisor, child_command
 
 logger = logging.getLogger("rpc_redis.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+EXIT_USAGE = 2  # argparse's own, and ours for every configuration mistake
 
 
 def package_version() -> str:
@@ -52,85 +56,21 @@ def worker_parser() -> argparse.ArgumentParser:
         default=None,
         help="Redis URL (default: $RPC_REDIS_URL, then $REDIS_URL, then redis://localhost:6379/0)",
     )
-    parser.add_argument(
-        "--queue", default=None, help="serve this Redis list instead of the default queue key"
-    )
-    parser.add_argument(
-        "--prefix",
-        default=protocol.DEFAULT_PREFIX,
-        help="key prefix (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=positive_int,
-        default=DEFAULT_CONCURRENCY,
-        help="requests in flight at once (default: %(default)s)",
-    )
+    add_settings(parser)
     parser.add_argument(
         "--processes",
-        type=positive_int,
+        type=int_at_least(1),
         default=1,
+        metavar="P",
         help="worker processes to run under this one (default: %(default)s)",
     )
     parser.add_argument(
-        "--reply-ttl",
-        type=positive_float,
-        default=protocol.DEFAULT_REPLY_TTL,
-        help="seconds an unread reply is kept (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=positive_int,
-        default=protocol.DEFAULT_MAX_MESSAGE_BYTES,
-        help="larger requests get an error reply (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--dead-letter-limit",
-        type=positive_int,
-        default=DEFAULT_DEAD_LETTER_LIMIT,
-        help="dead letters kept per service (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=positive_float,
-        default=None,
-        help="seconds a handler may run before its caller gets an error (default: none)",
-    )
-    parser.add_argument(
-        "--reliable",
-        action="store_true",
-        help="recover requests from workers that die mid-call (at-least-once; see "
-        "docs/reliability.md); services can also ask for it with Service(reliable=True)",
-    )
-    parser.add_argument(
-        "--max-deliveries",
-        type=positive_int,
-        default=DEFAULT_MAX_DELIVERIES,
-        help="reliable mode: a request delivered this often is dead-lettered "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--heartbeat-interval",
-        type=positive_float,
-        default=DEFAULT_HEARTBEAT_INTERVAL,
-        help="reliable mode: seconds between heartbeats; a worker silent for three is "
-        "taken for dead (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--receive-in-threads",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="serve from --concurrency threads, a Redis connection each (the fastest for "
-        "plain functions), or with --no-receive-in-threads from the event loop on one "
-        "connection (default: threads if a service has plain functions and no queue is "
-        "reliable; see docs/worker.md)",
-    )
-    parser.add_argument(
-        "--prefetch",
-        type=int_at_least(0),
-        default=DEFAULT_PREFETCH,
-        help="in threads: requests waiting on the queue that each thread may take ahead, "
-        "to serve a burst in fewer round trips; 0 takes none (default: %(default)s)",
+        "--middleware",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="middleware to run around every call: an instance, or a class made with no "
+        "arguments; repeat for several, which run in the order given",
     )
     parser.add_argument(
         "--log-level",
@@ -139,18 +79,54 @@ def worker_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="(default: %(default)s)",
     )
-    parser.add_argument(
-        "--debug", action="store_true", help="include tracebacks in internal-error replies"
-    )
     parser.add_argument("--version", action="version", version=f"rpc-redis {package_version()}")
     return parser
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return value
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """One option per worker setting, with its default, bound and help."""
+    for item, kind in settings_fields():
+        if not item.metadata.get("command_line", True):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        help_text = item.metadata["help"]
+        if "default:" not in help_text:
+            help_text += " (default: %(default)s)"
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=item.metadata["help"])
+        elif _is_optional(kind, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag,
+                type=_parser_of(item, kind),
+                default=item.default,
+                metavar=item.metadata.get("metavar"),
+                help=help_text,
+            )
+
+
+def _is_optional(kind: Any, inner: type) -> bool:
+    arguments = typing.get_args(kind)
+    is_union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    return is_union and inner in arguments and type(None) in arguments
+
+
+def _parser_of(item: Any, kind: Any) -> Callable[[str], Any]:
+    """Text to the setting's type, checked by the same rule as ``WorkerSettings``."""
+    base = next((t for t in (int, float, str) if kind is t or _is_optional(kind, t)), str)
+
+    def parse(text: str) -> Any:
+        value = base(text)  # argparse says "invalid int value" of a ValueError
+        problem = value_problem(item, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = base.__name__
+    return parse
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -165,7 +141,9 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-positive_int = int_at_least(1)
+def settings_from(args: argparse.Namespace) -> WorkerSettings:
+    names = {item.name for item, _ in settings_fields() if item.metadata.get("command_line", True)}
+    return WorkerSettings(**{name: getattr(args, name) for name in names})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,31 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
+        url = check_url(args.redis_url or default_url())
         services: list[Service] = []
         for target in args.targets:
             services.extend(load_services(target))
-        worker = Worker(
-            services,
-            args.redis_url or default_url(),
-            queue=args.queue,
-            prefix=args.prefix,
-            concurrency=args.concurrency,
-            reply_ttl=args.reply_ttl,
-            max_message_bytes=args.max_message_bytes,
-            dead_letter_limit=args.dead_letter_limit,
-            debug=args.debug,
-            time_limit=args.time_limit,
-            reliable=args.reliable,
-            max_deliveries=args.max_deliveries,
-            heartbeat_interval=args.heartbeat_interval,
-            receive_in_threads=args.receive_in_threads,
-            prefetch=args.prefetch,
-        )
-    except (ImportError, LookupError, ValueError) as exc:
-        parser.exit(2, f"rpc-worker: error: {exc}\n")
+        middleware: list[Middleware] = [load_middleware(target) for target in args.middleware]
+        worker = Worker(services, url, settings=settings_from(args), middleware=middleware)
+    except (ImportError, LookupError, ValueError, RpcConfigurationError) as exc:
+        parser.exit(EXIT_USAGE, f"rpc-worker: error: {exc}\n")
     if args.processes > 1:
-        return Supervisor(child_command(arguments), args.processes).run()
-    asyncio.run(serve(worker))
+        return Supervisor(child_command(arguments), args.processes, redis_url=url).run()
+    try:
+        asyncio.run(serve(worker))
+    except RpcConfigurationError as exc:
+        print(f"rpc-worker: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIGURATION
     if worker.busy_handler_threads:
         # Handlers past their time limit: their callers have had an error reply, and
         # interpreter exit would otherwise wait for them to return.

@@ -1,19 +1,19 @@
-"""From a Redis URL to connections: one place for URLs, defaults and redaction; and
-riding out a Redis that went away."""
+"""From a Redis URL to connections: one place for URLs, defaults and redaction, and
+the few raw exchanges the hot paths use instead of redis-py's pipelines."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import random
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 import redis
 import redis.asyncio
+import redis.connection
+
+from .errors import RpcConfigurationError
 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as async_timeout
@@ -28,12 +28,8 @@ except ImportError:  # redis-py before 7
 DEFAULT_URL = "redis://localhost:6379/0"
 URL_ENVIRONMENT_VARIABLES = ("RPC_REDIS_URL", "REDIS_URL")
 CONNECT_TIMEOUT = 5.0
-RECONNECT_BACKOFF_CAP = 5.0
 # What a lost or unreachable Redis raises; an error reply (ResponseError) is not one.
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-
-
-logger = logging.getLogger("rpc_redis.worker")  # the lines are the worker's
 
 
 def default_url() -> str:
@@ -46,15 +42,41 @@ def default_url() -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, fit for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with every password in it replaced by ``***``, fit for a log line, an
+    exception or a status output: the one in its user part (``redis://user:pw@host``)
+    and any query parameter naming one (``?password=pw``, ``?sentinel_password=pw``),
+    as the way a ``unix://`` socket authenticates. Works on URLs that ``urlsplit``
+    cannot take apart (several hosts, a bad port)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    # The last "@" before the query ends the credentials, even when an unencoded
+    # password holds a "/" or an "@".
+    query_at = rest.find("?")
+    at = rest.rfind("@", 0, len(rest) if query_at < 0 else query_at)
+    credentials, tail = (rest[:at], rest[at:]) if at >= 0 else ("", rest)
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    netloc_and_path = credentials + tail
+    path, question, query = netloc_and_path.partition("?")
+    if question:
+        netloc_and_path = f"{path}?" + "&".join(map(_redacted_parameter, query.split("&")))
+    return f"{scheme}://{netloc_and_path}"
+
+
+def _redacted_parameter(item: str) -> str:
+    name, equals, _ = item.partition("=")
+    return f"{name}=***" if equals and "password" in name.lower() else item
+
+
+def check_url(url: str) -> str:
+    """The URL, if redis-py can read it; else RpcConfigurationError, at once, naming it
+    redacted: a malformed URL is a mistake to fix, not an outage to wait out."""
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise RpcConfigurationError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+    return url
 
 
 def sync_pool(url: str, *, max_connections: int, **options: Any) -> redis.ConnectionPool:
@@ -171,54 +193,3 @@ def pool_options(options: dict[str, Any]) -> dict[str, Any]:
         # after a Redis restart fails. Redis before 8 and Valkey do not send them anyway.
         options.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
     return options
-
-
-class Reconnector:
-    """Waits out a lost Redis for every receiver of a worker: pings backing off with
-    jitter until Redis answers or a stop is requested, with one log line per outage."""
-
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        url: str,
-        stop_requested: asyncio.Event,
-        ping_timeout: float,
-    ) -> None:
-        self.client = client
-        self.url = url
-        self.stop_requested = stop_requested
-        self.ping_timeout = ping_timeout
-        self._lock = asyncio.Lock()  # several receivers, one outage, one log line
-
-    async def wait(self, first_error: BaseException | None = None) -> bool:
-        """True once Redis answers; False if a stop is requested first."""
-        async with self._lock:
-            return await self._reconnect(first_error)
-
-    async def _reconnect(self, first_error: BaseException | None) -> bool:
-        delay = 0.1
-        try:
-            await asyncio.wait_for(self.client.ping(), self.ping_timeout)
-            return True  # never lost, or another receiver already reconnected
-        except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
-            error = exc if first_error is None else first_error
-        url = redact_url(self.url)
-        logger.warning("cannot reach Redis at %s (%s); retrying with backoff", url, error)
-        while not await sleep_unless_set(self.stop_requested, delay * random.uniform(0.5, 1.5)):
-            delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
-            try:
-                await asyncio.wait_for(self.client.ping(), self.ping_timeout)
-            except (*REDIS_ERRORS, asyncio.TimeoutError):
-                continue
-            logger.info("connected to Redis at %s", url)
-            return True
-        return False
-
-
-async def sleep_unless_set(event: asyncio.Event, seconds: float) -> bool:
-    """Sleep, waking early if ``event`` is set; True if it was."""
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except asyncio.TimeoutError:
-        return False
-    return True

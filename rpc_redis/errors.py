@@ -7,7 +7,11 @@ both sides of the wire.
 
 from __future__ import annotations
 
+import enum
+import ssl
 from typing import Any
+
+import redis.exceptions
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -123,3 +127,74 @@ class RpcTimeout(RpcRedisError, TimeoutError):
 
 class RpcConnectionError(RpcRedisError, ConnectionError):
     """Redis could not be reached, or the connection broke during a call."""
+
+
+class RpcConfigurationError(RpcConnectionError):
+    """Redis will not serve us as configured, and retrying cannot help: wrong or missing
+    credentials, a command the ACL forbids, a database the server lacks, a failed TLS
+    handshake, a malformed URL."""
+
+
+# -- what a Redis failure means ------------------------------------------------------
+
+
+class RedisFailure(enum.Enum):
+    """What a failed Redis command means for whoever sent it; every part of the library
+    decides by this, so a client and a worker never disagree about an error."""
+
+    TIMEOUT = "timeout"  # no answer in time: the connection's state is unknown
+    OUTAGE = "outage"  # unreachable, or the connection broke: wait, then retry
+    REFUSED = "refused"  # an error reply to one command (WRONGTYPE, OOM...): not retried as is
+    CONFIGURATION = "configuration"  # credentials, ACL, database, TLS: retrying cannot help
+
+
+_CONFIGURATION_ERRORS = (
+    redis.exceptions.AuthenticationError,  # wrong password, unknown user, NOAUTH
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,  # NOPERM: the ACL forbids a command or key
+)
+# Error replies that say the server will not serve this client at all.
+_CONFIGURATION_REPLIES = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS")
+
+
+def classify_redis_error(error: BaseException) -> RedisFailure | None:
+    """What a failure from redis-py (or the socket beneath it) means; None if it is not
+    a Redis failure at all (a bug, a cancellation), which callers must not swallow."""
+    if isinstance(error, _CONFIGURATION_ERRORS):
+        return RedisFailure.CONFIGURATION
+    if isinstance(error, (ssl.SSLError, ssl.CertificateError)) or isinstance(
+        error.__context__, (ssl.SSLError, ssl.CertificateError)
+    ):
+        return RedisFailure.CONFIGURATION
+    if isinstance(error, redis.exceptions.ResponseError):
+        message = str(error)
+        if message.startswith(_CONFIGURATION_REPLIES):
+            return RedisFailure.CONFIGURATION
+        return RedisFailure.REFUSED
+    if isinstance(error, (redis.exceptions.TimeoutError, TimeoutError)):
+        return RedisFailure.TIMEOUT
+    if isinstance(error, (redis.exceptions.ConnectionError, OSError)):
+        return RedisFailure.OUTAGE
+    return None
+
+
+def redis_error(error: BaseException, where: str, doing: str) -> RpcRedisError:
+    """The library's own exception for a Redis failure, caused by it.
+
+    ``where`` names Redis for people and must already be redacted (see
+    ``connection.redact_url``); ``doing`` says what failed, e.g. "the call".
+    A timeout maps to RpcConnectionError here: a caller that knows the service and
+    method raises RpcTimeout instead.
+    """
+    failure = classify_redis_error(error)
+    mapped: RpcRedisError
+    if failure is RedisFailure.CONFIGURATION:
+        mapped = RpcConfigurationError(f"Redis at {where} refused {doing}: {error}")
+    elif failure is RedisFailure.REFUSED:
+        mapped = RpcRedisError(f"Redis at {where} refused {doing}: {error}")
+    elif failure is RedisFailure.TIMEOUT:
+        mapped = RpcConnectionError(f"Redis at {where} did not answer {doing} in time: {error}")
+    else:
+        mapped = RpcConnectionError(f"Redis at {where} failed during {doing}: {error}")
+    mapped.__cause__ = error
+    return mapped

@@ -11,7 +11,7 @@ import base64
 import json
 import traceback
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import jsonrpcclient
@@ -31,6 +31,11 @@ DEFAULT_PREFIX = "rpc"
 DEFAULT_REPLY_TTL = 60.0
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_REPLY_KEY_LENGTH = 1024
+# The envelope's optional ``meta``: an object of strings, for middleware (trace context,
+# tokens), bounded so that it cannot be made to cost more than the request it rides with.
+MAX_META_MEMBERS = 32
+MAX_META_KEY_LENGTH = 64
+MAX_META_VALUE_LENGTH = 1024
 
 JSONRPC = "2.0"
 
@@ -123,15 +128,40 @@ def _client_params(params: list[Any] | dict[str, Any]) -> tuple[Any, ...] | dict
     return tuple(params) if isinstance(params, list) else params
 
 
-def encode_envelope(request: Any, reply_to: str | None, deadline: float | None) -> bytes:
-    """The message a client pushes: the JSON-RPC request (or batch) and where to reply."""
+def encode_envelope(
+    request: Any,
+    reply_to: str | None,
+    deadline: float | None,
+    meta: dict[str, str] | None = None,
+) -> bytes:
+    """The message a client pushes: the JSON-RPC request (or batch), where to reply, and
+    the middleware's ``meta`` (left out when empty)."""
     envelope: dict[str, Any] = {"v": ENVELOPE_VERSION}
     if reply_to is not None:
         envelope["reply_to"] = reply_to
     if deadline is not None:
         envelope["deadline"] = round(deadline, 6)
+    if meta:
+        envelope["meta"] = meta
     envelope["request"] = request
     return dumps(envelope)
+
+
+def meta_problem(meta: Any) -> str | None:
+    """Why an envelope's ``meta`` is unacceptable, or None: it must be an object of at
+    most MAX_META_MEMBERS strings, keys non-empty and bounded, values bounded."""
+    if not isinstance(meta, dict):
+        return "envelope meta must be an object of strings"
+    if len(meta) > MAX_META_MEMBERS:
+        return f"envelope meta has more than {MAX_META_MEMBERS} members"
+    for key, value in meta.items():
+        if not key or len(key) > MAX_META_KEY_LENGTH:
+            return f"envelope meta keys must be 1 to {MAX_META_KEY_LENGTH} characters"
+        if not isinstance(value, str):
+            return "envelope meta values must be strings"
+        if len(value) > MAX_META_VALUE_LENGTH:
+            return f"envelope meta values must be at most {MAX_META_VALUE_LENGTH} characters"
+    return None
 
 
 # -- reading replies (client side) --------------------------------------------------
@@ -191,6 +221,7 @@ class Incoming:
     reply_to: str | None
     deadline: float | None
     enveloped: bool
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +280,13 @@ def _from_envelope(envelope: dict[str, Any]) -> Incoming | Rejected:
     ):
         reason = "envelope deadline must be a number (seconds since the Unix epoch)"
         return Rejected(reason, InvalidRequest(data=reason), reply_to, request_id)
-    return Incoming(envelope["request"], reply_to, deadline, enveloped=True)
+    meta = envelope.get("meta")
+    if meta is None:
+        return Incoming(envelope["request"], reply_to, deadline, enveloped=True)
+    problem = meta_problem(meta)
+    if problem is not None:
+        return Rejected(problem, InvalidRequest(data=problem), reply_to, request_id)
+    return Incoming(envelope["request"], reply_to, deadline, enveloped=True, meta=meta)
 
 
 def bare_reply_key(document: Any) -> str | None:
@@ -329,17 +366,6 @@ def is_expired(deadline: float | None, now: float) -> bool:
 
 
 # -- writing replies (worker side) ---------------------------------------------------
-
-
-# KEYS: reply key. ARGV: reply, expiry (ms). Writes only to a list or a missing key, so
-# a reply key that names someone else's string or hash is left exactly as it was.
-PUSH_REPLY_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'list' then return kind end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 'ok'
-"""
 
 
 def error_response(request_id: Any, error: RpcError) -> dict[str, Any]:

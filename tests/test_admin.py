@@ -24,7 +24,7 @@ import redis
 from rpc_redis import admin, protocol
 from rpc_redis.embedded import find_cli_binary, free_port
 from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
-from rpc_redis.worker.lifecycle import DEFAULT_DEAD_LETTER_LIMIT
+from rpc_redis.worker.settings import DEFAULT_DEAD_LETTER_LIMIT
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
 

@@ -23,7 +23,7 @@ import pytest
 from rpc_redis import protocol
 from rpc_redis.embedded import find_cli_binary
 from rpc_redis.testing import WorkerProcess
-from rpc_redis.worker.lifecycle import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT
+from rpc_redis.worker.settings import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DOC = REPOSITORY / "docs" / "protocol.md"

@@ -10,6 +10,7 @@ import pytest
 
 from rpc_redis import Service
 from rpc_redis.service import ParamsShape
+from rpc_redis.worker.dispatch import Dispatcher
 
 
 def two(a: int, b: int) -> int:
@@ -100,8 +101,9 @@ def test_both_dispatches_answer_as_the_signature_allows(func: Any) -> None:
     for params in PARAMS:
         if not isinstance(params, (list, dict)):
             continue
-        in_thread = service.dispatch_in_thread(request(func, params))
-        on_loop = asyncio.run(service.dispatch(request(func, params)))
+        dispatcher = Dispatcher(service)
+        in_thread = dispatcher.dispatch_in_thread(request(func, params))
+        on_loop = asyncio.run(dispatcher.dispatch(request(func, params)))
         assert in_thread == on_loop, params
         if binds(func, params):
             args, kwargs = (params, {}) if isinstance(params, list) else ([], params)

@@ -16,8 +16,8 @@ import redis.exceptions
 
 from .. import protocol
 from ..connection import default_url, send_commands_sync, sync_pool
+from ..context import current_call
 from ..errors import InternalError, RpcConnectionError, RpcTimeout
-from ..service import current_call
 from .proxy import BatchHandle, Params, ServiceProxy, new_request_id, unique_hex
 
 DEFAULT_TIMEOUT = 10.0

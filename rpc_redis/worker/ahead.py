@@ -21,7 +21,8 @@ import redis.exceptions
 
 from ..connection import REDIS_ERRORS, read_responses, send_commands
 from .handling import WorkerStats
-from .writer import WRITE_READ_TIMEOUT, raise_first_error
+from .receiving import raise_first_error
+from .writer import WRITE_READ_TIMEOUT
 
 logger = logging.getLogger("rpc_redis.worker")
 

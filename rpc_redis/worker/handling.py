@@ -3,7 +3,8 @@
 The worker receives on its event loop or on its threads (see ``lanes.py``); both come
 here to decide what a message gets (a reply, a dead letter, or nothing), to turn that
 outcome into commands, and to judge what Redis said to them, so each decision exists
-once.
+once. The middleware's per-message hooks (the worker's own counters among them) are
+called from here, once per event.
 """
 
 from __future__ import annotations
@@ -12,23 +13,23 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from .. import protocol
 from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
-from ..service import Service
-from .writer import Command
+from ..middleware import Hooks, Middleware, run_hooks
+from .receiving import Command
 
 logger = logging.getLogger("rpc_redis.worker")
 
-# How long a worker keeps trying to write an outcome through a Redis outage (or until
-# the request's deadline, if sooner).
-WRITE_RETRY_SECONDS = 30.0
+PUSH_REPLY_SCRIPT = (resources.files(__package__) / "lua" / "push_reply.lua").read_text()
 
 
 @dataclass
-class WorkerStats:
-    """Counters a test, a health check or a metrics exporter can read."""
+class WorkerStats(Middleware):
+    """Counters a test, a health check or a metrics exporter can read: the worker's own
+    middleware, first in its chain."""
 
     received: int = 0
     replied: int = 0
@@ -49,6 +50,24 @@ class WorkerStats:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + count)
 
+    def after_receive(self, queue: str) -> None:
+        self.add("received")
+
+    def after_skip(self, queue: str, reason: str) -> None:
+        self.add("expired")
+
+    def after_reject(self, queue: str, reason: str) -> None:
+        self.add("rejected")
+
+    def after_reply_written(self, queue: str) -> None:
+        self.add("replied")
+
+    def after_dead_letter(self, queue: str, reason: str) -> None:
+        self.add("dead_lettered")
+
+    def after_notification(self, queue: str) -> None:
+        self.add("notifications")
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -60,50 +79,43 @@ class Outcome:
     deadline: float | None = None
 
 
-def give_up_time(deadline: float | None) -> float:
-    """When to stop retrying a write: after WRITE_RETRY_SECONDS, or at the caller's
-    deadline if sooner, but never less than a second from now."""
-    now = time.time()
-    give_up_at = now + WRITE_RETRY_SECONDS
-    if deadline is not None:
-        give_up_at = max(min(give_up_at, deadline), now + 1)
-    return give_up_at
-
-
 class Handling:
-    """A worker's rules for messages: its services, limits and reply expiry."""
+    """A worker's rules for messages: its services, limits, reply expiry and hooks."""
 
     def __init__(
         self,
-        by_queue: dict[str, Service],
+        services_by_queue: dict[str, str],
+        hooks: Hooks,
         *,
         prefix: str,
         max_message_bytes: int,
         reply_ttl_ms: int,
         dead_letter_limit: int,
     ) -> None:
-        self.by_queue = by_queue
+        self.services_by_queue = services_by_queue  # queue -> service name
+        self.hooks = hooks
         self.prefix = prefix
         self.max_message_bytes = max_message_bytes
         self.reply_ttl_ms = reply_ttl_ms
         self.dead_letter_limit = dead_letter_limit
-        self.stats = WorkerStats()
 
     def screen(self, queue: str, raw: bytes) -> protocol.Incoming | Outcome:
         """The message to dispatch, or the outcome it earns without being dispatched."""
-        self.stats.add("received")
-        service = self.by_queue[queue]
+        run_hooks(self.hooks.after_receive, queue)
         message = protocol.decode_message(raw, self.max_message_bytes)
         if isinstance(message, protocol.Rejected):
-            return self._rejection(service, message)
+            return self._rejection(queue, message)
         reply_to = message.reply_to
         if reply_to is not None:
-            problem = protocol.reply_key_problem(reply_to, self.by_queue, self.prefix)
+            problem = protocol.reply_key_problem(reply_to, self.services_by_queue, self.prefix)
             if problem is not None:
                 return Outcome(dead_letter_reason=problem)
         if protocol.is_expired(message.deadline, time.time()):
-            self.stats.add("expired")
-            logger.debug("skipped a request to %s whose caller stopped waiting", service.name)
+            run_hooks(self.hooks.after_skip, queue, "deadline passed")
+            logger.debug(
+                "skipped a request to %s whose caller stopped waiting",
+                self.services_by_queue[queue],
+            )
             return Outcome()
         if reply_to is None and protocol.expects_reply(message.payload):
             return Outcome(dead_letter_reason="request has no usable reply key")
@@ -112,9 +124,9 @@ class Handling:
     def answer(self, queue: str, message: protocol.Incoming, response: Any) -> Outcome:
         """The outcome of a dispatched message, given its response (None: nothing due)."""
         if response is None:
-            self.stats.add("notifications")
+            run_hooks(self.hooks.after_notification, queue)
             return Outcome(deadline=message.deadline)
-        self._log_error_responses(self.by_queue[queue], message.payload, response)
+        self._log_error_responses(queue, message.payload, response)
         body = protocol.encode_response(response)
         return Outcome(message.reply_to, body, deadline=message.deadline)
 
@@ -126,22 +138,10 @@ class Handling:
         commands: list[Command] = []
         if outcome.reply_to is not None and outcome.body is not None:
             commands.append(
-                (
-                    "EVAL",
-                    protocol.PUSH_REPLY_SCRIPT,
-                    1,
-                    outcome.reply_to,
-                    outcome.body,
-                    self.reply_ttl_ms,
-                )
+                ("EVAL", PUSH_REPLY_SCRIPT, 1, outcome.reply_to, outcome.body, self.reply_ttl_ms)
             )
         if outcome.dead_letter_reason is not None:
-            self.stats.add("dead_lettered")
-            service = self.by_queue[queue]
-            logger.warning(
-                "dead-lettered a message to %s: %s", service.name, outcome.dead_letter_reason
-            )
-            key = protocol.dead_letter_key(service.name, self.prefix)
+            key = protocol.dead_letter_key(self.services_by_queue[queue], self.prefix)
             entry = protocol.encode_dead_letter(raw, outcome.dead_letter_reason, queue, time.time())
             commands.append(("RPUSH", key, entry))
             commands.append(("LTRIM", key, -self.dead_letter_limit, -1))
@@ -150,39 +150,47 @@ class Handling:
         return commands
 
     def written(self, queue: str, outcome: Outcome, results: list[Any]) -> Outcome | None:
-        """Judge Redis's answers to an outcome's commands; a reply key of the wrong type
-        earns the request a dead letter instead, returned to be written in turn."""
+        """Judge Redis's answers to an outcome's commands, and tell the hooks; a reply
+        key of the wrong type earns the request a dead letter instead, returned to be
+        written in turn."""
         failures = [result for result in results if isinstance(result, Exception)]
         if failures:
             logger.error("could not write the outcome of a request to %s: %s", queue, failures[0])
             return None
+        reason = outcome.dead_letter_reason
+        if reason is not None:
+            logger.warning(
+                "dead-lettered a message to %s: %s", self.services_by_queue[queue], reason
+            )
+            run_hooks(self.hooks.after_dead_letter, queue, reason)
         if outcome.reply_to is None or outcome.body is None:
             return None
         pushed = results[0]
         if pushed in (b"ok", "ok"):
-            self.stats.add("replied")
+            run_hooks(self.hooks.after_reply_written, queue)
             return None
         kind = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
         return Outcome(
             dead_letter_reason=f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
         )
 
-    def _rejection(self, service: Service, rejected: protocol.Rejected) -> Outcome:
-        self.stats.add("rejected")
+    def _rejection(self, queue: str, rejected: protocol.Rejected) -> Outcome:
+        run_hooks(self.hooks.after_reject, queue, rejected.reason)
         reply_to = rejected.reply_to
-        if reply_to is None or protocol.reply_key_problem(reply_to, self.by_queue, self.prefix):
+        if reply_to is None or protocol.reply_key_problem(
+            reply_to, self.services_by_queue, self.prefix
+        ):
             return Outcome(dead_letter_reason=rejected.reason)
         logger.warning(
             "rejected a message to %s (%s); replied with error %d",
-            service.name,
+            self.services_by_queue[queue],
             rejected.reason,
             rejected.error.code,
         )
         response = protocol.error_response(rejected.request_id, rejected.error)
         return Outcome(reply_to, protocol.encode_response(response))
 
-    @staticmethod
-    def _log_error_responses(service: Service, payload: Any, response: Any) -> None:
+    def _log_error_responses(self, queue: str, payload: Any, response: Any) -> None:
         """One line for each request the caller got wrong; handler failures log their own."""
         if isinstance(response, dict) and "error" not in response:
             return  # a result: the usual case, decided at once
@@ -199,7 +207,7 @@ class Handling:
             logger.log(
                 logging.WARNING if is_reserved else logging.DEBUG,
                 "%s.%s: error %s %s (%s)",
-                service.name,
+                self.services_by_queue[queue],
                 methods.get(item.get("id"), "?"),
                 error.get("code"),
                 error.get("message"),

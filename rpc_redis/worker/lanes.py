@@ -30,23 +30,28 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import redis
 import redis.asyncio
-import redis.exceptions
 
-from ..connection import (
-    REDIS_ERRORS,
-    read_responses_sync,
-    send_commands_sync,
-)
+from ..connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
 from .ahead import TakenAhead
-from .handling import Outcome, give_up_time
-from .writer import WRITE_READ_TIMEOUT, Command, raise_first_error
-
-if TYPE_CHECKING:
-    from .lifecycle import Worker
+from .connections import ReceivingConnections
+from .handling import Outcome, WorkerStats
+from .outage import Outages
+from .receiving import (
+    READ_GRACE_SECONDS,
+    REFUSAL_PAUSE_SECONDS,
+    AfterFailure,
+    Command,
+    WriteRetry,
+    parse_received,
+    receive_commands,
+    rotate,
+)
+from .serving import Serving
+from .writer import WRITE_READ_TIMEOUT
 
 logger = logging.getLogger("rpc_redis.worker")
 
@@ -67,7 +72,7 @@ class PendingWrite:
     raw: bytes  # the request, for a dead letter that may follow
     outcome: Outcome
     commands: list[Command]
-    give_up_at: float
+    retry: WriteRetry
     finished_at: float  # time.monotonic()
 
 
@@ -76,14 +81,23 @@ class Lanes:
 
     def __init__(
         self,
-        worker: Worker,
+        serving: Serving,
+        outages: Outages,
+        connections: ReceivingConnections,
         queues: list[str],
+        *,
         count: int,
         prefetch: int,
+        block_seconds: float,
+        stats: WorkerStats,
         pool: redis.asyncio.ConnectionPool,
     ) -> None:
-        self.worker = worker
-        self.ahead = TakenAhead(prefetch, count, pool, worker.stats, self._call_keeper)
+        """``pool``: the worker's, for giving requests taken ahead back to their queue."""
+        self.serving = serving
+        self.outages = outages
+        self.connections = connections
+        self.block_seconds = block_seconds
+        self.ahead = TakenAhead(prefetch, count, pool, stats, self._call_keeper)
         self.lanes = [Lane(self, queues) for _ in range(count)]
         self.connected = asyncio.Event()  # every lane's connection is up, or met an outage
         self._unconnected = count
@@ -114,7 +128,7 @@ class Lanes:
             await keeper
         # A give-back refused while the lanes were leaving left its requests here.
         while (request := self.ahead.take()) is not None:
-            await self.worker.handle(request.queue, request.raw)
+            await self.serving.handle(request.queue, request.raw)
 
     def lane_connected(self) -> None:
         """From each lane, once its connection is up or has failed to come up."""
@@ -142,7 +156,7 @@ class Lanes:
             cutoff = time.monotonic() - KEEPER_SECONDS
             for lane in self.lanes:
                 for write in lane.take_kept_writes(started_before=cutoff):
-                    self.worker.finish_soon(write.queue, write.raw, write.outcome)
+                    self.serving.finish_soon(write.queue, write.raw, write.outcome)
             await self.ahead.give_back(taken_before=cutoff)
             if self._holding():
                 continue
@@ -160,8 +174,11 @@ class Lane:
     """One receiving thread of a worker: see the module's docstring."""
 
     def __init__(self, lanes: Lanes, queues: list[str]) -> None:
-        self.lanes = lanes
-        self.worker = lanes.worker
+        self.serving = lanes.serving
+        self.outages = lanes.outages
+        self.ahead = lanes.ahead
+        self.block_seconds = lanes.block_seconds
+        self._lanes = lanes
         self.queues = list(queues)
         self.serving_since: float | None = None  # time.monotonic(), while in a call
         self._last_call_seconds = 0.0
@@ -189,68 +206,70 @@ class Lane:
 
     def run(self) -> None:
         """Serve until the worker stops, then write what is still pending."""
-        connection = self.worker.receiving_connection_sync()
+        connection = self._lanes.connections.new_sync()
         try:
             with contextlib.suppress(*REDIS_ERRORS):  # the first BLPOP meets the outage
                 connection.connect()  # type: ignore[no-untyped-call]
-            self.lanes.lane_connected()
-            while True:
-                # Marked busy before taking, so the keeper never misses a lane that
-                # keeps replies: it looks at the shared list first, then at the lanes.
-                self.serving_since = time.monotonic()
-                request = self.lanes.ahead.take()
-                if request is not None:
-                    self._send_kept_writes_if_due(connection)
-                    self._serve(request.queue, request.raw)
-                    continue
-                self.serving_since = None
-                if self.worker.stopping:
-                    break
-                try:
-                    popped = self._pop(connection)
-                except REDIS_ERRORS as exc:
-                    self._after_lost_connection()
-                    if not self.worker.wait_for_redis_from_thread(exc):
-                        break
-                    continue
-                except redis.exceptions.ResponseError as exc:  # e.g. a queue holding a string
-                    self.worker.note_refusal(self.queues, exc)
-                    if self.worker.sleep_unless_stopped_from_thread(1.0):
-                        break
-                    continue
-                self.worker.note_refusal(self.queues, None)
-                if popped is not None:
-                    self.serving_since = time.monotonic()
-                    self._serve(*popped)
+            self._lanes.lane_connected()
+            while self._serve_next(connection):
+                pass
             self._flush(connection)
         finally:
             connection.disconnect()  # type: ignore[no-untyped-call]
 
+    def _serve_next(self, connection: redis.Connection) -> bool:
+        """Serve one request, taken ahead or popped; False once the lane should stop."""
+        # Marked busy before taking, so the keeper never misses a lane that keeps
+        # replies: it looks at the shared list first, then at the lanes.
+        self.serving_since = time.monotonic()
+        request = self.ahead.take()
+        if request is not None:
+            self._send_kept_writes_if_due(connection)
+            self._serve(request.queue, request.raw)
+            return True
+        self.serving_since = None
+        if self.outages.stop_requested:
+            return False
+        try:
+            popped = self._pop(connection)
+        except Exception as exc:
+            return self._after_failure(exc)
+        self.outages.note_refusal(self.queues, None)
+        if popped is not None:
+            self.serving_since = time.monotonic()
+            self._serve(*popped)
+        return True
+
+    def _after_failure(self, error: Exception) -> bool:
+        """Ride out a failed pop as the shared rules say; False: stop receiving."""
+        action = self.outages.ride_out(error, self.queues)
+        if action is AfterFailure.STOP:
+            return False
+        if action is AfterFailure.PAUSE:
+            return not self.outages.pause_from_thread(REFUSAL_PAUSE_SECONDS)
+        self._after_lost_connection()
+        return self.outages.wait_from_thread(error)
+
     def _pop(self, connection: redis.Connection) -> tuple[str, bytes] | None:
         """Send the pending writes, a BLPOP and an LPOP of requests waiting behind it, in
         one write; settle the writes as soon as their answers come, then wait."""
-        if len(self.queues) > 1:  # rotated, so that a busy service cannot starve the others
-            self.queues.append(self.queues.pop(0))
-        ahead = self.queues[0]  # BLPOP looks here first; with one queue, the only one
-        room = self.lanes.ahead.reserve()
-        more: list[bytes] = []
+        rotate(self.queues)
+        room = self.ahead.reserve()
+        received = None
         try:
-            commands = [*self._sending(), ("BLPOP", *self.queues, self.worker.block_seconds)]
-            if room:
-                commands.append(("LPOP", ahead, room))
-            send_commands_sync(connection, commands)
+            commands = receive_commands(self.queues, self.block_seconds, room)
+            send_commands_sync(connection, [*self._sending(), *commands])
             self._settle(read_responses_sync(connection, self._unread(), WRITE_READ_TIMEOUT))
             responses = read_responses_sync(
-                connection, 2 if room else 1, self.worker.block_seconds + 5
+                connection, len(commands), self.block_seconds + READ_GRACE_SECONDS
             )
-            raise_first_error(responses)
-            more = list(responses[1] or []) if room else []
+            received = parse_received(responses, self.queues, room)
         finally:
-            self.lanes.ahead.add(room, ahead, more)
-        if responses[0] is None:  # unblocked at stop; what the LPOP took is served
+            more = received.more if received is not None else []
+            self.ahead.add(room, self.queues[0], more)
+        if received.request is None or received.queue is None:  # cut short at stop
             return None
-        queue, raw = cast(tuple[bytes, bytes], responses[0])
-        return queue.decode(), raw
+        return received.queue, received.request
 
     def _sending(self) -> list[Command]:
         """Move the pending writes to those sent; their commands, to send now."""
@@ -285,20 +304,20 @@ class Lane:
         written, self._sent = self._sent, []
         for write in written:
             mine, results = results[: len(write.commands)], results[len(write.commands) :]
-            follow_up = self.worker.handling.written(write.queue, write.outcome, mine)
+            follow_up = self.serving.handling.written(write.queue, write.outcome, mine)
             if follow_up is not None:
-                self.worker.finish_on_loop(write.queue, write.raw, follow_up)
+                self.serving.finish_from_thread(write.queue, write.raw, follow_up)
 
     def _serve(self, queue: str, raw: bytes) -> None:
         """Call and answer; ``serving_since`` is set by the caller."""
         write: PendingWrite | None = None
         started = time.monotonic()
         try:
-            outcome = self._outcome(queue, raw)
-            commands = self.worker.handling.commands(queue, raw, outcome)
+            outcome = self.serving.outcome_in_thread(queue, raw)
+            commands = self.serving.handling.commands(queue, raw, outcome)
             if commands:
-                deadline = give_up_time(outcome.deadline)
-                write = PendingWrite(queue, raw, outcome, commands, deadline, time.monotonic())
+                retry = WriteRetry(outcome.deadline)
+                write = PendingWrite(queue, raw, outcome, commands, retry, time.monotonic())
         except Exception:  # The last line of defence: log it, keep serving.
             logger.exception("unexpected error handling a message from %s", queue)
         finally:
@@ -308,18 +327,6 @@ class Lane:
                 self.serving_since = None
             self._last_call_seconds = time.monotonic() - started
 
-    def _outcome(self, queue: str, raw: bytes) -> Outcome:
-        worker = self.worker
-        screened = worker.handling.screen(queue, raw)
-        if isinstance(screened, Outcome):
-            return screened
-        service = worker.by_queue[queue]
-        if service.dispatches_in_thread(screened.payload):
-            response = worker.dispatch_in_this_thread(service, screened)
-        else:
-            response = worker.dispatch_on_loop(service, screened)
-        return worker.handling.answer(queue, screened, response)
-
     def _after_lost_connection(self) -> None:
         """Writes sent without an answer go out again (a reply written twice is read
         once); those past retrying are logged and dropped."""
@@ -327,12 +334,12 @@ class Lane:
         with self._lock:
             self._pending, self._sent = self._sent + self._pending, []
             for write in self._pending:
-                if write.give_up_at < now:
+                if write.retry.give_up_at < now:
                     logger.error(
                         "could not write the outcome of a request to %s: Redis unreachable",
                         write.queue,
                     )
-            self._pending = [write for write in self._pending if write.give_up_at >= now]
+            self._pending = [write for write in self._pending if write.retry.give_up_at >= now]
 
     def _flush(self, connection: redis.Connection) -> None:
         """At stop: write what is pending, retrying through an outage as long as allowed."""
@@ -346,4 +353,4 @@ class Lane:
                 self._after_lost_connection()
                 if self._pending:
                     logger.debug("retrying %d write(s) at stop: %s", len(self._pending), exc)
-                    time.sleep(0.1)
+                    time.sleep(self._pending[0].retry.next_delay() or 0)

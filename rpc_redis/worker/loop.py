@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import redis.asyncio
-import redis.exceptions
 
 from ..connection import REDIS_ERRORS, exchange, read_responses, send_commands
+from .connections import ReceivingConnections
+from .outage import Outages
+from .receiving import (
+    READ_GRACE_SECONDS,
+    REFUSAL_PAUSE_SECONDS,
+    AfterFailure,
+    parse_received,
+    raise_first_error,
+    receive_commands,
+    rotate,
+)
 from .reliable import Reliability
-from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, raise_first_error, settle
-
-if TYPE_CHECKING:
-    from .lifecycle import Worker
+from .serving import Serving
+from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, settle
 
 
 class LoopReceivers:
@@ -28,21 +36,28 @@ class LoopReceivers:
 
     def __init__(
         self,
-        worker: Worker,
+        serving: Serving,
+        outages: Outages,
+        connections: ReceivingConnections,
         queue_groups: list[list[str]],
-        writer: Writer,
-        reliability: Reliability,
+        *,
+        concurrency: int,
+        block_seconds: float,
     ) -> None:
-        self.worker = worker
+        self.serving = serving
+        self.outages = outages
+        self.connections = connections
         self.queue_groups = queue_groups
-        self.writer = writer
-        self.reliability = reliability
-        self.slots = Slots(worker.concurrency)
+        self.writer: Writer = serving.writer
+        self.reliability: Reliability = serving.reliability
+        self.concurrency = concurrency
+        self.block_seconds = block_seconds
+        self.slots = Slots(concurrency)
         self.connected = asyncio.Event()  # every connection is up, or met an outage
 
     async def run(self) -> None:
-        """Receive until the worker stops; requests taken are handled in the worker's tasks."""
-        connections = [self.worker.receiving_connection() for _ in self.queue_groups]
+        """Receive until the worker stops; requests taken are handled in tasks of their own."""
+        connections = [self.connections.new() for _ in self.queue_groups]
         try:
             for connection in connections:
                 with contextlib.suppress(*REDIS_ERRORS):  # the receive loop meets the outage
@@ -60,14 +75,14 @@ class LoopReceivers:
 
     async def _receive(self, connection: redis.asyncio.Connection, queues: list[str]) -> None:
         """Pop requests while there are free slots; each runs as a task holding a slot."""
-        worker, slots, most = self.worker, self.slots, self.worker.concurrency
+        outages, slots, most = self.outages, self.slots, self.concurrency
         # Alone, a receiver takes every free slot and asks for that many requests in
         # its one round trip. Beside others, it blocks holding one slot, and takes more
         # only once a request has come: a slot held in a blocked BLPOP is idle.
         alone = len(self.queue_groups) == 1
-        while not worker.stopping:
+        while not outages.stop_requested:
             taken = await slots.take(most if alone else 1)
-            if worker.stopping:
+            if outages.stop_requested:
                 slots.give_back(taken)
                 break
             try:
@@ -76,34 +91,38 @@ class LoopReceivers:
                     more = slots.take_now(most)
                     taken += more
                     messages += await self._take_more(connection, queue, more)
-            except REDIS_ERRORS as exc:
+            except Exception as exc:
                 slots.give_back(taken)
-                if not worker.stopping and not await worker.wait_for_redis(exc):
+                if not await self._after_failure(exc, queues):
                     break
                 continue
-            except redis.exceptions.ResponseError as exc:  # e.g. a queue key holding a string
-                slots.give_back(taken)
-                worker.note_refusal(queues, exc)
-                if await worker.sleep_unless_stopped(1.0):
-                    break
-                continue
-            worker.note_refusal(queues, None)
+            outages.note_refusal(queues, None)
             slots.give_back(taken - len(messages))
             for raw in messages:
-                worker.handle_soon(queue, raw).add_done_callback(lambda _: slots.give_back())
+                self.serving.handle_soon(queue, raw).add_done_callback(lambda _: slots.give_back())
             if messages:
                 # One pass for the handlers just started: those that finish without
                 # waiting send their replies with the next BLPOP.
                 await asyncio.sleep(0)
 
+    async def _after_failure(self, error: Exception, queues: list[str]) -> bool:
+        """Ride out a failed pop as the shared rules say; False: stop receiving."""
+        action = self.outages.ride_out(error, queues)
+        if action is AfterFailure.STOP:
+            return False
+        if action is AfterFailure.PAUSE:
+            return not await self.outages.pause(REFUSAL_PAUSE_SECONDS)
+        return not self.outages.stop_requested and await self.outages.wait(error)
+
     async def _take_requests(
         self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
     ) -> tuple[str, list[bytes]]:
-        block_seconds = self.worker.block_seconds
-        if self.worker.is_reliable(queues[0]):
+        if self.reliability.is_reliable(queues[0]):
             in_progress = self.reliability.in_progress_key(queues[0])
-            return await move_requests(connection, queues[0], in_progress, up_to, block_seconds)
-        return await pop_requests(connection, queues, up_to, block_seconds, self.writer)
+            return await move_requests(
+                connection, queues[0], in_progress, up_to, self.block_seconds
+            )
+        return await pop_requests(connection, queues, up_to, self.block_seconds, self.writer)
 
     async def _take_more(
         self, connection: redis.asyncio.Connection, queue: str, count: int
@@ -111,7 +130,7 @@ class LoopReceivers:
         """Up to ``count`` more requests from ``queue``, without blocking."""
         if not count:
             return []
-        if self.worker.is_reliable(queue):
+        if self.reliability.is_reliable(queue):
             in_progress = self.reliability.in_progress_key(queue)
             return await move_more(connection, queue, in_progress, count)
         return await pop_more(connection, queue, count)
@@ -159,13 +178,10 @@ async def pop_requests(
     finished) ride in front of the BLPOP, in the same write, and are settled as soon as
     their responses arrive, before the BLPOP blocks: one round trip per request.
     """
-    if len(queues) > 1:
-        queues.append(queues.pop(0))
+    rotate(queues)
     rest = up_to - 1
-    rest_pipelined = len(queues) == 1 and rest > 0
-    commands: list[tuple[Any, ...]] = [("BLPOP", *queues, block_seconds)]
-    if rest_pipelined:
-        commands.append(("LPOP", queues[0], rest))
+    rest_pipelined = rest if len(queues) == 1 else 0
+    commands = receive_commands(queues, block_seconds, rest_pipelined)
     riding = writer.take_pending() if writer is not None else []
     riding_commands = commands_of(riding)
     try:
@@ -174,18 +190,15 @@ async def pop_requests(
     except BaseException as exc:  # the writes' owners retry them; no one waits forever
         settle(riding, exc)
         raise
-    responses = await read_responses(connection, len(commands), block_seconds + 5)
-    raise_first_error(responses)
-    popped, more = responses[0], responses[1] if rest_pipelined else None
-    if popped is None:
+    responses = await read_responses(connection, len(commands), block_seconds + READ_GRACE_SECONDS)
+    received = parse_received(responses, queues, rest_pipelined)
+    if received.queue is None or received.request is None:
         # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
-        return queues[0], list(more or [])
-    queue_name, first = cast(tuple[bytes, bytes], popped)
-    queue = queue_name.decode()
+        return received.more_from, received.more
+    more = received.more
     if rest and not rest_pipelined:
-        [more] = await exchange(connection, [("LPOP", queue, rest)], 5)
-        raise_first_error([more])
-    return queue, [first, *(more or [])]
+        more = await pop_more(connection, received.queue, rest)
+    return received.queue, [received.request, *more]
 
 
 async def move_requests(
@@ -206,7 +219,7 @@ async def move_requests(
     ]
     if up_to > 1:
         commands.append(("LLEN", queue))
-    responses = await exchange(connection, commands, block_seconds + 5)
+    responses = await exchange(connection, commands, block_seconds + READ_GRACE_SECONDS)
     raise_first_error(responses)
     moved = [responses[0]] if responses[0] is not None else []
     waiting = int(responses[1]) if up_to > 1 else 0

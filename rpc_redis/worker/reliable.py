@@ -12,11 +12,13 @@ The script is atomic, so each request is recovered once, whoever runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import redis.asyncio
@@ -26,49 +28,12 @@ from ..connection import REDIS_ERRORS
 
 logger = logging.getLogger("rpc_redis.reliable")
 
-DEFAULT_HEARTBEAT_INTERVAL = 2.0
 # A heartbeat lives this many intervals: two missed beats are not yet a death.
 HEARTBEAT_LIVES = 3
-DEFAULT_MAX_DELIVERIES = 3
 # How long the count of a request's deliveries is remembered.
 DELIVERIES_TTL_MS = 24 * 3600 * 1000
 
-# KEYS: heartbeat, in-progress list, queue, dead-letter list, deliveries hash
-# ARGV: now (epoch seconds), max deliveries, dead-letter limit, deliveries TTL (ms), queue
-RECOVER_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {-1, 0, 0}
-end
-local now = tonumber(ARGV[1])
-local max_deliveries = tonumber(ARGV[2])
-local requeued, expired, dead = 0, 0, 0
-while true do
-  -- Newest first, each pushed to the head: the queue keeps their original order.
-  local raw = redis.call('RPOP', KEYS[2])
-  if not raw then break end
-  local ok, message = pcall(cjson.decode, raw)
-  local deadline = nil
-  if ok and type(message) == 'table' then deadline = tonumber(message['deadline']) end
-  if deadline and deadline <= now then
-    expired = expired + 1
-  else
-    local delivered = redis.call('HINCRBY', KEYS[5], redis.sha1hex(raw), 1)
-    redis.call('PEXPIRE', KEYS[5], ARGV[4])
-    if delivered >= max_deliveries then
-      local entry = cjson.encode({
-        reason = 'delivered ' .. delivered .. ' times, and every worker died before replying',
-        queue = ARGV[5], time = now, message = raw})
-      redis.call('RPUSH', KEYS[4], entry)
-      redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
-      dead = dead + 1
-    else
-      redis.call('LPUSH', KEYS[3], raw)
-      requeued = requeued + 1
-    end
-  end
-end
-return {requeued, expired, dead}
-"""
+RECOVER_SCRIPT = (resources.files(__package__) / "lua" / "recover.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +78,9 @@ class Reliability:
             }
         )
 
+    def is_reliable(self, queue: str) -> bool:
+        return queue in self.queues
+
     def in_progress_key(self, queue: str) -> str:
         return protocol.in_progress_key(self.worker_id, queue, self.prefix)
 
@@ -124,16 +92,22 @@ class Reliability:
             pipe.hset(protocol.worker_registry_key(self.prefix), self.worker_id, self._registration)
             await pipe.execute()
 
-    async def keep_up(self, command_timeout: float) -> None:
+    async def keep_up(self, command_timeout: float, stop: asyncio.Event) -> None:
         """Beat the heartbeat and look for dead workers, every heartbeat interval, until
-        cancelled; an outage is only waited out (the receivers log it)."""
-        while True:
+        ``stop`` is set; an outage is only waited out (the receivers log it).
+
+        Stopped by the event, not by cancelling: a cancel that lands as a beat completes
+        can be lost inside ``asyncio.wait_for`` (Python before 3.12), and the worker
+        would wait for ever for a task that goes on beating.
+        """
+        while not stop.is_set():
             try:
                 await asyncio.wait_for(self.beat(), command_timeout)
                 await asyncio.wait_for(self.recover_dead_workers(), command_timeout)
             except (*REDIS_ERRORS, asyncio.TimeoutError):
                 pass
-            await asyncio.sleep(self.heartbeat_interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat_interval)
 
     async def recover_dead_workers(self) -> None:
         """Requeue the in-progress requests of every registered worker whose heartbeat is gone."""

@@ -3,7 +3,11 @@
 The supervisor starts P children (the same command, one process each), forwards
 SIGTERM and SIGINT to them, reaps them, and starts a new child in place of one that
 died unexpectedly. It exits once every child has exited after a stop: 0 if they all
-exited 0.
+exited 0. A child that exits 2 met a configuration error (a wrong password...) that
+a restart cannot mend: the supervisor stops the others and exits 2 too.
+
+The Redis URL reaches the children in their environment, not on their command line,
+where ``ps`` would show its password to anyone on the machine.
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ from collections.abc import Sequence
 logger = logging.getLogger("rpc_redis.supervisor")
 
 RESTART_BACKOFF_CAP = 10.0
+EXIT_CONFIGURATION = 2
+URL_VARIABLE = "RPC_REDIS_URL"
 
 
 class Supervisor:
-    def __init__(self, child_command: Sequence[str], processes: int) -> None:
+    def __init__(
+        self, child_command: Sequence[str], processes: int, *, redis_url: str | None = None
+    ) -> None:
         self.child_command = list(child_command)
         self.processes = processes
+        self.environment = dict(os.environ)
+        if redis_url is not None:
+            self.environment[URL_VARIABLE] = redis_url
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self._signals_seen = 0
@@ -54,6 +65,11 @@ class Supervisor:
             if self.stopping:
                 exit_code = exit_code or (1 if code != 0 else 0)
                 continue
+            if code == EXIT_CONFIGURATION:
+                logger.error("worker process %d met a configuration error; stopping", pid)
+                self._stop_children(signal.SIGTERM)
+                exit_code = EXIT_CONFIGURATION
+                continue
             logger.error("worker process %d exited with %s; starting another", pid, code)
             time.sleep(self._restart_delay)
             self._restart_delay = min(self._restart_delay * 2, RESTART_BACKOFF_CAP)
@@ -64,13 +80,16 @@ class Supervisor:
 
     def _start_child(self) -> None:
         # A new session would keep a terminal's Ctrl-C from reaching the children twice.
-        child = subprocess.Popen(self.child_command, start_new_session=True)
+        child = subprocess.Popen(self.child_command, start_new_session=True, env=self.environment)
         self.children[child.pid] = child
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals_seen += 1
+        self._stop_children(signum if self._signals_seen == 1 else signal.SIGKILL)
+
+    def _stop_children(self, signum: int) -> None:
         self.stopping = True
-        forwarded = signum if self._signals_seen == 1 else signal.SIGKILL
+        forwarded = signum
         for pid in list(self.children):
             try:
                 os.kill(pid, forwarded)
@@ -79,17 +98,18 @@ class Supervisor:
 
 
 def child_command(argv: Sequence[str]) -> list[str]:
-    """This command line without ``--processes``, run as ``python -m rpc_redis.cli``."""
+    """This command line without ``--processes`` and ``--redis-url`` (the URL goes in
+    the children's environment), run as ``python -m rpc_redis.cli``."""
     stripped: list[str] = []
     skip_next = False
     for argument in argv:
         if skip_next:
             skip_next = False
             continue
-        if argument == "--processes":
+        if argument in ("--processes", "--redis-url"):
             skip_next = True
             continue
-        if argument.startswith("--processes="):
+        if argument.startswith(("--processes=", "--redis-url=")):
             continue
         stripped.append(argument)
     return [sys.executable, "-m", "rpc_redis.cli", *stripped]

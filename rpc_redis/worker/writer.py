@@ -12,11 +12,10 @@ import asyncio
 from typing import Any
 
 import redis.asyncio
-import redis.exceptions
 
 from ..connection import REDIS_ERRORS, exchange
+from .receiving import Command, raise_first_error
 
-Command = tuple[Any, ...]
 WRITE_READ_TIMEOUT = 10.0
 
 
@@ -94,10 +93,3 @@ def settle(outbox: Outbox, results: list[Any] | BaseException) -> None:
         else:
             mine, results = results[: len(commands)], results[len(commands) :]
             written.set_result(mine)
-
-
-def raise_first_error(responses: list[Any]) -> None:
-    """Raise the first error reply among responses (a key holding the wrong type...)."""
-    for response in responses:
-        if isinstance(response, redis.exceptions.ResponseError):
-            raise response

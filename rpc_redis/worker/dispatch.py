@@ -1,0 +1,292 @@
+"""Dispatch: a service's methods behind jsonrpcserver, with the worker's options and
+middleware, called in the receiving thread or on the event loop.
+
+jsonrpcserver checks each request's method and params and builds its response; the
+methods it calls are the service's functions adapted here (``Handler``): the call is
+made current (``current_call()``), the middleware's ``before_call`` and
+``after_call`` run around it, a time limit bounds it, and what it raises becomes the
+JSON-RPC error its caller gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from jsonrpcserver import JsonRpcError, Success, async_dispatcher, dispatcher
+from jsonrpcserver.dispatcher import create_request, to_response
+from jsonrpcserver.request import Request
+from jsonrpcserver.response import to_serializable_one
+from jsonrpcserver.result import Result
+from jsonrpcserver.sentinels import NODATA, NOID
+
+from .. import protocol
+from ..context import CallContext, enter_call, leave_call
+from ..errors import SERVER_ERROR, InternalError, InvalidRequest, RpcError, TimeLimitExceeded
+from ..middleware import Hooks, run_hooks
+from ..service import Method, Service
+from .threads import HandlerThreads, TimeLimitReached
+
+T = TypeVar("T")
+
+logger = logging.getLogger("rpc_redis.service")
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    """How a worker runs handlers."""
+
+    debug: bool = False  # tracebacks in internal-error replies
+    time_limit: float | None = None  # for methods that set none of their own
+    # Where plain functions run when they must leave the caller's thread; None: inline.
+    threads: HandlerThreads | None = None
+
+
+class Dispatcher:
+    """One service's methods, ready to be called from a receiving thread or the loop."""
+
+    def __init__(
+        self,
+        service: Service,
+        options: DispatchOptions = DispatchOptions(),
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.service = service
+        hooks = hooks or Hooks()
+        self._methods: dict[str, Callable[..., Any]] = {}  # for the event loop
+        self._plain_methods: dict[str, Callable[..., Any]] = {}  # for a thread, plain only
+        for method in service.methods.values():
+            handler = Handler(method, service.name, options, hooks)
+            self._methods[method.name] = handler.for_event_loop()
+            if not method.is_async:
+                self._plain_methods[method.name] = handler.for_thread()
+
+    def dispatches_in_thread(self, payload: Any) -> bool:
+        """Whether :meth:`dispatch_in_thread` can serve this payload: one request that
+        does not name an ``async def`` method (an unknown or invalid one is answered)."""
+        if not isinstance(payload, dict):
+            return False
+        method = payload.get("method")
+        if not isinstance(method, str):
+            return True  # an invalid request, answered as such
+        return method in self._plain_methods or method not in self._methods
+
+    def dispatch_in_thread(
+        self, request: Any, deadline: float | None = None, meta: dict[str, str] | None = None
+    ) -> Any:
+        """Serve one request on this thread (see :meth:`dispatches_in_thread`): its
+        response, or None for a notification. A plain function runs here, unless it has
+        a time limit, in which case it runs on the handler threads for at most that long."""
+        context = self._context(request, deadline, meta)
+        if not isinstance(context, CallContext):
+            return context
+        parsed = create_request(request)
+        method = self._method_if_params_fit(self._plain_methods, parsed)
+        try:
+            if method is not None:
+                result = dispatcher.call(parsed, context, method)
+            else:
+                _, result = dispatcher.dispatch_request(self._plain_methods, context, parsed)
+        except Exception as exc:
+            return self._dispatcher_fault(request, exc)
+        return self._response(parsed, result)
+
+    async def dispatch(
+        self, payload: Any, deadline: float | None = None, meta: dict[str, str] | None = None
+    ) -> Any:
+        """Serve a request or a batch: the response(s) to send, or None if none are due.
+        Plain functions run on the handler threads (inline if there are none)."""
+        if isinstance(payload, list):
+            if not payload:
+                return protocol.error_response(None, InvalidRequest(data="empty batch"))
+            responses = await asyncio.gather(
+                *(self._dispatch_one(item, deadline, meta) for item in payload)
+            )
+            return [response for response in responses if response is not None] or None
+        return await self._dispatch_one(payload, deadline, meta)
+
+    async def _dispatch_one(
+        self, request: Any, deadline: float | None, meta: dict[str, str] | None
+    ) -> Any:
+        context = self._context(request, deadline, meta)
+        if not isinstance(context, CallContext):
+            return context
+        # jsonrpcserver's own steps (method lookup, params check, call), for one request:
+        # its dispatch_to_response_pure would wrap even one in asyncio.gather, a task
+        # and several passes of the event loop per call.
+        parsed = create_request(request)
+        method = self._method_if_params_fit(self._methods, parsed)
+        try:
+            if method is not None:
+                result = await async_dispatcher.call(parsed, context, method)
+            else:
+                _, result = await async_dispatcher.dispatch_request(self._methods, context, parsed)
+        except Exception as exc:
+            return self._dispatcher_fault(request, exc)
+        return self._response(parsed, result)
+
+    def _context(
+        self, request: Any, deadline: float | None, meta: dict[str, str] | None
+    ) -> CallContext | dict[str, Any]:
+        """The context to serve a valid request in, or the error response of an invalid one."""
+        problem = protocol.request_problem(request)
+        if problem is not None:
+            request_id = request.get("id") if isinstance(request, dict) else None
+            request_id = request_id if protocol.is_valid_id(request_id) else None
+            return protocol.error_response(request_id, InvalidRequest(data=problem))
+        return CallContext(
+            self.service.name,
+            request["method"],
+            request.get("params", []),
+            dict(meta) if meta else {},  # each call its own: a handler may change it
+            request.get("id"),
+            deadline,
+            "id" not in request,
+        )
+
+    def _method_if_params_fit(
+        self, methods: dict[str, Callable[..., Any]], parsed: Request
+    ) -> Callable[..., Any] | None:
+        """The method to call at once, if the request's params surely fit it; else None,
+        and jsonrpcserver checks them (and answers what does not fit). Its own check
+        binds the whole signature on every call: a fifth of a call's time in the worker."""
+        registered = self.service.methods.get(parsed.method)
+        if registered is None or not registered.params.fits(parsed.params):
+            return None
+        return methods.get(parsed.method)
+
+    def _dispatcher_fault(self, request: Any, exc: Exception) -> dict[str, Any]:
+        """A fault in the dispatcher itself, not in a handler: answered, and logged."""
+        logger.exception("dispatching %s.%s failed", self.service.name, request["method"])
+        error = RpcError("Server error", str(exc), code=SERVER_ERROR)
+        return protocol.error_response(request.get("id"), error)
+
+    @staticmethod
+    def _response(parsed: Request, result: Result) -> Any:
+        if parsed.id is NOID:
+            return None  # a notification
+        return to_serializable_one(to_response(parsed, result))
+
+
+class Handler:
+    """A plain function adapted as a jsonrpcserver method: context first, Result out.
+
+    The adapted methods keep the function's signature (plus the context), so
+    jsonrpcserver's own check of the params yields -32602 before the function runs.
+    """
+
+    def __init__(
+        self, method: Method, service: str, options: DispatchOptions, hooks: Hooks
+    ) -> None:
+        self.func = method.func
+        self.service = service
+        self.method = method.name
+        self.is_async = method.is_async
+        self.limit = method.time_limit if method.time_limit is not None else options.time_limit
+        self.debug = options.debug
+        self.threads = options.threads
+        self.before_call = hooks.before_call
+        self.after_call = hooks.after_call
+
+    def for_event_loop(self) -> Callable[..., Any]:
+        async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+            token = enter_call(context)
+            try:
+                if self.before_call:
+                    run_hooks(self.before_call, context, may_refuse=True)
+                if self.is_async:
+                    running = self.func(*args, **kwargs)
+                elif self.threads is not None:
+                    running = self.threads.run(self._bound(args, kwargs))
+                else:
+                    running = _completed(self.func(*args, **kwargs))
+                value = await (running if self.limit is None else _within(running, self.limit))
+            except Exception as exc:
+                raise self._failed(context, exc) from exc
+            finally:
+                leave_call(token)
+            return self._succeeded(context, value)
+
+        return self._signed(call)
+
+    def for_thread(self) -> Callable[..., Any]:
+        assert not self.is_async
+
+        def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+            token = enter_call(context)
+            try:
+                if self.before_call:
+                    run_hooks(self.before_call, context, may_refuse=True)
+                if self.limit is None or self.threads is None:
+                    value = self.func(*args, **kwargs)
+                else:
+                    value = self.threads.run_within(self._bound(args, kwargs), self.limit)
+            except Exception as exc:
+                raise self._failed(context, exc) from exc
+            finally:
+                leave_call(token)
+            return self._succeeded(context, value)
+
+        return self._signed(call)
+
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
+        """The call, to run on another thread in this one's context (current_call...)."""
+        return functools.partial(contextvars.copy_context().run, self.func, *args, **kwargs)
+
+    def _succeeded(self, context: CallContext, value: Any) -> Any:
+        if self.after_call:
+            run_hooks(self.after_call, context, value, None)
+        return Success(value)
+
+    def _failed(self, context: CallContext, exc: Exception) -> JsonRpcError:
+        """What the caller gets for what the handler (or a hook) raised; logged, and
+        shown to the middleware's ``after_call``."""
+        error = self._as_rpc_error(exc)
+        if self.after_call:
+            run_hooks(self.after_call, context, None, error)
+        return JsonRpcError(error.code, error.message, NODATA if error.data is None else error.data)
+
+    def _as_rpc_error(self, exc: Exception) -> RpcError:
+        if isinstance(exc, TimeLimitReached):
+            logger.error(
+                "%s.%s ran past its time limit of %ss", self.service, self.method, self.limit
+            )
+            return TimeLimitExceeded(data={"limit": self.limit})
+        if isinstance(exc, RpcError):
+            return exc
+        logger.error("%s.%s raised %s: %s", self.service, self.method, type(exc).__name__, exc)
+        return InternalError(data=protocol.exception_data(exc, with_traceback=self.debug))
+
+    def _signed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(self.func)
+        context_parameter = inspect.Parameter("__context", inspect.Parameter.POSITIONAL_ONLY)
+        call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[context_parameter, *signature.parameters.values()]
+        )
+        call.__name__ = self.method
+        call.__doc__ = self.func.__doc__
+        return call
+
+
+async def _completed(value: T) -> T:
+    return value
+
+
+async def _within(running: Awaitable[T], limit: float) -> T:
+    """Await a handler, giving up after ``limit`` seconds.
+
+    An async handler is cancelled. A plain function's thread cannot be stopped: it runs
+    on, but its slot is freed and its caller answered.
+    """
+    task = asyncio.ensure_future(running)
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:
+        task.cancel()
+        raise TimeLimitReached
+    return task.result()

@@ -1,0 +1,123 @@
+"""The rules of receiving, for both ways a worker receives (threads in ``lanes.py``, the
+event loop in ``loop.py``): which commands take requests, what their answers mean, what
+a failure calls for, how a write is retried through an outage. No I/O here: each twin
+is a thin loop over these functions, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.exceptions
+
+from ..errors import RedisFailure, classify_redis_error
+
+Command = tuple[Any, ...]
+
+# How long past its block a receiving read may wait before the connection is taken for lost.
+READ_GRACE_SECONDS = 5.0
+# How long a worker keeps trying to write an outcome through a Redis outage (or until
+# the request's deadline, if sooner).
+WRITE_RETRY_SECONDS = 30.0
+FIRST_WRITE_RETRY_DELAY = 0.05
+LAST_WRITE_RETRY_DELAY = 1.0
+# How long a receiver waits before popping again from a queue Redis refused to pop.
+REFUSAL_PAUSE_SECONDS = 1.0
+
+
+def rotate(queues: list[str]) -> None:
+    """Put the first queue last, in place: BLPOP takes from the first non-empty queue it
+    names, so rotating on every pop keeps a busy service from starving the others."""
+    if len(queues) > 1:
+        queues.append(queues.pop(0))
+
+
+def receive_commands(queues: Sequence[str], block_seconds: float, take_more: int) -> list[Command]:
+    """A BLPOP of every queue and, with ``take_more``, an LPOP of up to that many more
+    from the first queue (the one BLPOP looks at first), to send in one write."""
+    commands: list[Command] = [("BLPOP", *queues, block_seconds)]
+    if take_more:
+        commands.append(("LPOP", queues[0], take_more))
+    return commands
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What :func:`receive_commands` brought: the BLPOP's request (None if it was cut
+    short or timed out) and what the LPOP took from ``more_from``."""
+
+    queue: str | None
+    request: bytes | None
+    more_from: str
+    more: list[bytes] = field(default_factory=list)
+
+
+def parse_received(responses: list[Any], queues: Sequence[str], take_more: int) -> Received:
+    """The answers to :func:`receive_commands`; raises the first error reply among them
+    (a queue key holding a string...)."""
+    raise_first_error(responses)
+    more = list(responses[1] or []) if take_more else []
+    if responses[0] is None:
+        return Received(None, None, queues[0], more)
+    queue, request = cast(tuple[bytes, bytes], responses[0])
+    return Received(queue.decode(), request, queues[0], more)
+
+
+def raise_first_error(responses: list[Any]) -> None:
+    """Raise the first error reply among responses (a key holding the wrong type...)."""
+    for response in responses:
+        if isinstance(response, redis.exceptions.ResponseError):
+            raise response
+
+
+class AfterFailure(enum.Enum):
+    """What a receiver does when taking requests failed."""
+
+    WAIT_FOR_REDIS = "wait"  # lost or unreachable: wait it out, then receive again
+    PAUSE = "pause"  # Redis refused the pop (a queue holding a string): note it, pause
+    STOP = "stop"  # a configuration error: retrying cannot help, the worker stops
+
+
+def after_receive_failure(error: BaseException) -> AfterFailure | None:
+    """What a failed receive calls for; None if the error is not Redis's (re-raise it)."""
+    failure = classify_redis_error(error)
+    if failure is None:
+        return None
+    if failure is RedisFailure.CONFIGURATION:
+        return AfterFailure.STOP
+    if failure is RedisFailure.REFUSED:
+        return AfterFailure.PAUSE
+    return AfterFailure.WAIT_FOR_REDIS
+
+
+def give_up_time(deadline: float | None, now: float | None = None) -> float:
+    """When to stop retrying a write: after WRITE_RETRY_SECONDS, or at the caller's
+    deadline if sooner, but never less than a second from now."""
+    now = time.time() if now is None else now
+    give_up_at = now + WRITE_RETRY_SECONDS
+    if deadline is not None:
+        give_up_at = max(min(give_up_at, deadline), now + 1)
+    return give_up_at
+
+
+class WriteRetry:
+    """The schedule for writing one outcome through an outage: exponential from 50 ms
+    to 1 s apart, with jitter, until its give-up time."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.give_up_at = give_up_time(deadline)
+        self._delay = FIRST_WRITE_RETRY_DELAY
+
+    def next_delay(self, now: float | None = None) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up."""
+        now = time.time() if now is None else now
+        delay = self._delay * random.uniform(0.5, 1.5)
+        if now + delay > self.give_up_at:
+            return None
+        self._delay = min(self._delay * 2, LAST_WRITE_RETRY_DELAY)
+        return delay
