@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,7 +23,9 @@ from rpc_redis.topologies import (
     EmbeddedCluster,
     SentinelSet,
     TlsFiles,
+    TlsProxy,
     TlsRedis,
+    TopologyError,
     UnixSocketRedis,
     set_acl_users,
 )
@@ -266,6 +270,31 @@ def test_tls_proxy_carries_many_blocked_connections_at_once(
         thread.join(20)
     assert sorted(replies) == sorted((f"rpc:reply:{n}".encode(), f"answer {n}".encode())
                                      for n in range(count))  # fmt: skip
+
+
+def test_a_killed_proxy_is_a_lost_network_and_comes_back_on_its_port(
+    tls_redis: TlsRedis,
+) -> None:
+    once = Retry(NoBackoff(), 0)
+    with redis.Redis.from_url(tls_redis.url_with_certificates(), retry=once) as client:
+        assert client.ping()
+        first_pid, port = tls_redis.proxy.pid, tls_redis.proxy.port
+        tls_redis.proxy.kill()
+        assert first_pid is not None and not pid_alive(first_pid)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            client.ping()
+        tls_redis.proxy.start()
+        assert tls_redis.proxy.port == port and tls_redis.proxy.pid != first_pid
+        assert client.ping()
+
+
+def test_a_proxy_that_cannot_start_says_why(tmp_path: Path, tls_certificates: TlsFiles) -> None:
+    missing = replace(tls_certificates, server_cert=tmp_path / "missing.pem")
+    proxy = TlsProxy(("127.0.0.1", 1), missing)
+    with pytest.raises(TopologyError, match="No such file"):
+        proxy.start()
+    assert proxy.pid is None
+    proxy.close()
 
 
 def test_the_proxy_runs_as_a_module_command(tls_certificates: TlsFiles) -> None:

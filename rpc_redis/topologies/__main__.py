@@ -32,7 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["tls-proxy"]:
         return tls_proxy.main(arguments[1:])
-    parser = argparse.ArgumentParser(prog="python -m rpc_redis.topologies", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m rpc_redis.topologies",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("tls-proxy", help="a TLS endpoint in front of a Redis (see its --help)")
     sentinel = commands.add_parser("sentinel", help="a primary, a replica and three sentinels")
