@@ -5,6 +5,7 @@ envelope's ``meta`` (which the handler reads as ``current_call().meta``) or refu
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +24,11 @@ from rpc_redis import (
     current_call,
 )
 from rpc_redis.embedded import free_port
-from rpc_redis.testing import serve_in_thread
+from rpc_redis.testing import WorkerProcess, serve_in_thread
 from services.calculator import DIVISION_BY_ZERO
+from services.middleware import UNAUTHORIZED, SharedToken
 from tests.client_twins import Twin, twin_fixture  # noqa: F401  (the fixture "twin")
+from tests.conftest import REPOSITORY
 
 service = Service("meta")
 seen_meta: list[dict[str, str]] = []
@@ -236,3 +239,20 @@ def test_no_client_hooks_means_no_hook_work(redis_url: str, twin: Twin) -> None:
         client = twin.connect(redis_url, middleware=middleware)
         assert client.settings.hooks is None  # the call path skips hooks entirely
     assert twin.connect(redis_url, middleware=[Recorder()]).settings.hooks is not None
+
+
+def test_a_client_hooks_token_passes_a_real_workers_check(redis_url: str, twin: Twin) -> None:
+    """End to end: the meta a client hook adds reaches an rpc-worker process's hook."""
+    args = ["services.calculator", "--redis-url", redis_url]
+    args += ["--middleware", "services.middleware:SharedToken"]
+    env = {**os.environ, "RPC_SHARED_TOKEN": "s3cret"}
+    with WorkerProcess(args, cwd=REPOSITORY, env=env):
+        client = twin.connect(redis_url, timeout=5, middleware=[SharedToken("s3cret")])
+        assert client.proxy("calculator").add(1, 2) == 3
+        with client.batch("calculator") as batch:
+            product = batch.mul(2, 3)
+        assert product.result() == 6
+        stranger = twin.connect(redis_url, timeout=5, middleware=[SharedToken("wrong")])
+        with pytest.raises(RpcError) as refused:
+            stranger.proxy("calculator").add(1, 2)
+        assert refused.value.code == UNAUTHORIZED
