@@ -22,7 +22,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import protocol
-from .connection import default_url, redact_url, sync_pool
+from .connection import check_url, default_url, redact_url, sync_pool
+from .errors import RedisFailure, RpcConfigurationError, classify_redis_error, redis_error
 
 # The longest message (in characters) a `dead list` line shows; --json shows it all.
 MESSAGE_WIDTH = 60
@@ -429,14 +430,6 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_pool(pool)  # closing the client closes the pool
 
 
-def shown_url(url: str) -> str:
-    """The URL for an error message: without its password, and never raising."""
-    try:
-        return redact_url(url)
-    except ValueError:
-        return "(an unreadable URL)"
-
-
 def one_line(error: BaseException) -> str:
     """An error's text on one line, so that stderr gets exactly one line per failure."""
     return " ".join(str(error).split()) or type(error).__name__
@@ -452,18 +445,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = args.redis_url or default_url()
     action: Action = args.action_function
     try:
-        connection = connect(url)
-    except ValueError as exc:  # redis-py cannot use the URL
-        return fail(EXIT_USAGE, f"bad Redis URL {shown_url(url)}: {one_line(exc)}")
+        connection = connect(check_url(url))
+    except RpcConfigurationError as exc:  # redis-py cannot use the URL
+        return fail(EXIT_USAGE, one_line(exc))
     try:
         with connection:
             return action(connection, args)
     except UsageError as exc:
         return fail(EXIT_USAGE, str(exc))
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url(url)}: {one_line(exc)}")
-    except redis.exceptions.RedisError as exc:
-        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url(url)} said: {one_line(exc)}")
+    except (redis.exceptions.RedisError, OSError) as exc:
+        return fail_on_redis(exc, redact_url(url))
+
+
+def fail_on_redis(error: BaseException, shown_url: str) -> int:
+    """One line for a Redis failure: exit 2 for a configuration error (credentials, ACL,
+    a missing database: fix the command), 1 for Redis unreachable or refusing."""
+    failure = classify_redis_error(error)
+    if failure is RedisFailure.CONFIGURATION:
+        return fail(EXIT_USAGE, one_line(redis_error(error, shown_url, "rpc-admin")))
+    if failure is RedisFailure.REFUSED:
+        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url} said: {one_line(error)}")
+    return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url}: {one_line(error)}")
 
 
 def fail(status: int, message: str) -> int:

@@ -91,7 +91,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         flag = "--" + item.name.replace("_", "-")
         help_text = item.metadata["help"]
         if "default:" not in help_text:
-            help_text += " (default: %(default)s)"
+            help_text += " (default: none)" if item.default is None else " (default: %(default)s)"
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=item.metadata["help"])
         elif _is_optional(kind, bool):

@@ -155,7 +155,7 @@ def meta_problem(meta: Any) -> str | None:
     if len(meta) > MAX_META_MEMBERS:
         return f"envelope meta has more than {MAX_META_MEMBERS} members"
     for key, value in meta.items():
-        if not key or len(key) > MAX_META_KEY_LENGTH:
+        if not isinstance(key, str) or not key or len(key) > MAX_META_KEY_LENGTH:
             return f"envelope meta keys must be 1 to {MAX_META_KEY_LENGTH} characters"
         if not isinstance(value, str):
             return "envelope meta values must be strings"

@@ -165,6 +165,44 @@ def test_envelope_round_trip_without_reply_key_or_deadline() -> None:
     assert protocol.decode_message(raw) == Incoming(wire(notification), None, None, enveloped=True)
 
 
+def test_envelope_meta_round_trip_and_is_left_out_when_empty() -> None:
+    meta = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    raw = protocol.encode_envelope(request(id="c1"), "rpc:reply:k", None, meta=meta)
+    assert strict_json(raw)["meta"] == meta
+    assert protocol.decode_message(raw) == Incoming(
+        wire(request(id="c1")), "rpc:reply:k", None, enveloped=True, meta=meta
+    )
+    assert "meta" not in strict_json(protocol.encode_envelope(request(), None, None, meta={}))
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "token",
+        {"k": 1},
+        {"k": None},
+        {"": "v"},
+        {"k" * 65: "v"},
+        {"k": "v" * 1025},
+        {str(n): "v" for n in range(protocol.MAX_META_MEMBERS + 1)},
+    ],
+)
+def test_envelope_meta_out_of_bounds_is_rejected_with_a_reply(meta: Any) -> None:
+    envelope = {"v": 1, "reply_to": "rpc:reply:k", "meta": meta, "request": request(id="c1")}
+    decoded = protocol.decode_message(json.dumps(envelope).encode())
+    assert isinstance(decoded, Rejected)
+    assert decoded.reason.startswith("envelope meta")
+    assert (decoded.reply_to, decoded.request_id) == ("rpc:reply:k", "c1")
+    assert isinstance(decoded.error, InvalidRequest)
+
+
+def test_envelope_meta_at_its_bounds_is_accepted() -> None:
+    meta = {f"{n:064d}": "v" * protocol.MAX_META_VALUE_LENGTH for n in range(32)}
+    envelope = {"v": 1, "reply_to": "rpc:reply:k", "meta": meta, "request": request(id="c1")}
+    decoded = protocol.decode_message(json.dumps(envelope).encode())
+    assert isinstance(decoded, Incoming) and decoded.meta == meta
+
+
 def test_integers_up_to_64_bits_survive_the_request_round_trip() -> None:
     raw = protocol.encode_envelope(request(params=EXACT_INTEGERS), "rpc:reply:k", None)
     incoming = protocol.decode_message(raw)

@@ -154,3 +154,33 @@ def test_clean_stop_leaves_no_worker_state(
         for key in redis_connection.keys(pattern)
     ]
     assert leftovers == []
+
+
+def signal_on_a_heartbeat(connection: redis.Redis, worker: WorkerProcess) -> None:
+    """SIGTERM the worker the moment its heartbeat is renewed (its PTTL jumps back up),
+    when its upkeep is between a beat and the scan for dead workers."""
+    [worker_id] = [key.decode() for key in connection.hkeys("rpc:workers")]
+    heartbeat = f"rpc:worker:{worker_id}"
+    last = connection.pttl(heartbeat)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ttl = connection.pttl(heartbeat)
+        if ttl > last:
+            worker.signal(signal.SIGTERM)
+            return
+        last = ttl
+    raise AssertionError("the heartbeat was never renewed")
+
+
+def test_sigterm_on_a_heartbeat_tick_always_exits_0(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    """A reliable worker signalled as a heartbeat lands stops, every time: its upkeep
+    once went on beating, and the worker waited for it, until a second signal."""
+    for _ in range(8):
+        worker = workers.enter_context(reliable_worker(redis_url))
+        wait_until(lambda: redis_connection.hlen("rpc:workers") == 1, 5, "registered")
+        signal_on_a_heartbeat(redis_connection, worker)
+        assert worker.wait(timeout=10) == 0, worker.output
+        assert "stopped" in worker.lines[-1]
+        assert redis_connection.hlen("rpc:workers") == 0

@@ -109,7 +109,7 @@ class Handling:
         if reply_to is not None:
             problem = protocol.reply_key_problem(reply_to, self.services_by_queue, self.prefix)
             if problem is not None:
-                return Outcome(dead_letter_reason=problem)
+                return self._dead_letter(queue, problem)
         if protocol.is_expired(message.deadline, time.time()):
             run_hooks(self.hooks.after_skip, queue, "deadline passed")
             logger.debug(
@@ -118,7 +118,7 @@ class Handling:
             )
             return Outcome()
         if reply_to is None and protocol.expects_reply(message.payload):
-            return Outcome(dead_letter_reason="request has no usable reply key")
+            return self._dead_letter(queue, "request has no usable reply key")
         return message
 
     def answer(self, queue: str, message: protocol.Incoming, response: Any) -> Outcome:
@@ -159,9 +159,6 @@ class Handling:
             return None
         reason = outcome.dead_letter_reason
         if reason is not None:
-            logger.warning(
-                "dead-lettered a message to %s: %s", self.services_by_queue[queue], reason
-            )
             run_hooks(self.hooks.after_dead_letter, queue, reason)
         if outcome.reply_to is None or outcome.body is None:
             return None
@@ -170,8 +167,8 @@ class Handling:
             run_hooks(self.hooks.after_reply_written, queue)
             return None
         kind = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
-        return Outcome(
-            dead_letter_reason=f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
+        return self._dead_letter(
+            queue, f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
         )
 
     def _rejection(self, queue: str, rejected: protocol.Rejected) -> Outcome:
@@ -180,7 +177,7 @@ class Handling:
         if reply_to is None or protocol.reply_key_problem(
             reply_to, self.services_by_queue, self.prefix
         ):
-            return Outcome(dead_letter_reason=rejected.reason)
+            return self._dead_letter(queue, rejected.reason)
         logger.warning(
             "rejected a message to %s (%s); replied with error %d",
             self.services_by_queue[queue],
@@ -189,6 +186,12 @@ class Handling:
         )
         response = protocol.error_response(rejected.request_id, rejected.error)
         return Outcome(reply_to, protocol.encode_response(response))
+
+    def _dead_letter(self, queue: str, reason: str) -> Outcome:
+        """The outcome of a message no one can be answered for: logged once, here, where
+        it is decided (the hooks hear of it once it is written)."""
+        logger.warning("dead-lettered a message to %s: %s", self.services_by_queue[queue], reason)
+        return Outcome(dead_letter_reason=reason)
 
     def _log_error_responses(self, queue: str, payload: Any, response: Any) -> None:
         """One line for each request the caller got wrong; handler failures log their own."""

@@ -109,7 +109,7 @@ class Worker:
         self.stopped = threading.Event()
         self.stopping = Stopping()
         self._busy_receivers: Lanes | None = None
-        self._serving: Any = None
+        self._serving: Serving | None = None
 
     def _receives_in_threads(self) -> bool:
         """Lanes serve plain functions on their own threads; reliable queues (BLMOVE into
@@ -287,7 +287,7 @@ class Worker:
         """Requests being served now, in threads and on the event loop."""
         lanes = self._busy_receivers.busy if self._busy_receivers is not None else 0
         on_loop = self._serving.in_flight if self._serving is not None else 0
-        return int(lanes + on_loop)
+        return lanes + on_loop
 
     def describe(self) -> str:
         """The startup line: what is served, from where, how."""
