@@ -228,7 +228,15 @@ class EmbeddedCluster(DataNodes):
         source = self.node_for_slot(slot)
         if source is to:
             raise TopologyError(f"slot {slot} is already on {to.url}")
-        migration = SlotMigration(self, slot, source, to)
+        migration = SlotMigration(
+            slot,
+            source,
+            to,
+            source_id=self.node_id(source),
+            target_id=self.node_id(to),
+            other_primaries=[node for node in self.primaries() if node not in (source, to)],
+            password=self.password,
+        )
         migration.begin()
         return migration
 

@@ -7,15 +7,12 @@ ASK for a key already moved; afterwards, every key of the slot is a MOVED.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import redis
 
 from ..embedded import EmbeddedRedis
 from .nodes import connect
-
-if TYPE_CHECKING:
-    from .cluster import EmbeddedCluster
 
 MIGRATE_TIMEOUT_MS = 5000
 
@@ -28,30 +25,39 @@ class SlotMigration:
     """
 
     def __init__(
-        self, cluster: EmbeddedCluster, slot: int, source: EmbeddedRedis, target: EmbeddedRedis
+        self,
+        slot: int,
+        source: EmbeddedRedis,
+        target: EmbeddedRedis,
+        *,
+        source_id: str,
+        target_id: str,
+        other_primaries: Sequence[EmbeddedRedis] = (),
+        password: str | None = None,
     ) -> None:
-        self.cluster = cluster
         self.slot = slot
         self.source = source
         self.target = target
+        self.source_id = source_id
+        self.target_id = target_id
+        self.other_primaries = list(other_primaries)  # told the new owner at the end too
+        self.password = password
         self.moved = 0
 
     def _connect(self, node: EmbeddedRedis) -> redis.Redis:
-        return connect(node, self.cluster.password)
+        return connect(node, self.password)
 
     def begin(self) -> None:
         """IMPORTING on the target first, then MIGRATING on the source, as redis-cli does."""
-        source_id = self.cluster.node_id(self.source)
-        target_id = self.cluster.node_id(self.target)
         with self._connect(self.target) as target:
-            target.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
+            target.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.source_id)
         with self._connect(self.source) as source:
-            source.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", target_id)
+            source.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
 
     def move_keys(self, limit: int | None = None, batch: int = 100) -> int:
         """MIGRATE up to ``limit`` (default: all) of the slot's keys; how many moved."""
         moved = 0
-        authentication = ["AUTH", self.cluster.password] if self.cluster.password else []
+        authentication = ["AUTH", self.password] if self.password else []
         with self._connect(self.source) as source:
             while limit is None or moved < limit:
                 count = batch if limit is None else min(batch, limit - moved)
@@ -69,8 +75,6 @@ class SlotMigration:
     def finish(self) -> None:
         """Move the keys left, then give the slot to the target on every primary."""
         self.move_keys()
-        target_id = self.cluster.node_id(self.target)
-        others = [n for n in self.cluster.primaries() if n not in (self.source, self.target)]
-        for node in (self.target, self.source, *others):
+        for node in (self.target, self.source, *self.other_primaries):
             with self._connect(node) as connection:
-                connection.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", target_id)
+                connection.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
