@@ -85,11 +85,14 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         executable: str | None = None,
         extra_args: tuple[str, ...] = (),
+        config_file: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.executable = executable or find_server_binary()
         self.extra_args = extra_args
+        # redis-server reads a config file only as its first argument (a sentinel needs one).
+        self.config_file = config_file
         self.process: subprocess.Popen[bytes] | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="rpc-redis-")
         self.directory = Path(self._directory.name)
@@ -112,6 +115,7 @@ class EmbeddedRedis:
             return self
         command = [
             self.executable,
+            *([str(self.config_file)] if self.config_file is not None else []),
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.directory),
