@@ -309,7 +309,7 @@ def positive_int(text: str) -> int:
 
 
 def service_name(text: str) -> str:
-    """An argparse type: an empty name would address the key ``{prefix}:dead:``."""
+    """An argparse type: an empty name would address the key ``<prefix>:dead:``."""
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
@@ -326,7 +326,7 @@ def admin_parser() -> argparse.ArgumentParser:
     dead = groups.add_parser(
         "dead",
         help="a service's dead letters",
-        description="Act on the dead-letter list {prefix}:dead:{service} of a service.",
+        description="Act on the dead-letter list <prefix>:dead:{<service>} of a service.",
     )
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -93,8 +93,8 @@ async def test_a_push_redis_refuses_fails_the_call_at_once_and_disarms_its_deadl
     redis_url: str, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deadlines = record_deadlines(monkeypatch)
-    redis_connection.set("rpc:queue:calculator", "not a list")
-    refused = rf"^Redis at {redis_url} refused the call to rpc:queue:calculator: WRONGTYPE"
+    redis_connection.set("rpc:queue:{calculator}", "not a list")
+    refused = rf"^Redis at {redis_url} refused the call to rpc:queue:\{{calculator\}}: WRONGTYPE"
     # Far longer than a refusal takes to come back: only the push can fail these calls.
     async with AsyncClient(redis_url, timeout=10) as client:
         calc = client.proxy("calculator")
@@ -116,7 +116,8 @@ async def test_a_push_to_a_redis_that_is_down_fails_with_a_redacted_connection_e
         with pytest.raises(RpcConnectionError) as caught:
             await client.proxy("calculator").add(1, 2)
     assert str(caught.value).startswith(
-        f"Redis at redis://:***@127.0.0.1:{port}/0 failed during the call to rpc:queue:calculator: "
+        f"Redis at redis://:***@127.0.0.1:{port}/0 failed during the call to "
+        "rpc:queue:{calculator}: "
     )
     assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
     assert len(deadlines) == 1 and deadlines[0].cancelled()
@@ -131,12 +132,12 @@ async def test_a_cancelled_call_leaves_nothing_behind(
     async with AsyncClient(redis_url, timeout=10) as client:
         # Cancelled while its request waits in the queue for a worker.
         waiting = asyncio.create_task(client.proxy("nobody").anything())
-        assert await asyncio.to_thread(redis_connection.blpop, ["rpc:queue:nobody"], 10)
+        assert await asyncio.to_thread(redis_connection.blpop, ["rpc:queue:{nobody}"], 10)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         # Cancelled before its flush, which then fails: the flush still settles the other.
-        redis_connection.set("rpc:queue:calculator", "not a list")
+        redis_connection.set("rpc:queue:{calculator}", "not a list")
         calc = client.proxy("calculator")
         cancelled = asyncio.create_task(calc.add(1, 2))
         refused = asyncio.create_task(calc.add(3, 4))

@@ -178,7 +178,7 @@ def test_a_timeout_of_zero_or_less_is_refused_at_once(
         client.call("nobody", "anything", timeout=timeout)
     assert time.monotonic() - started < 0.5  # refused, not waited out
     with redis.Redis.from_url(redis_url) as connection:
-        assert connection.llen("rpc:queue:nobody") == 0  # nothing was sent
+        assert connection.llen("rpc:queue:{nobody}") == 0  # nothing was sent
 
 
 # -- notifications and batches -------------------------------------------------------
@@ -270,8 +270,8 @@ def test_custom_prefix_and_queue(redis_url: str, twin: Twin) -> None:
         client = twin.connect(redis_url, prefix="myapp", timeout=5)
         assert client.proxy("calculator").add(2, 2) == 4
         with redis.Redis.from_url(redis_url) as connection:
-            # The worker is blocked on myapp:queue:calculator, not rpc:queue:calculator.
-            assert connection.llen("rpc:queue:calculator") == 0
+            # The worker is blocked on myapp:queue:{calculator}, not rpc:queue:{calculator}.
+            assert connection.llen("rpc:queue:{calculator}") == 0
     with serve_in_thread(calculator, redis_url, queue="jobs"):
         client = twin.connect(redis_url, timeout=5)
         assert client.proxy("calculator", queue="jobs").mul(2, 5) == 10
@@ -390,7 +390,7 @@ def test_client_never_hangs_when_redis_dies_mid_call(
 
         caller = threading.Thread(target=call)
         caller.start()
-        queue = "rpc:queue:calculator"
+        queue = "rpc:queue:{calculator}"
         wait_until(lambda: calls_in_flight(fresh_redis.url, client.client_name, queue) == 1)
         fresh_redis.kill()
         caller.join(5)

@@ -33,7 +33,7 @@ PASSWORD = "s3cret-pw"
 def test_a_push_redis_refuses_is_an_rpc_redis_error_caused_by_redis(
     redis_url: str, redis_connection: redis.Redis, twin: Twin
 ) -> None:
-    redis_connection.set("rpc:queue:broken", "x")  # RPUSH onto it: WRONGTYPE
+    redis_connection.set("rpc:queue:{broken}", "x")  # RPUSH onto it: WRONGTYPE
     client = twin.connect(redis_url, timeout=10)
     for send in (
         lambda: client.call("broken", "add", [1, 2]),
@@ -45,7 +45,7 @@ def test_a_push_redis_refuses_is_an_rpc_redis_error_caused_by_redis(
         assert time.monotonic() - started < 1  # at once, not at the call's timeout
         assert type(caught.value) is RpcRedisError  # refused: not an outage
         assert str(caught.value).startswith(
-            f"Redis at {redis_url} refused the call to rpc:queue:broken: WRONGTYPE"
+            f"Redis at {redis_url} refused the call to rpc:queue:{{broken}}: WRONGTYPE"
         )
         assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
 
@@ -55,7 +55,7 @@ def test_after_a_refused_push_the_next_call_on_the_same_connection_works(
 ) -> None:
     """The refused RPUSH's BLPOP was still unanswered: the connection that carried it
     must not go back to the pool half-read (the next call read that BLPOP's answer)."""
-    redis_connection.set("rpc:queue:broken", "x")
+    redis_connection.set("rpc:queue:{broken}", "x")
     fewest = 1 if twin.kind == "sync" else 2  # an AsyncClient listens on one, sends on one
     with serve_in_thread(calculator, redis_url):
         client = twin.connect(redis_url, timeout=2, max_connections=fewest)
@@ -257,8 +257,8 @@ def test_no_client_name_reveals_a_reply_key(
 
     caller = threading.Thread(target=call)
     caller.start()
-    wait_until(lambda: redis_connection.llen("rpc:queue:nobody") == 1, what="a call in flight")
-    incoming = decode_message(redis_connection.lindex("rpc:queue:nobody", 0))  # type: ignore[arg-type]
+    wait_until(lambda: redis_connection.llen("rpc:queue:{nobody}") == 1, what="a call in flight")
+    incoming = decode_message(redis_connection.lindex("rpc:queue:{nobody}", 0))  # type: ignore[arg-type]
     reply_to = incoming.reply_to  # type: ignore[union-attr]
     assert reply_to is not None
     token = reply_to.rsplit(":", 1)[-1]

@@ -177,7 +177,7 @@ def test_before_send_raising_rpc_error_fails_the_call_without_sending(
         with client.batch("nobody") as batch:
             batch.anything()
     assert time.monotonic() - started < 1
-    assert redis_connection.llen("rpc:queue:nobody") == 0  # nothing was sent
+    assert redis_connection.llen("rpc:queue:{nobody}") == 0  # nothing was sent
     assert recorder.sent == []  # the chain stopped at the refusal...
     assert len(recorder.replies) == 3  # ...and each refused call's outcome was shown
     assert recorder.replies[0][2] is caught.value
@@ -221,7 +221,7 @@ def test_invalid_meta_is_a_clear_error_and_nothing_is_sent(
     client = twin.connect(redis_url, timeout=5, middleware=[recorder])
     with pytest.raises(ValueError, match=f"middleware set an invalid meta: .*{says}"):
         client.proxy("nobody").anything()
-    assert redis_connection.llen("rpc:queue:nobody") == 0
+    assert redis_connection.llen("rpc:queue:{nobody}") == 0
     assert isinstance(recorder.replies[0][2], ValueError)
 
 

@@ -71,7 +71,7 @@ def test_a_call_made_inside_a_handler_waits_no_longer_than_its_caller(
         started = time.monotonic()
         # The outer caller allows 1 s; the reply is read from the key well after.
         redis_connection.rpush(
-            "rpc:queue:outer", encode_envelope(request, "rpc:reply:outer", time.time() + 1.0)
+            "rpc:queue:{outer}", encode_envelope(request, "rpc:reply:outer", time.time() + 1.0)
         )
         popped = redis_connection.blpop(["rpc:reply:outer"], 10)
         elapsed = time.monotonic() - started

@@ -76,7 +76,7 @@ def call_with_meta(
     request = {"jsonrpc": "2.0", "method": method, "id": 1}
     envelope = json.loads(encode_envelope(request, reply_to, None))
     envelope["meta"] = meta
-    connection.rpush("rpc:queue:hooked", json.dumps(envelope))
+    connection.rpush("rpc:queue:{hooked}", json.dumps(envelope))
     popped = connection.blpop([reply_to], 5)
     assert popped is not None
     return json.loads(popped[1])  # type: ignore[no-any-return]
@@ -177,7 +177,7 @@ def test_rpc_worker_runs_middleware_named_on_its_command_line(
                 meta={"token": "s3cret"},
             )
         )
-        redis_connection.rpush("rpc:queue:calculator", json.dumps(envelope))
+        redis_connection.rpush("rpc:queue:{calculator}", json.dumps(envelope))
         popped = redis_connection.blpop(["rpc:reply:token"], 5)
         assert popped is not None and json.loads(popped[1])["result"] == 3
         worker.wait_for_line(r"calculator\.add took [\d.]+ ms: error 4001")

@@ -59,14 +59,14 @@ def envelope(**members: Any) -> bytes:
 
 
 def test_key_names() -> None:
-    assert protocol.queue_key("calculator") == "rpc:queue:calculator"
-    assert protocol.queue_key("calculator", prefix="app") == "app:queue:calculator"
+    assert protocol.queue_key("calculator") == "rpc:queue:{calculator}"
+    assert protocol.queue_key("calculator", prefix="app") == "app:queue:{calculator}"
     assert protocol.queue_namespace() == "rpc:queue:"
     assert protocol.queue_namespace("app") == "app:queue:"
     assert protocol.reply_key("t0k3n") == "rpc:reply:t0k3n"
     assert protocol.reply_key("t0k3n", prefix="app") == "app:reply:t0k3n"
-    assert protocol.dead_letter_key("calculator") == "rpc:dead:calculator"
-    assert protocol.dead_letter_key("calculator", prefix="app") == "app:dead:calculator"
+    assert protocol.dead_letter_key("calculator") == "rpc:dead:{calculator}"
+    assert protocol.dead_letter_key("calculator", prefix="app") == "app:dead:{calculator}"
 
 
 def test_queue_keys_are_in_the_queue_namespace_and_reply_keys_are_not() -> None:
@@ -450,25 +450,25 @@ def test_an_oversized_bare_batch_is_answered_as_a_whole() -> None:
 
 
 def test_an_ordinary_reply_key_has_no_problem() -> None:
-    assert protocol.reply_key_problem("rpc:reply:abc", {"rpc:queue:calculator"}) is None
+    assert protocol.reply_key_problem("rpc:reply:abc", {"rpc:queue:{calculator}"}) is None
 
 
 def test_a_served_queue_is_not_a_reply_key() -> None:
-    problem = protocol.reply_key_problem("jobs", {"jobs", "rpc:queue:calculator"})
+    problem = protocol.reply_key_problem("jobs", {"jobs", "rpc:queue:{calculator}"})
     assert problem is not None
     assert "queue" in problem
 
 
 @pytest.mark.parametrize(
     "reply_to, prefix",
-    [("rpc:queue:other", "rpc"), ("rpc:queue:", "rpc"), ("app:queue:cats", "app")],
+    [("rpc:queue:{other}", "rpc"), ("rpc:queue:", "rpc"), ("app:queue:{cats}", "app")],
 )
 def test_the_queue_namespace_is_not_a_reply_key(reply_to: str, prefix: str) -> None:
     assert protocol.reply_key_problem(reply_to, set(), prefix=prefix) is not None
 
 
 def test_another_prefix_queue_namespace_is_allowed() -> None:
-    assert protocol.reply_key_problem("rpc:queue:x", set(), prefix="app") is None
+    assert protocol.reply_key_problem("rpc:queue:{x}", set(), prefix="app") is None
 
 
 def test_a_too_long_reply_key() -> None:
@@ -643,20 +643,20 @@ def test_reply_ids() -> None:
     [b'{"jsonrpc":"2.0","method":"add","id":"k"}', "héllo, 世界 🐈".encode(), b""],
 )
 def test_dead_letter_round_trip_of_utf8(raw: bytes) -> None:
-    entry = protocol.encode_dead_letter(raw, "no reply key", "rpc:queue:cats", 1700000000.1234567)
+    entry = protocol.encode_dead_letter(raw, "no reply key", "rpc:queue:{cats}", 1700000000.1234567)
     stored = strict_json(entry)
     assert stored["message"] == raw.decode("utf-8")
     assert "message_base64" not in stored
     decoded = protocol.decode_dead_letter(entry)
     assert decoded["raw"] == raw
     assert decoded["reason"] == "no reply key"
-    assert decoded["queue"] == "rpc:queue:cats"
+    assert decoded["queue"] == "rpc:queue:{cats}"
     assert decoded["time"] == 1700000000.123457
 
 
 @pytest.mark.parametrize("raw", [b"\xff\xfe\x00garbage", b'{"method":"\xc3\x28"}', b"\x80"])
 def test_dead_letter_round_trip_of_non_utf8_bytes(raw: bytes) -> None:
-    entry = protocol.encode_dead_letter(raw, "not valid JSON", "rpc:queue:cats", 1.0)
+    entry = protocol.encode_dead_letter(raw, "not valid JSON", "rpc:queue:{cats}", 1.0)
     stored = strict_json(entry)
     assert "message" not in stored
     assert isinstance(stored["message_base64"], str)

@@ -132,7 +132,7 @@ class Reliability:
                     protocol.in_progress_key(worker_id, queue, self.prefix),
                     queue,
                     protocol.dead_letter_key(service, self.prefix),
-                    protocol.deliveries_key(service, self.prefix),
+                    protocol.deliveries_key(queue, self.prefix),
                 ],
                 args=[
                     repr(time.time()),

@@ -55,7 +55,7 @@ class WorkerSettings:
     queue: str | None = setting(
         None,
         "serve this Redis list instead of the default queue key (one service only; "
-        "default: {prefix}:queue:{service})",
+        "default: <prefix>:queue:{<service>})",
         metavar="NAME",
     )
     prefix: str = setting(protocol.DEFAULT_PREFIX, "the prefix of every key the worker derives")
