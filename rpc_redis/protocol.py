@@ -157,9 +157,11 @@ def encode_envelope(
     reply_to: str | None,
     deadline: float | None,
     meta: dict[str, str] | None = None,
+    stream: dict[str, Any] | None = None,
 ) -> bytes:
     """The message a client pushes: the JSON-RPC request (or batch), where to reply, and
-    the middleware's ``meta`` (left out when empty)."""
+    the middleware's ``meta`` (left out when empty); ``stream`` asks for the results as a
+    stream (``events/streams.py``)."""
     envelope: dict[str, Any] = {"v": ENVELOPE_VERSION}
     if reply_to is not None:
         envelope["reply_to"] = reply_to
@@ -167,6 +169,8 @@ def encode_envelope(
         envelope["deadline"] = round(deadline, 6)
     if meta:
         envelope["meta"] = meta
+    if stream is not None:
+        envelope["stream"] = stream
     envelope["request"] = request
     return dumps(envelope)
 
@@ -246,6 +250,9 @@ class Incoming:
     deadline: float | None
     enveloped: bool
     meta: dict[str, str] = field(default_factory=dict)
+    # The envelope's ``stream`` member as sent (None: not a stream), which the worker's
+    # streaming reads by the rules of ``events/streams.py``.
+    stream: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,12 +312,15 @@ def _from_envelope(envelope: dict[str, Any]) -> Incoming | Rejected:
         reason = "envelope deadline must be a number (seconds since the Unix epoch)"
         return Rejected(reason, InvalidRequest(data=reason), reply_to, request_id)
     meta = envelope.get("meta")
+    stream = envelope.get("stream")
     if meta is None:
-        return Incoming(envelope["request"], reply_to, deadline, enveloped=True)
+        return Incoming(envelope["request"], reply_to, deadline, enveloped=True, stream=stream)
     problem = meta_problem(meta)
     if problem is not None:
         return Rejected(problem, InvalidRequest(data=problem), reply_to, request_id)
-    return Incoming(envelope["request"], reply_to, deadline, enveloped=True, meta=meta)
+    return Incoming(
+        envelope["request"], reply_to, deadline, enveloped=True, meta=meta, stream=stream
+    )
 
 
 def bare_reply_key(document: Any) -> str | None:

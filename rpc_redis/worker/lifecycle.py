@@ -31,6 +31,7 @@ from ..middleware import Hooks, Middleware
 from ..service import Service
 from .connections import ReceivingConnections
 from .dispatch import Dispatcher, DispatchOptions
+from .events import EventReceivers
 from .handling import Handling, WorkerStats
 from .lanes import Lanes
 from .loop import LoopReceivers
@@ -39,6 +40,7 @@ from .receiving import AfterFailure, after_receive_failure
 from .reliable import Reliability
 from .serving import Serving
 from .settings import WorkerSettings
+from .streamer import Streaming
 from .threads import HandlerThreads
 from .writer import Writer
 
@@ -79,7 +81,13 @@ class Worker:
         self.services = services
         self.redis_url = redis_url or default_url()
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.by_queue = {queue or service.queue_key(prefix): service for service in services}
+        # A service of event handlers only has no queue to serve.
+        self.by_queue = {
+            queue or service.queue_key(prefix): service
+            for service in services
+            if service.methods or not service.handles_events
+        }
+        self.event_services = [service for service in services if service.handles_events]
         # Reliable queues: requests move into an in-progress list until answered.
         self.reliable_queues = {
             queue: service.name
@@ -90,7 +98,7 @@ class Worker:
         self.stats = WorkerStats()
         self.hooks = Hooks([self.stats, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
-        dispatch_options = DispatchOptions(
+        self.dispatch_options = dispatch_options = DispatchOptions(
             self.settings.debug, self.settings.time_limit, self.handler_threads
         )
         self.dispatchers = {
@@ -110,6 +118,7 @@ class Worker:
         self.stopping = Stopping()
         self._busy_receivers: Lanes | None = None
         self._serving: Serving | None = None
+        self._events: EventReceivers | None = None
 
     def _receives_in_threads(self) -> bool:
         """Lanes serve plain functions on their own threads; reliable queues (BLMOVE into
@@ -164,11 +173,25 @@ class Worker:
             max_deliveries=self.settings.max_deliveries,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
-        serving = Serving(
-            self.handling, self.dispatchers, Writer(client.connection_pool), reliability, loop
+        writer = Writer(client.connection_pool)
+        streaming = Streaming(
+            writer, reply_ttl_ms=self.settings.reply_ttl_ms, threads=self.handler_threads
         )
+        serving = Serving(self.handling, self.dispatchers, writer, reliability, loop, streaming)
         self._serving = serving
         connections = ReceivingConnections(self.redis_url, f"rpc-worker-{self.name}", ADMIN_TIMEOUT)
+        if self.event_services:
+            self._events = EventReceivers(
+                self.event_services,
+                self.dispatch_options,
+                self.hooks,
+                self.settings,
+                worker_name=self.name,
+                client=client,
+                writer=writer,
+                outages=outages,
+                connections=connections,
+            )
         receiving_done = asyncio.Event()
         unblocker = asyncio.create_task(self._unblock_at_stop(connections, client, receiving_done))
         upkeep_done = asyncio.Event()
@@ -215,14 +238,42 @@ class Worker:
         connections: ReceivingConnections,
         client: redis.asyncio.Redis,
     ) -> None:
-        """Receive until stopped: in lanes (threads), or on the event loop. The startup
-        line and :attr:`ready` wait for the receiving connections to be up, so that
-        "ready" means receiving (a failed one meets its outage in its receive loop)."""
+        """Receive until stopped: requests in lanes (threads) or on the event loop, and
+        events beside them. The startup line and :attr:`ready` wait for the receiving
+        connections to be up, so that "ready" means receiving (a failed one meets its
+        outage in its receive loop)."""
+        receivers: list[Lanes | LoopReceivers | EventReceivers] = []
+        if self.by_queue:
+            receivers.append(self._request_receivers(serving, outages, connections, client))
+        if self._events is not None:
+            receivers.append(self._events)
+        receiving: asyncio.Future[Any] = asyncio.gather(*(each.run() for each in receivers))
+        connected: asyncio.Future[Any] = asyncio.gather(
+            *(each.connected.wait() for each in receivers)
+        )
+        try:
+            await asyncio.wait({receiving, connected}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            receiving.cancel()  # as it would be if awaited
+            raise
+        finally:
+            connected.cancel()
+        if all(each.connected.is_set() for each in receivers) and not self.stopping.requested:
+            logger.info("%s", self.describe())
+            self.ready.set()
+        await receiving
+
+    def _request_receivers(
+        self,
+        serving: Serving,
+        outages: Outages,
+        connections: ReceivingConnections,
+        client: redis.asyncio.Redis,
+    ) -> Lanes | LoopReceivers:
         settings = self.settings
         plain_queues = [queue for queue in self.by_queue if queue not in self.reliable_queues]
-        receivers: Lanes | LoopReceivers
         if self.uses_lanes:
-            receivers = Lanes(
+            self._busy_receivers = Lanes(
                 serving,
                 outages,
                 connections,
@@ -233,32 +284,18 @@ class Worker:
                 stats=self.stats,
                 pool=client.connection_pool,
             )
-            self._busy_receivers = receivers
-        else:
-            # BLMOVE takes one source list: a receiver for each reliable queue.
-            groups = [[queue] for queue in self.reliable_queues]
-            groups += [plain_queues] if plain_queues else []
-            receivers = LoopReceivers(
-                serving,
-                outages,
-                connections,
-                groups,
-                concurrency=settings.concurrency,
-                block_seconds=settings.block_seconds,
-            )
-        receiving = asyncio.create_task(receivers.run())
-        connected = asyncio.create_task(receivers.connected.wait())
-        try:
-            await asyncio.wait({receiving, connected}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            receiving.cancel()  # as it would be if awaited
-            raise
-        finally:
-            connected.cancel()
-        if receivers.connected.is_set() and not self.stopping.requested:
-            logger.info("%s", self.describe())
-            self.ready.set()
-        await receiving
+            return self._busy_receivers
+        # BLMOVE takes one source list: a receiver for each reliable queue.
+        groups = [[queue] for queue in self.reliable_queues]
+        groups += [plain_queues] if plain_queues else []
+        return LoopReceivers(
+            serving,
+            outages,
+            connections,
+            groups,
+            concurrency=settings.concurrency,
+            block_seconds=settings.block_seconds,
+        )
 
     def stop(self) -> None:
         """Stop taking requests; in-flight ones finish. Safe from any thread or signal handler."""
@@ -287,13 +324,22 @@ class Worker:
         """Requests being served now, in threads and on the event loop."""
         lanes = self._busy_receivers.busy if self._busy_receivers is not None else 0
         on_loop = self._serving.in_flight if self._serving is not None else 0
-        return lanes + on_loop
+        events = self._events.in_flight if self._events is not None else 0
+        return lanes + on_loop + events
 
     def describe(self) -> str:
         """The startup line: what is served, from where, how."""
         served = "; ".join(
-            f"{service.name} [{protocol.summarize(sorted(service.methods))}] from {queue}"
-            for queue, service in self.by_queue.items()
+            [
+                *(
+                    f"{service.name} [{protocol.summarize(sorted(service.methods))}] from {queue}"
+                    for queue, service in self.by_queue.items()
+                ),
+                *(
+                    f"{service.name} events on [{protocol.summarize(event_sources(service))}]"
+                    for service in self.event_services
+                ),
+            ]
         )
         reliable = f", reliable: {', '.join(self.reliable_queues)}" if self.reliable_queues else ""
         where = (
@@ -310,6 +356,12 @@ class Worker:
     def busy_handler_threads(self) -> int:
         """Threads running a plain-function handler now: after a stop, those past a limit."""
         return self.handler_threads.busy
+
+
+def event_sources(service: Service) -> list[str]:
+    """What a service's event handlers listen to, for the startup line."""
+    subscribed = [item.channel or f"{item.pattern} (pattern)" for item in service.subscriptions]
+    return [*subscribed, *(f"{topic} (durable)" for topic in service.consumers)]
 
 
 def run_worker(worker: Worker) -> None:
