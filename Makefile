@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## an embedded Redis, a cats worker and a client sending cats
+demo: $(STAMP)  ## an embedded Redis, a worker, cats sent and kittens streamed, an SMS reply, an order
 	$(BIN)/python -m services.demo
 
 test: lint  ## lint, then the whole suite, on embedded redis-server processes

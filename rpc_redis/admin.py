@@ -24,6 +24,7 @@ from redis.retry import Retry
 from . import protocol
 from .connection import check_url, default_url, redact_url, sync_pool
 from .errors import RedisFailure, RpcConfigurationError, classify_redis_error, redis_error
+from .events import wire
 
 # The longest message (in characters) a `dead list` line shows; --json shows it all.
 MESSAGE_WIDTH = 60
@@ -38,24 +39,27 @@ EXIT_REDIS_ERROR = 1
 EXIT_USAGE = 2
 
 # KEYS[1]: the dead-letter list.  ARGV[1]: the most messages to requeue, 0 for no limit.
-# Returns {requeued, skipped, left}.
+# Returns {requeued, skipped, left, events}.
 #
 # Entries are examined from the head (oldest first). One that holds its message as text
 # is moved: its `message` goes, unchanged, to the tail of its `queue`, and the entry
-# leaves the list. Any other entry (binary, unreadable, or naming a key that is not a
-# list) is skipped and stays, in its place. The scan is bounded by the list's length,
-# all reads come before the first write, and Redis runs the script atomically: each
-# entry ends up either requeued or still here, never both, never neither.
+# leaves the list. A durable event's entry (it names a `stream`) stays, counted in
+# `events`: it goes back to its stream afterwards (see requeue_dead_events). Any other
+# entry (binary, unreadable, or naming a key that is not a list) is skipped and stays,
+# in its place. The scan is bounded by the list's length, all reads come before the
+# first write, and Redis runs the script atomically: each entry ends up either
+# requeued or still here, never both, never neither.
 REQUEUE_SCRIPT = """
 local dead = KEYS[1]
 local limit = tonumber(ARGV[1])
 local total = redis.call('LLEN', dead)
 local moves, kept, queue_usable = {}, {}, {}
-local scanned = 0
+local scanned, events = 0, 0
 
 local function destination(entry)
   local ok, decoded = pcall(cjson.decode, entry)
   if not ok or type(decoded) ~= 'table' then return nil end
+  if type(decoded['stream']) == 'string' then return 'stream' end
   local queue, message = decoded['queue'], decoded['message']
   if type(queue) ~= 'string' or queue == '' or queue == dead then return nil end
   if type(message) ~= 'string' then return nil end
@@ -74,7 +78,10 @@ while scanned < total and (limit == 0 or #moves < limit) do
     if limit > 0 and #moves >= limit then break end
     scanned = scanned + 1
     local queue, message = destination(entry)
-    if queue then
+    if queue == 'stream' then
+      kept[#kept + 1] = entry
+      events = events + 1
+    elseif queue then
       moves[#moves + 1] = {queue, message}
     else
       kept[#kept + 1] = entry
@@ -92,7 +99,7 @@ if #moves > 0 then
     redis.call('LPUSH', dead, kept[index])
   end
 end
-return {#moves, #kept, redis.call('LLEN', dead)}
+return {#moves, #kept - events, redis.call('LLEN', dead), events}
 """
 
 
@@ -141,7 +148,8 @@ class DeadLetter:
                 return cls._unreadable(entry)
         else:
             raw = b""
-        queue = members.get("queue")
+        # A durable event's entry names its stream instead of a queue.
+        queue = members.get("queue", members.get("stream"))
         at = members.get("time")
         return cls(
             reason=str(members.get("reason", "")),
@@ -209,18 +217,58 @@ def requeue_dead_letters(
     prefix: str = protocol.DEFAULT_PREFIX,
     limit: int | None = None,
 ) -> RequeueResult:
-    """Push dead messages back onto their queues, oldest first, in one atomic script.
+    """Push dead messages back onto their queues, oldest first, in one atomic script;
+    then dead events back into their streams (:func:`requeue_dead_events`).
 
     Each message goes back exactly as it was first received, to the tail of the queue
     it was popped from. Binary and unreadable entries stay in the list, in order. With
     ``limit``, at most that many messages are requeued.
     """
     _check_limit(limit)
+    key = protocol.dead_letter_key(service, prefix)
     script = connection.register_script(REQUEUE_SCRIPT)
-    requeued, skipped, left = script(
-        keys=[protocol.dead_letter_key(service, prefix)], args=[limit or 0]
+    requeued, skipped, left, events = script(keys=[key], args=[limit or 0])
+    result = RequeueResult(int(requeued), int(skipped), int(left))
+    room = None if limit is None else limit - result.requeued
+    if not int(events) or room == 0:
+        return result
+    moved, unusable = requeue_dead_events(connection, key, room)
+    return RequeueResult(
+        result.requeued + moved, result.skipped + unusable, int(connection.llen(key))
     )
-    return RequeueResult(int(requeued), int(skipped), int(left))
+
+
+def requeue_dead_events(
+    connection: redis.Redis, dead_key: str, limit: int | None = None
+) -> tuple[int, int]:
+    """Put dead durable events back into the streams they came from, oldest first, each
+    addressed to its service alone (the entry's ``for`` field: the stream's other
+    consumer groups acknowledge it unhandled). How many went back, and how many could
+    not (binary, or a stream key that holds another type), which stay.
+
+    The stream is in another hash slot than the dead letters, so this is no atomic
+    script: each event is added to its stream before its entry leaves the list, and an
+    interruption between the two can only requeue it twice, never lose it."""
+    moved = unusable = 0
+    entries: list[Any] = connection.lrange(dead_key, 0, -1)
+    for entry in entries:
+        if limit is not None and moved >= limit:
+            break
+        letter = _json_object(entry if isinstance(entry, bytes) else entry.encode())
+        if letter is None or not isinstance(letter.get("stream"), str):
+            continue
+        fields = wire.requeue_fields(letter)
+        kind = connection.type(letter["stream"])
+        if fields is None or (kind.decode() if isinstance(kind, bytes) else kind) not in (
+            "stream",
+            "none",
+        ):
+            unusable += 1
+            continue
+        connection.xadd(letter["stream"], fields)  # type: ignore[arg-type]
+        if connection.lrem(dead_key, 1, entry):
+            moved += 1
+    return moved, unusable
 
 
 def purge_dead_letters(

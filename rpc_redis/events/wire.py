@@ -182,10 +182,12 @@ def encode_event_dead_letter(
     return protocol.dumps(letter)
 
 
-def requeue_command(letter: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The XADD that puts a dead event back in its stream, for its service alone; None
-    if the letter is not a readable event's."""
-    stream, group, message = letter.get("stream"), letter.get("group"), letter.get("message")
-    if not all(isinstance(value, str) and value for value in (stream, group, message)):
+def requeue_fields(letter: dict[str, Any]) -> dict[str, str] | None:
+    """The fields of the entry that puts a dead event back in its stream, for its
+    service alone; None if the letter is not a readable event's."""
+    group, message = letter.get("group"), letter.get("message")
+    if not all(isinstance(value, str) and value for value in (letter.get("stream"), group)):
         return None
-    return ("XADD", stream, "*", EVENT_FIELD, message, FOR_FIELD, group)
+    if not isinstance(message, str):
+        return None
+    return {EVENT_FIELD: message, FOR_FIELD: str(group)}
