@@ -108,8 +108,7 @@ class Service:
 
         ``name`` renames it on the wire; ``time_limit`` (seconds) overrides the worker's.
         """
-        if time_limit is not None and time_limit <= 0:
-            raise ValueError("time_limit must be a positive number of seconds")
+        _check_time_limit(time_limit)
 
         def register(func: F) -> F:
             method_name = name or func.__name__
@@ -145,6 +144,7 @@ class Service:
         if (channel is None) == (pattern is None):
             raise ValueError("subscribe to a channel or a pattern: give exactly one")
         _check_name("channel" if pattern is None else "pattern", channel or pattern)
+        _check_time_limit(time_limit)
 
         def register(func: F) -> F:
             handler = _event_handler(func, time_limit)
@@ -159,6 +159,7 @@ class Service:
         acknowledged after the function returns, and handled again if it raised or its
         worker died (``current_call().delivery_count`` says how often it came)."""
         _check_name("topic", topic)
+        _check_time_limit(time_limit)
         if "{" in topic or "}" in topic:
             raise ValueError("a topic's name is its stream's hash tag: no braces in it")
         if topic in self.consumers:
@@ -176,11 +177,14 @@ def _check_name(what: str, name: str | None) -> None:
         raise ValueError(f"a {what} must be a non-empty string, not {name!r}")
 
 
+def _check_time_limit(time_limit: float | None) -> None:
+    if time_limit is not None and time_limit <= 0:
+        raise ValueError("time_limit must be a positive number of seconds")
+
+
 def _event_handler(func: Callable[..., Any], time_limit: float | None) -> Method:
     """An event handler as a Method (so the worker runs it as it runs methods), checked
     now: it must take the event's data as its one positional argument."""
-    if time_limit is not None and time_limit <= 0:
-        raise ValueError("time_limit must be a positive number of seconds")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         raise ValueError(f"an event handler cannot be a generator: {func.__qualname__}")
     try:

@@ -261,10 +261,12 @@ class AsyncStream:
         exchange: AsyncExchange,
         background: Callable[[Awaitable[Any]], None],
     ) -> None:
-        """``background``: runs a cancel the stream cannot await (from ``__del__``)."""
+        """``background``: runs, on the client's loop, a cancel nobody can await (one
+        from ``__del__``, which may run on any thread)."""
         self._state = StreamState(call, hooks)
         self._exchange = exchange
         self._background = background
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it is read on
 
     @property
     def reply_key(self) -> str:
@@ -275,6 +277,7 @@ class AsyncStream:
 
     async def __anext__(self) -> Any:
         state = self._state
+        self._loop = asyncio.get_running_loop()
         while True:
             try:
                 found, item = state.next_item()
@@ -311,8 +314,8 @@ class AsyncStream:
         await self.aclose()
 
     def __del__(self) -> None:
-        state = self._state
-        if not state.ended:
+        state, loop = self._state, self._loop
+        if not state.ended and loop is not None and not loop.is_closed():
             with contextlib.suppress(Exception):
-                self._background(self._cancel(state.stop()))
+                loop.call_soon_threadsafe(self._background, self._cancel(state.stop()))
                 state.closed()

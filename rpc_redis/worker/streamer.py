@@ -1,17 +1,21 @@
 """Streamed results: a generator method's items pushed to its caller's reply key as they
 come, never more than the caller's window waiting there.
 
-A stream runs on the event loop, holding one of the worker's slots from its first item
-to its last, like any call. An async generator is pulled on the loop; a plain one on
-the handler threads, a batch at a time. A batch ends when it fills the room the reply
-key has left, or once pulling it has taken BATCH_SECONDS, so quick items go out
-together in one round trip and a slow one goes out at once. Each push is one Lua step
-(``lua/push_items.lua``) that writes only what fits the window; while the caller lets
-the window stay full, the generator is not pulled, so the worker holds at most one
-batch. The caller ends a stream early by setting its reply key to a string, which the
-next push (or, while the generator is slow, the next look) finds: the generator is
-closed there, its ``finally`` blocks run. A caller that takes nothing for the reply
-TTL is taken for gone, and its stream closed in the same way.
+A stream holds one of the worker's slots from its first item to its last, like any
+call, and runs as a small pipeline. A producer runs the generator: a plain one on a
+handler thread of its own, an async one in a task, each with its call current. It may
+be ahead of Redis by at most ``window`` items (credit, given back as items go into the
+reply key), so a slow caller holds the generator at its ``yield`` and the worker never
+holds more than a window of items. The pump, on the event loop, pushes whatever the
+producer has made since its last push, in one Lua step (``lua/push_items.lua``) that
+writes only what fits the window: an item made alone goes out at once, items made
+while a push is in flight go out together.
+
+A caller ends a stream early by setting its reply key to a string, which the next push
+(or, while the generator is slow, a look every CANCEL_CHECK_SECONDS) finds; a caller
+that takes nothing for the reply TTL is taken for gone. Either way the generator is
+closed where it stands (its ``finally`` blocks run): an async one at once, a plain one
+when its thread gets it back from the item it is making.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
 from importlib import resources
 from typing import Any
 
@@ -33,23 +38,12 @@ from .writer import Writer
 logger = logging.getLogger("rpc_redis.worker")
 
 PUSH_ITEMS_SCRIPT = (resources.files(__package__) / "lua" / "push_items.lua").read_text()
-BATCH_SECONDS = 0.001
 CANCEL_CHECK_SECONDS = 1.0
 # How often a full window is looked at again: from a millisecond, doubling up to this.
 LAST_POLL_DELAY = 0.05
-
 # What the push script answers, instead of a count, when the stream must stop.
 CANCELLED = -1
 KEY_TAKEN = -2
-
-
-@dataclass
-class Pulled:
-    """What one pull from a generator brought: items, and whether (and how) it ended."""
-
-    items: list[Any] = field(default_factory=list)
-    ended: bool = False
-    error: Exception | None = None
 
 
 class Streaming:
@@ -63,128 +57,284 @@ class Streaming:
     async def run(self, opened: OpenStream, reply_to: str, window: int) -> bool:
         """Stream every item and the end; True once the end is written, False if the
         caller cancelled or went away (the generator is closed either way)."""
-        return await StreamRun(self, opened, reply_to, window).run()
+        if hasattr(opened.generator, "__anext__"):
+            producer: Producer = TaskProducer(opened, window)
+        else:
+            producer = ThreadProducer(opened, window, self.threads)
+        return await StreamRun(self, opened, producer, reply_to, window).run()
+
+
+# -- producers ---------------------------------------------------------------------------
+
+
+class Producer:
+    """Runs a generator ahead of the pump, by at most its credit: what it made waits in
+    ``made``; once it returns or raises, ``finished`` is set (``error`` says which)."""
+
+    def __init__(self, opened: OpenStream) -> None:
+        self.opened = opened
+        self.made: deque[Any] = deque()
+        self.finished = False
+        self.error: Exception | None = None
+        self.making_since: float | None = None  # time.monotonic(), while in the generator
+        self.ready = asyncio.Event()  # something was made, or the generator finished
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def give_credit(self, items: int) -> None:
+        """``items`` made are in Redis now: as many more may be made."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Close the generator where it stands, unless it finished by itself."""
+        raise NotImplementedError
+
+    def take(self) -> list[Any]:
+        """Everything made since the last take."""
+        self.ready.clear()
+        taken = list(self.made)
+        for _ in taken:
+            self.made.popleft()
+        return taken
+
+
+class ThreadProducer(Producer):
+    """A plain generator, pulled on a handler thread of its own, in its call's context."""
+
+    def __init__(self, opened: OpenStream, window: int, threads: HandlerThreads) -> None:
+        super().__init__(opened)
+        self.threads = threads
+        self._credit = threading.Semaphore(window)
+        self._stopping = False
+        self._loop = asyncio.get_running_loop()
+        self._signalled = False  # a wake-up is on its way to the loop
+        self._running: asyncio.Future[Any] | None = None
+
+    def start(self) -> None:
+        context = self.opened.running_in
+        self._running = asyncio.ensure_future(self.threads.run(lambda: context.run(self._make)))
+
+    def _make(self) -> None:
+        try:
+            self._pull()
+        except Exception as exc:  # from the generator's close: its finally raised
+            logger.error(
+                "closing %s raised %s: %s", self.opened.call.method, type(exc).__name__, exc
+            )
+
+    def _pull(self) -> None:
+        generator = self.opened.generator
+        while not self._stopping:
+            if not self._credit.acquire(timeout=CANCEL_CHECK_SECONDS):
+                continue
+            if self._stopping:
+                break
+            self.making_since = time.monotonic()
+            try:
+                item = next(generator)
+            except StopIteration:
+                self._finish(None)
+                return
+            except Exception as exc:
+                self._finish(exc)
+                return
+            finally:
+                self.making_since = None
+            self.made.append(item)
+            self._wake()
+        generator.close()
+
+    def _finish(self, error: Exception | None) -> None:
+        self.error, self.finished = error, True
+        self._wake()
+
+    def _wake(self) -> None:
+        # One wake-up at a time: the pump clears the flag before it takes what was made.
+        if not self._signalled:
+            self._signalled = True
+            self._loop.call_soon_threadsafe(self.ready.set)
+
+    def take(self) -> list[Any]:
+        self._signalled = False
+        return super().take()
+
+    def give_credit(self, items: int) -> None:
+        for _ in range(items):
+            self._credit.release()
+
+    async def stop(self) -> None:
+        # Its thread closes the generator once it has it back; nothing waits for that.
+        self._stopping = True
+        self._credit.release()
+
+
+class TaskProducer(Producer):
+    """An async generator, pulled in a task of its own on the loop, in its call's context."""
+
+    def __init__(self, opened: OpenStream, window: int) -> None:
+        super().__init__(opened)
+        self._credit = asyncio.Semaphore(window)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        # A task copies the context it is made in: the generator's, its call current.
+        self._task = self.opened.running_in.run(asyncio.ensure_future, self._make())
+
+    async def _make(self) -> None:
+        generator = self.opened.generator
+        while True:
+            await self._credit.acquire()
+            self.making_since = time.monotonic()
+            try:
+                item = await generator.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                self.error = exc
+                break
+            finally:
+                self.making_since = None
+            self.made.append(item)
+            self.ready.set()
+        self.finished = True
+        self.ready.set()
+
+    def give_credit(self, items: int) -> None:
+        for _ in range(items):
+            self._credit.release()
+
+    async def stop(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        closing = self.opened.running_in.run(asyncio.ensure_future, self.opened.generator.aclose())
+        try:
+            await closing
+        except Exception as exc:
+            logger.error(
+                "closing %s raised %s: %s", self.opened.call.method, type(exc).__name__, exc
+            )
+
+
+# -- the pump ----------------------------------------------------------------------------
 
 
 class StreamRun:
-    """One stream, from its first pull to its end."""
+    """One stream, from its first item to its end."""
 
     def __init__(
-        self, streaming: Streaming, opened: OpenStream, reply_to: str, window: int
+        self,
+        streaming: Streaming,
+        opened: OpenStream,
+        producer: Producer,
+        reply_to: str,
+        window: int,
     ) -> None:
         self.streaming = streaming
         self.opened = opened
+        self.producer = producer
         self.reply_to = reply_to
         self.window = window
         self.request_id = opened.call.request_id
         self.name = f"{opened.call.service}.{opened.call.method}"
-        self.is_async = hasattr(opened.generator, "__anext__")
         self.limit = opened.handler.limit
         self.sent = 0  # items in the reply key (or already taken from it)
         self.length = 0  # the reply list's length, as last seen
         self.started = False  # a first push went in
-        self.exhausted = False  # the generator returned or raised: nothing to close
         self._end: bytes | None = None  # the message that ends the stream, once made
-        self._pulling: asyncio.Future[Pulled] | None = None
 
     async def run(self) -> bool:
+        self.producer.start()
         pending: list[bytes] = []
+        ended = False
         try:
             while True:
                 if not pending:
                     if self._end is not None:
+                        ended = True
                         return True  # pushed, with everything before it
-                    pulled = await self._pull(max(self.window - self.length, 1))
-                    if pulled is None:
-                        return False  # cancelled while the generator was slow
-                    pending = self._messages(pulled)
+                    if not await self._wait_for_items():
+                        return False
+                    pending = self._messages()
+                sent_before = self.sent
                 pushed = await self._push(pending)
                 if pushed is None:
                     return False
+                self.producer.give_credit(self.sent - sent_before)
                 pending = pending[pushed:]
                 more = pending or self._end is None
                 if more and self.length >= self.window and not await self._wait_for_room():
                     return False
         finally:
-            await self._close()
+            if not ended:  # cancelled, or its caller gone: the middleware hears of it
+                self.opened.handler.finished(
+                    self.opened.call, {"items": self.sent, "cancelled": True}
+                )
+            if not self.producer.finished:
+                await self.producer.stop()
 
-    # -- the generator ---------------------------------------------------------------
+    # -- the generator's side --------------------------------------------------------
 
-    def _messages(self, pulled: Pulled) -> list[bytes]:
-        """The messages for a pull's items, then the end if the generator ended; an
-        item that cannot be written as JSON ends the stream with an error instead,
-        after the items before it."""
+    async def _wait_for_items(self) -> bool:
+        """Wait until the producer has made something, or finished; False if the
+        caller cancelled meanwhile. Past the time limit, the stream ends with
+        TimeLimitExceeded (the generator is abandoned where it stands)."""
+        producer = self.producer
+        while not producer.made and not producer.finished:
+            wait = CANCEL_CHECK_SECONDS
+            since = producer.making_since
+            if self.limit is not None and since is not None:
+                wait = min(wait, max(since + self.limit - time.monotonic(), 0))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(producer.ready.wait(), wait)
+            if producer.made or producer.finished:
+                break
+            since = producer.making_since
+            if (
+                self.limit is not None
+                and since is not None
+                and time.monotonic() - since >= self.limit
+            ):
+                logger.error("%s ran past its time limit of %ss", self.name, self.limit)
+                self._end = self._failed(TimeLimitExceeded(data={"limit": self.limit}))
+                return True
+            if await self._push([]) is None:  # has the caller cancelled meanwhile?
+                return False
+        return True
+
+    def _messages(self) -> list[bytes]:
+        """The messages for what the producer made, then the end if it finished (or an
+        item cannot be written as JSON, which ends the stream with an error after the
+        items before it)."""
+        if self._end is not None:  # past the time limit
+            return [self._end]
+        producer = self.producer
+        finished = producer.finished  # read before taking: nothing is made after it
         messages: list[bytes] = []
-        for item in pulled.items:
+        for item in producer.take():
             message = streams.item_message(self.request_id, item)
             if message is None:
                 self._end = self._failed(streams.unserialisable_item(item))
                 return [*messages, self._end]
             messages.append(message)
-        self.exhausted = pulled.ended or pulled.error is not None
-        if pulled.error is not None:
-            self._end = self._failed(pulled.error)
-        elif pulled.ended:
-            items = self.sent + len(messages)
-            self.opened.handler.finished(self.opened.call, {"items": items})
-            self._end = streams.end_message(self.request_id, items)
-        return messages if self._end is None else [*messages, self._end]
+        if finished and not producer.made:
+            if producer.error is not None:
+                self._end = self._failed(producer.error)
+            else:
+                items = self.sent + len(messages)
+                self.opened.handler.finished(self.opened.call, {"items": items})
+                self._end = streams.end_message(self.request_id, items)
+            messages.append(self._end)
+        return messages
 
     def _failed(self, error: Exception) -> bytes:
         rpc_error = self.opened.handler.failed(self.opened.call, error)
         return streams.error_message(self.request_id, rpc_error)
 
-    async def _pull(self, room: int) -> Pulled | None:
-        """The next batch; None if the caller cancelled while waiting for it. Past the
-        time limit, a Pulled whose error is TimeLimitExceeded."""
-        if self._pulling is None:
-            self._pulling = self._start_pull(room)
-        started = time.monotonic()
-        while True:
-            wait = CANCEL_CHECK_SECONDS
-            if self.limit is not None:
-                wait = min(wait, max(started + self.limit - time.monotonic(), 0))
-            done, _ = await asyncio.wait({self._pulling}, timeout=wait)
-            if done:
-                pulled, self._pulling = self._pulling.result(), None
-                return pulled
-            if self.limit is not None and time.monotonic() - started >= self.limit:
-                logger.error("%s ran past its time limit of %ss", self.name, self.limit)
-                return Pulled(error=TimeLimitExceeded(data={"limit": self.limit}))
-            if await self._push([]) is None:  # has the caller cancelled meanwhile?
-                return None
-
-    def _start_pull(self, room: int) -> asyncio.Future[Pulled]:
-        generator, context = self.opened.generator, self.opened.running_in
-        if self.is_async:
-            # A task copies the context it is made in: the generator's, its call current.
-            return context.run(asyncio.ensure_future, pull_async(generator, room))
-        return asyncio.ensure_future(
-            self.streaming.threads.run(lambda: context.run(pull_plain, generator, room))
-        )
-
-    async def _close(self) -> None:
-        """Close a generator stopped before its end (its ``finally`` blocks run), unless
-        it is stuck past its time limit in a thread, where nothing can stop it."""
-        pulling = self._pulling
-        if self.is_async and pulling is not None:
-            pulling.cancel()
-            with contextlib.suppress(BaseException):
-                await pulling
-        elif pulling is not None and not pulling.done():
-            return
-        if self.exhausted:
-            return
-        generator, context = self.opened.generator, self.opened.running_in
-        try:
-            if self.is_async:
-                await context.run(asyncio.ensure_future, generator.aclose())
-            else:
-                await self.streaming.threads.run(lambda: context.run(generator.close))
-        except Exception as exc:
-            logger.error("closing %s raised %s: %s", self.name, type(exc).__name__, exc)
-
-    # -- the reply key ---------------------------------------------------------------
+    # -- the reply key's side ----------------------------------------------------------
 
     async def _push(self, messages: list[bytes]) -> int | None:
         """Push what fits; how many went in, or None if the stream is over (cancelled,
@@ -234,35 +384,3 @@ class StreamRun:
             if await self._push([]) is None:
                 return False
         return True
-
-
-def pull_plain(generator: Any, room: int) -> Pulled:
-    """Pull up to ``room`` items from a plain generator, for BATCH_SECONDS at most."""
-    pulled = Pulled()
-    started = time.perf_counter()
-    try:
-        while len(pulled.items) < room:
-            pulled.items.append(next(generator))
-            if time.perf_counter() - started >= BATCH_SECONDS:
-                break
-    except StopIteration:
-        pulled.ended = True
-    except Exception as exc:
-        pulled.error = exc
-    return pulled
-
-
-async def pull_async(generator: Any, room: int) -> Pulled:
-    """Pull up to ``room`` items from an async generator, for BATCH_SECONDS at most."""
-    pulled = Pulled()
-    started = time.perf_counter()
-    try:
-        while len(pulled.items) < room:
-            pulled.items.append(await generator.__anext__())
-            if time.perf_counter() - started >= BATCH_SECONDS:
-                break
-    except StopAsyncIteration:
-        pulled.ended = True
-    except Exception as exc:
-        pulled.error = exc
-    return pulled
