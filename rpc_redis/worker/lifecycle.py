@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +38,7 @@ from .lanes import Lanes
 from .loop import LoopReceivers
 from .outage import Outages, Stopping
 from .receiving import AfterFailure, after_receive_failure
+from .registry import Presence, Upkeep
 from .reliable import Reliability
 from .serving import Serving
 from .settings import WorkerSettings
@@ -46,6 +49,7 @@ logger = logging.getLogger("rpc_redis.worker")
 
 # Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
 ADMIN_TIMEOUT = 10.0
+HOST = socket.gethostname()
 
 __all__ = ["Worker", "WorkerStats", "WorkerThread", "run_worker"]
 
@@ -91,7 +95,7 @@ class Worker:
         self.hooks = Hooks([self.stats, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
         dispatch_options = DispatchOptions(
-            self.settings.debug, self.settings.time_limit, self.handler_threads
+            self.settings.debug, self.settings.time_limit, self.handler_threads, self.name
         )
         self.dispatchers = {
             queue: Dispatcher(service, dispatch_options, self.hooks)
@@ -110,6 +114,7 @@ class Worker:
         self.stopping = Stopping()
         self._busy_receivers: Lanes | None = None
         self._serving: Serving | None = None
+        self.started: float | None = None  # when run() began, for the registry
 
     def _receives_in_threads(self) -> bool:
         """Lanes serve plain functions on their own threads; reliable queues (BLMOVE into
@@ -145,6 +150,7 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         self.stopping.bind(loop)
+        self.started = time.time()
         client = redis.asyncio.Redis.from_pool(
             async_pool(
                 self.redis_url,
@@ -160,10 +166,20 @@ class Worker:
             self.name,
             self.reliable_queues,
             prefix=self.settings.prefix,
-            heartbeat_interval=self.settings.heartbeat_interval,
             max_deliveries=self.settings.max_deliveries,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
+        presence = Presence(
+            client,
+            self.name,
+            prefix=self.settings.prefix,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            describe=self.registry_entry,
+            served=self.stats.served,
+        )
+        upkeep_steps: list[Upkeep] = []
+        if self.reliable_queues:
+            upkeep_steps.append(reliability.recover_dead_workers)
         serving = Serving(
             self.handling, self.dispatchers, Writer(client.connection_pool), reliability, loop
         )
@@ -175,8 +191,10 @@ class Worker:
         upkeep: asyncio.Task[None] | None = None
         try:
             if await outages.wait():
-                if self.reliable_queues and await self._first_beat(reliability, outages):
-                    upkeep = asyncio.create_task(reliability.keep_up(ADMIN_TIMEOUT, upkeep_done))
+                if await self._first_beat(presence, outages):
+                    upkeep = asyncio.create_task(
+                        presence.keep_up(ADMIN_TIMEOUT, upkeep_done, upkeep_steps)
+                    )
                 await self._receive(serving, outages, connections, client)
         finally:
             receiving_done.set()
@@ -185,24 +203,27 @@ class Worker:
             if upkeep is not None:
                 upkeep_done.set()
                 await upkeep
-                await self._retire(reliability)
+                await self._retire(presence, reliability)
             await client.aclose()
             self.handler_threads.shutdown()
             self.stopped.set()
         if self.stopping.fatal is not None:
             raise self.stopping.fatal
 
-    async def _first_beat(self, reliability: Reliability, outages: Outages) -> bool:
+    async def _first_beat(self, presence: Presence, outages: Outages) -> bool:
         """Register before receiving; False if Redis refuses it for good."""
         try:
-            await asyncio.wait_for(reliability.beat(), ADMIN_TIMEOUT)
+            await asyncio.wait_for(presence.beat(), ADMIN_TIMEOUT)
         except Exception as exc:
-            return outages.ride_out(exc, list(self.reliable_queues)) is not AfterFailure.STOP
+            return outages.ride_out(exc, list(self.by_queue)) is not AfterFailure.STOP
         return True
 
-    async def _retire(self, reliability: Reliability) -> None:
+    async def _retire(self, presence: Presence, reliability: Reliability) -> None:
+        """Leave the registry; a reliable worker then requeues what it still holds."""
         try:
-            await asyncio.wait_for(reliability.retire(), ADMIN_TIMEOUT)
+            await asyncio.wait_for(presence.retire(), ADMIN_TIMEOUT)
+            if self.reliable_queues:
+                await asyncio.wait_for(reliability.retire(), ADMIN_TIMEOUT)
         except Exception as exc:
             if after_receive_failure(exc) is None:
                 raise
@@ -288,6 +309,19 @@ class Worker:
         lanes = self._busy_receivers.busy if self._busy_receivers is not None else 0
         on_loop = self._serving.in_flight if self._serving is not None else 0
         return lanes + on_loop
+
+    def registry_entry(self) -> dict[str, Any]:
+        """What the worker registry says of this worker (``registry.py``), as of now."""
+        return {
+            "host": HOST,
+            "pid": os.getpid(),
+            "started": round(self.started or time.time(), 3),
+            "queues": {queue: service.name for queue, service in self.by_queue.items()},
+            "reliable": sorted(self.reliable_queues),
+            "concurrency": self.concurrency,
+            "receiving": "threads" if self.uses_lanes else "loop",
+            "in_flight": self.in_flight,
+        }
 
     def describe(self) -> str:
         """The startup line: what is served, from where, how."""
