@@ -16,19 +16,21 @@ This module builds the parts and runs them: the receivers are handed what they n
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio
 
 from .. import protocol
 from ..connection import async_pool, default_url, redact_url
+from ..metrics import PrometheusMetrics, recording_for_others
 from ..middleware import Hooks, Middleware
 from ..service import Service
 from .connections import ReceivingConnections
@@ -92,7 +94,13 @@ class Worker:
         }
         self.uses_lanes = self._receives_in_threads()
         self.stats = WorkerStats()
-        self.hooks = Hooks([self.stats, *middleware])
+        self.metrics = (
+            PrometheusMetrics({queue: service.name for queue, service in self.by_queue.items()})
+            if self.settings.metrics_port is not None
+            else None
+        )
+        own = [self.stats] if self.metrics is None else [self.stats, self.metrics]
+        self.hooks = Hooks([*own, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
         dispatch_options = DispatchOptions(
             self.settings.debug, self.settings.time_limit, self.handler_threads, self.name
@@ -151,6 +159,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.stopping.bind(loop)
         self.started = time.time()
+        stop_serving_metrics = self._serve_metrics()
         client = redis.asyncio.Redis.from_pool(
             async_pool(
                 self.redis_url,
@@ -160,7 +169,15 @@ class Worker:
                 socket_timeout=None,
             )
         )
-        outages = Outages(client, self.redis_url, self.stopping, ADMIN_TIMEOUT, loop)
+        metrics = self.metrics
+        outages = Outages(
+            client,
+            self.redis_url,
+            self.stopping,
+            ADMIN_TIMEOUT,
+            loop,
+            on_reconnect=metrics.reconnected if metrics is not None else None,
+        )
         reliability = Reliability(
             client,
             self.name,
@@ -180,6 +197,12 @@ class Worker:
         upkeep_steps: list[Upkeep] = []
         if self.reliable_queues:
             upkeep_steps.append(reliability.recover_dead_workers)
+        if metrics is not None:
+            dead_letter_keys = {
+                service.name: protocol.dead_letter_key(service.name, self.settings.prefix)
+                for service in self.services
+            }
+            upkeep_steps.append(functools.partial(metrics.sample, client, dead_letter_keys))
         serving = Serving(
             self.handling, self.dispatchers, Writer(client.connection_pool), reliability, loop
         )
@@ -206,9 +229,19 @@ class Worker:
                 await self._retire(presence, reliability)
             await client.aclose()
             self.handler_threads.shutdown()
+            if stop_serving_metrics is not None:
+                stop_serving_metrics()
             self.stopped.set()
         if self.stopping.fatal is not None:
             raise self.stopping.fatal
+
+    def _serve_metrics(self) -> Callable[[], None] | None:
+        """Serve the metrics, unless another process serves them (``--processes``)."""
+        if self.metrics is None or recording_for_others():
+            return None
+        port = self.settings.metrics_port
+        assert port is not None
+        return self.metrics.serve(self.settings.metrics_host, port)
 
     async def _first_beat(self, presence: Presence, outages: Outages) -> bool:
         """Register before receiving; False if Redis refuses it for good."""
