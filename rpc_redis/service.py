@@ -6,7 +6,6 @@ A Service only registers; how a request reaches a method is the worker's busines
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 from collections.abc import Callable, Iterable
@@ -15,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from . import protocol
 from .errors import RpcError
+from .importing import import_user_module
 from .validation import require_pydantic
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -193,7 +193,7 @@ def load_services(target: str) -> list[Service]:
     module_name, _, attribute = target.partition(":")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
-    module = importlib.import_module(module_name)
+    module = import_user_module(module_name)
     if attribute:
         found = getattr(module, attribute, None)
         if not isinstance(found, Service):
