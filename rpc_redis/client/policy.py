@@ -226,10 +226,10 @@ class Outgoing:
 
     def finish(self, error: BaseException | None) -> None:
         """Run ``after_reply``: with the ``outcome``, or with the error (a cancellation
-        is no outcome, and runs nothing)."""
+        too: what began in ``before_send``, a span, must end)."""
         if error is None:
             self._hooks.replied(self, self.outcome)
-        elif isinstance(error, Exception):
+        else:  # a cancellation too: what began in before_send (a span...) must end
             self._hooks.failed(self, error)
 
 

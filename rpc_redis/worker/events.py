@@ -117,3 +117,9 @@ class EventReceivers:
     async def _watch_connected(self) -> None:
         await asyncio.gather(*(receiver.connected.wait() for receiver in self.receivers))
         self.connected.set()
+
+
+def event_sources(service: Service) -> list[str]:
+    """What a service's event handlers listen to, for the worker's startup line."""
+    subscribed = [item.channel or f"{item.pattern} (pattern)" for item in service.subscriptions]
+    return [*subscribed, *(f"{topic} (durable)" for topic in service.consumers)]
