@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import protocol
 
@@ -116,9 +116,9 @@ def emit_command(topic: str, body: bytes, prefix: str, maxlen: int) -> tuple[Any
 # -- stream entries -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stream entry as a consumer got it; ``raw`` None if it has no event field."""
+class Entry(NamedTuple):
+    """One stream entry as a consumer got it; ``raw`` None if it has no event field. (A
+    tuple: one is made per event, at a fraction of a frozen dataclass's cost.)"""
 
     id: str
     raw: bytes | None
@@ -126,19 +126,27 @@ class Entry:
     delivery_count: int = 1
 
 
+_EVENT_NAMES = (EVENT_FIELD, EVENT_FIELD.encode())
+_FOR_NAMES = (FOR_FIELD, FOR_FIELD.encode())
+
+
 def entry_from_fields(entry_id: Any, fields: Any, delivery_count: int = 1) -> Entry:
-    """An entry from its id and its fields, as Redis answers them (a flat list in RESP2,
-    a map in RESP3)."""
+    """An entry from its id and its fields, as Redis answers them (a flat list of names
+    and values, or a map)."""
     if isinstance(fields, dict):
-        pairs = list(fields.items())
+        pairs: Any = fields.items()
     else:
-        items = list(fields or [])
-        pairs = list(zip(items[::2], items[1::2], strict=False))
-    values = {_text(name): value for name, value in pairs}
-    raw = values.get(EVENT_FIELD)
-    target = values.get(FOR_FIELD)
+        items = fields or []
+        pairs = zip(items[::2], items[1::2], strict=False)
+    raw: Any = None
+    target: Any = None
+    for name, value in pairs:
+        if name in _EVENT_NAMES:
+            raw = value
+        elif name in _FOR_NAMES:
+            target = value
     return Entry(
-        _text(entry_id),
+        entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
         raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else None),
         _text(target) if target is not None else None,
         delivery_count,

@@ -1,5 +1,6 @@
 """The receiving connections: one per receiver, named, so that a stopping worker can
-cut their blocking pops short with CLIENT UNBLOCK, and no popped request is dropped."""
+cut their blocking pops short with CLIENT UNBLOCK, and no popped request is dropped (and
+close its subscribed ones, which no UNBLOCK reaches)."""
 
 from __future__ import annotations
 
@@ -41,14 +42,21 @@ class ReceivingConnections:
         ).make_connection()  # type: ignore[no-untyped-call]
         return connection
 
-    def new_sync(self) -> redis.Connection:
-        """A receiving thread's connection: the sync twin of :meth:`new`."""
+    def new_sync(
+        self, protocol: int | None = None, socket_timeout: float | None = None
+    ) -> redis.Connection:
+        """A receiving thread's connection: the sync twin of :meth:`new`. ``protocol``
+        2 for RESP2, whose subscribed messages and stream entries are plain arrays:
+        cheaper to read than RESP3's push messages and maps; ``socket_timeout`` for one
+        that reads within it, rather than passing a timeout to each read."""
+        options = {} if protocol is None else {"protocol": protocol}
         connection = sync_pool(
             self.url,
             max_connections=1,
-            socket_timeout=None,
+            socket_timeout=socket_timeout,
             client_name=self.name,
             retry=redis.retry.Retry(NoBackoff(), 0),
+            **options,
         ).make_connection()
         return cast(redis.Connection, connection)
 
@@ -66,5 +74,11 @@ class ReceivingConnections:
 
     async def _unblock_once(self, client: redis.asyncio.Redis) -> None:
         for entry in await client.client_list():
-            if entry.get("name") == self.name:
+            if entry.get("name") != self.name:
+                continue
+            if int(entry.get("sub") or 0) or int(entry.get("psub") or 0):
+                # A subscribed connection is not blocked, only waiting: closing it ends
+                # its read (pub/sub loses nothing it would not lose anyway at a stop).
+                await client.client_kill_filter(_id=entry["id"])
+            else:
                 await client.client_unblock(int(entry["id"]))

@@ -98,11 +98,13 @@ class Dispatcher:
             if not method.is_async:
                 self._plain_methods[method.name] = handler.for_thread()
 
-    def event_handler(self, method: Method) -> Callable[..., Any]:
+    def event_handler(self, method: Method) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
         """An event handler of this service, run as its methods are (current call,
-        middleware, time limit, threads): awaited with the event's context and data, it
-        returns jsonrpcserver's Success or raises the JsonRpcError its failure maps to."""
-        return Handler(method, self.service.name, self.options, self.hooks).for_event_loop()
+        middleware, time limit): called with the event's context and data, it returns
+        jsonrpcserver's Success or raises the JsonRpcError its failure maps to. For the
+        event loop (awaited), and, for a plain function, for the receiving thread."""
+        handler = Handler(method, self.service.name, self.options, self.hooks)
+        return handler.for_event_loop(), None if method.is_async else handler.for_thread()
 
     def dispatches_in_thread(self, payload: Any) -> bool:
         """Whether :meth:`dispatch_in_thread` can serve this payload: one request that

@@ -12,12 +12,11 @@ import redis.asyncio
 
 from ..events import wire
 from ..middleware import Hooks
-from ..service import Service
+from ..service import Method, Service
 from .connections import ReceivingConnections
 from .consumer import Consumers, DeliveryRules, Group
 from .dispatch import Dispatcher, DispatchOptions
-from .event_handling import EventHandler, EventTasks
-from .loop import Slots
+from .event_handling import EventHandler, EventSlots, EventTasks, Keeper
 from .outage import Outages
 from .settings import WorkerSettings
 from .subscriber import Subscriber
@@ -40,28 +39,25 @@ class EventReceivers:
         outages: Outages,
         connections: ReceivingConnections,
     ) -> None:
-        tasks = EventTasks(Slots(settings.concurrency))
+        self.slots = slots = EventSlots(settings.concurrency)
+        self.tasks = tasks = EventTasks(slots)
+        self.keeper = keeper = Keeper()
+        self.outages = outages
         channels: dict[str, list[EventHandler]] = {}
         patterns: dict[str, list[EventHandler]] = {}
         groups: list[Group] = []
         for service in services:
             dispatcher = Dispatcher(service, options, hooks)
             for subscription in service.subscriptions:
-                handler = EventHandler(
-                    service.name,
-                    subscription.handler,
-                    dispatcher.event_handler(subscription.handler),
-                )
+                handler = event_handler(dispatcher, subscription.handler)
                 if subscription.channel is not None:
                     channels.setdefault(subscription.channel, []).append(handler)
                 else:
                     assert subscription.pattern is not None
                     patterns.setdefault(subscription.pattern, []).append(handler)
             for topic, consumer in service.consumers.items():
-                handler = EventHandler(
-                    service.name, consumer.handler, dispatcher.event_handler(consumer.handler)
-                )
                 stream = wire.stream_key(topic, settings.prefix)
+                handler = event_handler(dispatcher, consumer.handler)
                 groups.append(Group(service.name, topic, stream, handler))
         self.receivers: list[Subscriber | Consumers] = []
         if channels or patterns:
@@ -71,7 +67,11 @@ class EventReceivers:
                     patterns,
                     outages,
                     connections,
+                    slots,
                     tasks,
+                    keeper,
+                    threads=settings.concurrency,
+                    prefetch=settings.prefetch,
                     prefix=settings.prefix,
                     max_message_bytes=settings.max_message_bytes,
                     block_seconds=settings.block_seconds,
@@ -92,31 +92,53 @@ class EventReceivers:
                     writer,
                     outages,
                     connections,
+                    slots,
                     tasks,
                     hooks,
                     rules,
+                    keeper,
                     consumer=worker_name,
-                    concurrency=settings.concurrency,
+                    lanes=settings.concurrency,
+                    prefetch=settings.prefetch,
                     block_seconds=settings.block_seconds,
                 )
             )
-        self.tasks = tasks
         self.connected = asyncio.Event()  # every receiver is connected, or met an outage
 
     @property
     def in_flight(self) -> int:
-        return len(self.tasks)
+        """Events being handled: those holding a slot."""
+        return self.slots.taken
 
     async def run(self) -> None:
         watching = asyncio.create_task(self._watch_connected())
+        closing = asyncio.create_task(self._close_slots_at_stop())
+        keeper_done = asyncio.Event()
+        keeping = asyncio.create_task(self.keeper.run(keeper_done))
         try:
             await asyncio.gather(*(receiver.run() for receiver in self.receivers))
         finally:
             watching.cancel()
+            closing.cancel()
+            keeper_done.set()
+            await keeping
 
     async def _watch_connected(self) -> None:
         await asyncio.gather(*(receiver.connected.wait() for receiver in self.receivers))
         self.connected.set()
+
+    async def _close_slots_at_stop(self) -> None:
+        """At a stop, a thread waiting for a slot gives up: its pub/sub message is
+        dropped (at most once), its durable event left pending, to be claimed."""
+        await self.outages.stopping.event.wait()
+        self.slots.close()
+        for receiver in self.receivers:
+            if isinstance(receiver, Subscriber):
+                receiver.wake_all()
+
+
+def event_handler(dispatcher: Dispatcher, method: Method) -> EventHandler:
+    return EventHandler(dispatcher.service.name, method, *dispatcher.event_handler(method))
 
 
 def event_sources(service: Service) -> list[str]:
