@@ -135,6 +135,11 @@ class RpcConfigurationError(RpcConnectionError):
     handshake, a malformed URL."""
 
 
+class TlsMismatchError(redis.exceptions.RedisError):
+    """TLS was asked for (``rediss://``) and the server speaks plaintext. Not a
+    ConnectionError, so that no retry schedule waits it out."""
+
+
 # -- what a Redis failure means ------------------------------------------------------
 
 
@@ -155,6 +160,13 @@ _CONFIGURATION_ERRORS = (
 )
 # Error replies that say the server will not serve this client at all.
 _CONFIGURATION_REPLIES = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS")
+# A cluster between two states (a failover, a slot half-migrated, a node loading):
+# it passes by itself, as an outage does.
+_CLUSTER_PASSING = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.BusyLoadingError,
+)
 # Everything a Redis command can fail with, from redis-py or the socket beneath it:
 # classify_redis_error gives each a meaning, so none needs to leave the library raw.
 REDIS_FAILURES = (redis.exceptions.RedisError, OSError)
@@ -163,8 +175,10 @@ REDIS_FAILURES = (redis.exceptions.RedisError, OSError)
 def classify_redis_error(error: BaseException) -> RedisFailure | None:
     """What a failure from redis-py (or the socket beneath it) means; None if it is not
     a Redis failure at all (a bug, a cancellation), which callers must not swallow."""
-    if isinstance(error, _CONFIGURATION_ERRORS):
+    if isinstance(error, (*_CONFIGURATION_ERRORS, TlsMismatchError)):
         return RedisFailure.CONFIGURATION
+    if isinstance(error, _CLUSTER_PASSING):
+        return RedisFailure.OUTAGE
     if isinstance(error, (ssl.SSLError, ssl.CertificateError)) or isinstance(
         error.__context__, (ssl.SSLError, ssl.CertificateError)
     ):
