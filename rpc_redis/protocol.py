@@ -76,8 +76,15 @@ def queue_namespace(prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def reply_key(token: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """A reply key for one call (or one client); the token makes it unique."""
+    """A reply key for one client's many calls; the token makes it unique."""
     return f"{prefix}:reply:{token}"
+
+
+def call_reply_key(queue: str, token: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A reply key for one call to ``queue``, in the queue's hash slot:
+    ``rpc:reply:{calculator}:<token>``. On a cluster the push and the wait then go to one
+    node in one round trip, and the worker's reply to the node it popped from."""
+    return f"{prefix}:reply:{hash_tag(slot_tag(queue))}:{token}"
 
 
 def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
