@@ -140,7 +140,9 @@ class Routes(Generic[Pool]):
         """The node serving ``key`` on a cluster; None on a single node."""
         if self.slot_map is None:
             return None
-        return self.slot_map.owner(slot_of(key)) if key is not None else self.slot_map.seeds[0]
+        if key is None:
+            return self.slot_map.candidates()[0]
+        return self.slot_map.owner(slot_of(key))
 
     def same_slot(self, commands: Sequence[Command], key: str | bytes | None = None) -> bool:
         """Whether every command (and ``key``) lies in one slot: always on a single node."""
@@ -149,6 +151,10 @@ class Routes(Generic[Pool]):
         keys = [command_key(command) for command in commands]
         slots = {slot_of(k) for k in (*keys, key) if k is not None}
         return len(slots) <= 1
+
+    def share_slot(self, *keys: str | bytes) -> bool:
+        """Whether the keys lie in one slot: always on a single node."""
+        return self.slot_map is None or len({slot_of(key) for key in keys}) <= 1
 
     def pool_for(self, key: str | bytes | None) -> Pool:
         if self.single is not None:
@@ -166,6 +172,11 @@ class Routes(Generic[Pool]):
                 assert self._make_pool is not None
                 pool = self._pools[address] = self._make_pool(address)
             return pool
+
+    def addresses(self) -> list[Address]:
+        """The nodes this has pools for (none on a single node)."""
+        with self._lock:
+            return list(self._pools)
 
     def pools(self) -> list[Pool]:
         if self.single is not None:

@@ -119,13 +119,11 @@ class RedisTarget:
             make_pool=lambda address: self._node_async_pool(address, options),
         )
 
-    def sync_client(self, **options: Any) -> redis.Redis | redis.RedisCluster:
-        """A redis-py client (``RedisCluster`` on a cluster), for rpc-admin's commands."""
-        if self.slot_map is None:
-            return redis.Redis.from_pool(self.sync_pool(**options))
+    def cluster_client(self, **options: Any) -> redis.RedisCluster:
+        """redis-py's ``RedisCluster`` for this cluster, for rpc-admin's commands."""
+        assert self.slot_map is not None, "not a cluster"
         seeds = [redis.cluster.ClusterNode(host, port) for host, port in self.slot_map.seeds]  # type: ignore[no-untyped-call]
         settings = {**self.node_options, **options}
-        settings.pop("max_connections", None)
         return redis.RedisCluster(
             startup_nodes=seeds,
             connection_class=self.sync_class,

@@ -35,12 +35,21 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from ..connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
+from ..connection import (
+    REDIS_ERRORS,
+    AsyncRoutes,
+    Redirect,
+    read_responses_sync,
+    redirect_of,
+    send_commands_sync,
+)
+from ..connection.routes import with_asking, without_asking
 from .ahead import TakenAhead
 from .connections import ReceivingConnections
 from .handling import Outcome, WorkerStats
 from .outage import Outages
 from .receiving import (
+    BUSY_PAUSE_SECONDS,
     READ_GRACE_SECONDS,
     REFUSAL_PAUSE_SECONDS,
     AfterFailure,
@@ -76,6 +85,12 @@ class PendingWrite:
     finished_at: float  # time.monotonic()
 
 
+def _redirect(error: BaseException) -> Redirect:
+    redirect = redirect_of(error)
+    assert redirect is not None
+    return redirect
+
+
 class Lanes:
     """A worker's lanes, the requests they took ahead, and the keeper that watches both."""
 
@@ -84,21 +99,25 @@ class Lanes:
         serving: Serving,
         outages: Outages,
         connections: ReceivingConnections,
-        queues: list[str],
+        groups: list[list[str]],
         *,
         count: int,
         prefetch: int,
         block_seconds: float,
         stats: WorkerStats,
-        pool: redis.asyncio.ConnectionPool,
+        routes: AsyncRoutes,
     ) -> None:
-        """``pool``: the worker's, for giving requests taken ahead back to their queue."""
+        """``groups``: the queues each BLPOP waits on together (one group on a single
+        node, one per hash slot on a cluster), shared out among the lanes, each group
+        served by one lane at least; ``routes``: the worker's, for giving requests taken
+        ahead back to their queue."""
         self.serving = serving
         self.outages = outages
         self.connections = connections
         self.block_seconds = block_seconds
-        self.ahead = TakenAhead(prefetch, count, pool, stats, self._call_keeper)
-        self.lanes = [Lane(self, queues) for _ in range(count)]
+        count = max(count, len(groups))
+        self.ahead = TakenAhead(prefetch, count, routes, stats, self._call_keeper)
+        self.lanes = [Lane(self, groups[n % len(groups)]) for n in range(count)]
         self.connected = asyncio.Event()  # every lane's connection is up, or met an outage
         self._unconnected = count
         self._unconnected_lock = threading.Lock()
@@ -185,6 +204,8 @@ class Lane:
         self._pending: list[PendingWrite] = []  # the keeper may take them: under _lock
         self._lock = threading.Lock()
         self._sent: list[PendingWrite] = []  # sent, their answers not read yet
+        self.connection: redis.Connection | None = None  # to the node serving the queues
+        self.asking = False  # that node imports their slot: ask for each command (ASK)
 
     @property
     def busy(self) -> bool:
@@ -206,16 +227,16 @@ class Lane:
 
     def run(self) -> None:
         """Serve until the worker stops, then write what is still pending."""
-        connection = self._lanes.connections.new_sync()
+        self.connection = self._lanes.connections.new_sync(self.queues[0])
         try:
             with contextlib.suppress(*REDIS_ERRORS):  # the first BLPOP meets the outage
-                connection.connect()  # type: ignore[no-untyped-call]
+                self.connection.connect()  # type: ignore[no-untyped-call]
             self._lanes.lane_connected()
-            while self._serve_next(connection):
+            while self._serve_next(self.connection):
                 pass
-            self._flush(connection)
+            self._flush(self.connection)
         finally:
-            connection.disconnect()  # type: ignore[no-untyped-call]
+            self.connection.disconnect()  # type: ignore[no-untyped-call]
 
     def _serve_next(self, connection: redis.Connection) -> bool:
         """Serve one request, taken ahead or popped; False once the lane should stop."""
@@ -245,10 +266,34 @@ class Lane:
         action = self.outages.ride_out(error, self.queues)
         if action is AfterFailure.STOP:
             return False
+        if action is AfterFailure.REDIRECT:
+            self._move(self._lanes.connections.following_sync(_redirect(error), self.queues[0]))
+            self.asking = _redirect(error).asking
+            return True
+        if action is AfterFailure.RETRY_SOON:
+            return not self.outages.pause_from_thread(BUSY_PAUSE_SECONDS)
         if action is AfterFailure.PAUSE:
             return not self.outages.pause_from_thread(REFUSAL_PAUSE_SECONDS)
         self._after_lost_connection()
-        return self.outages.wait_from_thread(error)
+        if not self.outages.wait_from_thread(error, self.queues[0]):
+            return False
+        self._rehome()
+        return True
+
+    def _move(self, connection: redis.Connection) -> None:
+        """Receive on ``connection`` from now on: writes sent on the old one go again."""
+        assert self.connection is not None
+        self._after_lost_connection()
+        self.connection.disconnect()  # type: ignore[no-untyped-call]
+        self.connection = connection
+
+    def _rehome(self) -> None:
+        """After an outage: to the node serving the queues now, if another (a failover)."""
+        assert self.connection is not None
+        owner = self._lanes.connections.owner(self.queues[0])
+        if owner is not None and owner != (self.connection.host, self.connection.port):
+            self._move(self._lanes.connections.new_sync(self.queues[0]))
+            self.asking = False
 
     def _pop(self, connection: redis.Connection) -> tuple[str, bytes] | None:
         """Send the pending writes, a BLPOP and an LPOP of requests waiting behind it, in
@@ -258,12 +303,14 @@ class Lane:
         received = None
         try:
             commands = receive_commands(self.queues, self.block_seconds, room)
-            send_commands_sync(connection, [*self._sending(), *commands])
+            asking = [self.asking] * len(commands)
+            sent = with_asking(commands, asking)
+            send_commands_sync(connection, [*self._sending(), *sent])
             self._settle(read_responses_sync(connection, self._unread(), WRITE_READ_TIMEOUT))
             responses = read_responses_sync(
-                connection, len(commands), self.block_seconds + READ_GRACE_SECONDS
+                connection, len(sent), self.block_seconds + READ_GRACE_SECONDS
             )
-            received = parse_received(responses, self.queues, room)
+            received = parse_received(without_asking(responses, asking), self.queues, room)
         finally:
             more = received.more if received is not None else []
             self.ahead.add(room, self.queues[0], more)
@@ -304,6 +351,9 @@ class Lane:
         written, self._sent = self._sent, []
         for write in written:
             mine, results = results[: len(write.commands)], results[len(write.commands) :]
+            if any(redirect_of(result) for result in mine):  # the slot moved: routed
+                self.serving.finish_from_thread(write.queue, write.raw, write.outcome)
+                continue
             follow_up = self.serving.handling.written(write.queue, write.outcome, mine)
             if follow_up is not None:
                 self.serving.finish_from_thread(write.queue, write.raw, follow_up)
@@ -315,7 +365,10 @@ class Lane:
         try:
             outcome = self.serving.outcome_in_thread(queue, raw)
             commands = self.serving.handling.commands(queue, raw, outcome)
-            if commands:
+            if commands and not self.serving.writer.routes.same_slot(commands, queue):
+                # On a cluster, to a node other than this lane's: the loop's writer.
+                self.serving.finish_from_thread(queue, raw, outcome)
+            elif commands:
                 retry = WriteRetry(outcome.deadline)
                 write = PendingWrite(queue, raw, outcome, commands, retry, time.monotonic())
         except Exception:  # The last line of defence: log it, keep serving.

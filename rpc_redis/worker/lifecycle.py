@@ -23,10 +23,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio
-
 from .. import protocol
-from ..connection import async_pool, default_url, redact_url
+from ..connection import AsyncRoutes, resolve
 from ..middleware import Hooks, Middleware
 from ..service import Service
 from .connections import ReceivingConnections
@@ -35,7 +33,7 @@ from .handling import Handling, WorkerStats
 from .lanes import Lanes
 from .loop import LoopReceivers
 from .outage import Outages, Stopping
-from .receiving import AfterFailure, after_receive_failure
+from .receiving import AfterFailure, after_receive_failure, slot_groups
 from .reliable import Reliability
 from .serving import Serving
 from .settings import WorkerSettings
@@ -55,7 +53,10 @@ class Worker:
 
     Settings are given by name (``Worker(service, url, concurrency=4)``) or as one
     :class:`WorkerSettings`; ``middleware`` runs around every call, after the
-    worker's own counters (``stats``).
+    worker's own counters (``stats``). Redis is a URL of any form docs/deployment.md
+    lists, or ``redis=``: a ``redis.asyncio.Redis``, ``RedisCluster`` or pool you built
+    (the worker's event loop uses it as it is; its receiving connections, one per
+    receiver, are made with the same settings).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class Worker:
         services: Service | Sequence[Service],
         redis_url: str | None = None,
         *,
+        redis: Any = None,
         settings: WorkerSettings | None = None,
         middleware: Sequence[Middleware] = (),
         **options: Any,
@@ -77,7 +79,8 @@ class Worker:
         if queue is not None and len(services) != 1:
             raise ValueError("a queue name can be given only when serving one service")
         self.services = services
-        self.redis_url = redis_url or default_url()
+        self.target = resolve(redis_url, redis)
+        self.redis_url = self.target.location.url
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.by_queue = {queue or service.queue_key(prefix): service for service in services}
         # Reliable queues: requests move into an in-progress list until answered.
@@ -145,18 +148,16 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         self.stopping.bind(loop)
-        client = redis.asyncio.Redis.from_pool(
-            async_pool(
-                self.redis_url,
-                max_connections=self.concurrency + 4,
-                # No socket timeout: it would wrap every send in a task (redis-py);
-                # every read here passes its own timeout instead.
-                socket_timeout=None,
-            )
+        routes = self.target.async_routes(
+            shared=True,
+            max_connections=self.concurrency + 4,
+            # No socket timeout: it would wrap every send in a task (redis-py); every
+            # read here passes its own timeout instead.
+            socket_timeout=None,
         )
-        outages = Outages(client, self.redis_url, self.stopping, ADMIN_TIMEOUT, loop)
+        outages = Outages(routes, self.target.where, self.stopping, ADMIN_TIMEOUT, loop)
         reliability = Reliability(
-            client,
+            routes,
             self.name,
             self.reliable_queues,
             prefix=self.settings.prefix,
@@ -164,20 +165,20 @@ class Worker:
             max_deliveries=self.settings.max_deliveries,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
-        serving = Serving(
-            self.handling, self.dispatchers, Writer(client.connection_pool), reliability, loop
-        )
+        serving = Serving(self.handling, self.dispatchers, Writer(routes), reliability, loop)
         self._serving = serving
-        connections = ReceivingConnections(self.redis_url, f"rpc-worker-{self.name}", ADMIN_TIMEOUT)
+        connections = ReceivingConnections(
+            self.target, routes, f"rpc-worker-{self.name}", ADMIN_TIMEOUT
+        )
         receiving_done = asyncio.Event()
-        unblocker = asyncio.create_task(self._unblock_at_stop(connections, client, receiving_done))
+        unblocker = asyncio.create_task(self._unblock_at_stop(connections, receiving_done))
         upkeep_done = asyncio.Event()
         upkeep: asyncio.Task[None] | None = None
         try:
             if await outages.wait():
                 if self.reliable_queues and await self._first_beat(reliability, outages):
                     upkeep = asyncio.create_task(reliability.keep_up(ADMIN_TIMEOUT, upkeep_done))
-                await self._receive(serving, outages, connections, client)
+                await self._receive(serving, outages, connections, routes)
         finally:
             receiving_done.set()
             await unblocker
@@ -186,7 +187,7 @@ class Worker:
                 upkeep_done.set()
                 await upkeep
                 await self._retire(reliability)
-            await client.aclose()
+            await routes.disconnect()
             self.handler_threads.shutdown()
             self.stopped.set()
         if self.stopping.fatal is not None:
@@ -213,31 +214,32 @@ class Worker:
         serving: Serving,
         outages: Outages,
         connections: ReceivingConnections,
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
     ) -> None:
         """Receive until stopped: in lanes (threads), or on the event loop. The startup
         line and :attr:`ready` wait for the receiving connections to be up, so that
         "ready" means receiving (a failed one meets its outage in its receive loop)."""
         settings = self.settings
         plain_queues = [queue for queue in self.by_queue if queue not in self.reliable_queues]
+        # One BLPOP waits on all queues of a node, or on those of one slot of a cluster.
+        plain_groups = slot_groups(plain_queues, routes.slot) if plain_queues else []
         receivers: Lanes | LoopReceivers
         if self.uses_lanes:
             receivers = Lanes(
                 serving,
                 outages,
                 connections,
-                plain_queues,
+                plain_groups,
                 count=settings.concurrency,
                 prefetch=settings.prefetch,
                 block_seconds=settings.block_seconds,
                 stats=self.stats,
-                pool=client.connection_pool,
+                routes=routes,
             )
             self._busy_receivers = receivers
         else:
             # BLMOVE takes one source list: a receiver for each reliable queue.
-            groups = [[queue] for queue in self.reliable_queues]
-            groups += [plain_queues] if plain_queues else []
+            groups = [[queue] for queue in self.reliable_queues] + plain_groups
             receivers = LoopReceivers(
                 serving,
                 outages,
@@ -267,7 +269,6 @@ class Worker:
     async def _unblock_at_stop(
         self,
         connections: ReceivingConnections,
-        client: redis.asyncio.Redis,
         receiving_done: asyncio.Event,
     ) -> None:
         """At a stop: say so, and cut the receivers' blocking pops short until they return."""
@@ -280,7 +281,7 @@ class Worker:
             return
         if self.stopping.fatal is None:  # a fatal error is said once, by whoever runs us
             logger.info("stopping: finishing %d request(s) in flight", self.in_flight)
-        await connections.unblock_until(client, receiving_done)
+        await connections.unblock_until(receiving_done)
 
     @property
     def in_flight(self) -> int:
@@ -302,7 +303,7 @@ class Worker:
             else "on the event loop"
         )
         return (
-            f"rpc-worker serving {served} on {redact_url(self.redis_url)} "
+            f"rpc-worker serving {served} on {self.target.where} "
             f"(concurrency {self.concurrency} {where}, pid {os.getpid()}{reliable})"
         )
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.asyncio
+import redis.exceptions
 
 from .. import protocol
-from ..connection import REDIS_ERRORS
+from ..connection import REDIS_ERRORS, AsyncRoutes
+from .receiving import Command, raise_first_error
 
 logger = logging.getLogger("rpc_redis.reliable")
 
@@ -48,11 +49,16 @@ class Recovered:
 
 
 class Reliability:
-    """One worker's side of crash recovery: its heartbeat, and recovering dead peers."""
+    """One worker's side of crash recovery: its heartbeats, and recovering dead peers.
+
+    Every command names keys of one hash slot, so the same steps run on a cluster: a
+    heartbeat per reliable queue, in the queue's slot, read by the recovery script beside
+    the lists it recovers; the registry, in a slot of its own, written after them.
+    """
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
         worker_id: str,
         queues: dict[str, str],
         *,
@@ -60,15 +66,16 @@ class Reliability:
         heartbeat_interval: float,
         max_deliveries: int,
         dead_letter_limit: int,
+        command_timeout: float = 10.0,
     ) -> None:
-        self.client = client
+        self.routes = routes
         self.worker_id = worker_id
         self.queues = queues  # queue key -> service name
         self.prefix = prefix
         self.heartbeat_interval = heartbeat_interval
         self.max_deliveries = max_deliveries
         self.dead_letter_limit = dead_letter_limit
-        self._recover = client.register_script(RECOVER_SCRIPT)
+        self.command_timeout = command_timeout
         self._registration = protocol.dumps(
             {
                 "queues": self.queues,
@@ -84,13 +91,25 @@ class Reliability:
     def in_progress_key(self, queue: str) -> str:
         return protocol.in_progress_key(self.worker_id, queue, self.prefix)
 
+    async def _run(self, commands: list[Command]) -> list[Any]:
+        """The commands' results, each on its key's node; the first error reply raised."""
+        results = await self.routes.exchange(commands, self.command_timeout)
+        raise_first_error(results)
+        return results
+
     async def beat(self) -> None:
-        """Renew the heartbeat, and the registry entry (which a Redis restart loses)."""
+        """Renew the heartbeats, then the registry entry (which a Redis restart loses):
+        in that order, so that a peer never finds the entry without a heartbeat."""
         ttl_ms = int(self.heartbeat_interval * HEARTBEAT_LIVES * 1000)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(protocol.heartbeat_key(self.worker_id, self.prefix), b"1", px=ttl_ms)
-            pipe.hset(protocol.worker_registry_key(self.prefix), self.worker_id, self._registration)
-            await pipe.execute()
+        await self._run(
+            [
+                ("SET", protocol.heartbeat_key(self.worker_id, queue, self.prefix), b"1",
+                 "PX", ttl_ms)
+                for queue in self.queues
+            ]
+        )  # fmt: skip
+        registry = protocol.worker_registry_key(self.prefix)
+        await self._run([("HSET", registry, self.worker_id, self._registration)])
 
     async def keep_up(self, command_timeout: float, stop: asyncio.Event) -> None:
         """Beat the heartbeat and look for dead workers, every heartbeat interval, until
@@ -104,14 +123,15 @@ class Reliability:
             try:
                 await asyncio.wait_for(self.beat(), command_timeout)
                 await asyncio.wait_for(self.recover_dead_workers(), command_timeout)
-            except (*REDIS_ERRORS, asyncio.TimeoutError):
+            except (*REDIS_ERRORS, redis.exceptions.ResponseError, asyncio.TimeoutError):
                 pass
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_interval)
 
     async def recover_dead_workers(self) -> None:
         """Requeue the in-progress requests of every registered worker whose heartbeat is gone."""
-        registry = await self.client.hgetall(protocol.worker_registry_key(self.prefix))
+        [flat] = await self._run([("HGETALL", protocol.worker_registry_key(self.prefix))])
+        registry = dict(zip(flat[::2], flat[1::2], strict=True)) if isinstance(flat, list) else flat
         for raw_id, raw_entry in registry.items():
             worker_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             if worker_id == self.worker_id:
@@ -123,28 +143,30 @@ class Reliability:
             await self.recover(worker_id, queues)
 
     async def recover(self, worker_id: str, queues: dict[str, str]) -> None:
-        """Recover one worker's lists, if its heartbeat is gone; then forget the worker."""
-        heartbeat = protocol.heartbeat_key(worker_id, self.prefix)
+        """Recover one worker's lists, if its heartbeats are gone; then forget the worker."""
         for queue, service in queues.items():
-            counts: Any = await self._recover(
-                keys=[
-                    heartbeat,
-                    protocol.in_progress_key(worker_id, queue, self.prefix),
-                    queue,
-                    protocol.dead_letter_key(service, self.prefix),
-                    protocol.deliveries_key(queue, self.prefix),
-                ],
-                args=[
-                    repr(time.time()),
-                    self.max_deliveries,
-                    self.dead_letter_limit,
-                    DELIVERIES_TTL_MS,
-                    queue,
-                ],
-            )
+            dead_letters = protocol.dead_letter_key(service, self.prefix)
+            keys = [
+                protocol.heartbeat_key(worker_id, queue, self.prefix),
+                protocol.in_progress_key(worker_id, queue, self.prefix),
+                queue,
+                protocol.deliveries_key(queue, self.prefix),
+            ]
+            if self.routes.share_slot(queue, dead_letters):
+                keys.append(dead_letters)  # else the script returns the entries
+            arguments = [
+                repr(time.time()), self.max_deliveries, self.dead_letter_limit,
+                DELIVERIES_TTL_MS, queue,
+            ]  # fmt: skip
+            [counts] = await self._run([("EVAL", RECOVER_SCRIPT, len(keys), *keys, *arguments)])
             if counts[0] == -1:
                 return  # alive after all
-            recovered = Recovered(*counts)
+            recovered = Recovered(*counts[:3])
+            if len(counts) > 3:  # the dead letters of a queue in another slot than its list
+                await self._run(
+                    [("RPUSH", dead_letters, *counts[3:]),
+                     ("LTRIM", dead_letters, -self.dead_letter_limit, -1)]
+                )  # fmt: skip
             if recovered.total:
                 logger.warning(
                     "recovered %d request(s) of dead worker %s from %s: %d requeued, "
@@ -156,9 +178,12 @@ class Reliability:
                     recovered.expired,
                     recovered.dead_lettered,
                 )
-        await self.client.hdel(protocol.worker_registry_key(self.prefix), worker_id)
+        await self._run([("HDEL", protocol.worker_registry_key(self.prefix), worker_id)])
 
     async def retire(self) -> None:
-        """On a clean exit: stop the heartbeat and requeue anything left in progress."""
-        await self.client.delete(protocol.heartbeat_key(self.worker_id, self.prefix))
+        """On a clean exit: stop the heartbeats and requeue anything left in progress."""
+        await self._run(
+            [("DEL", protocol.heartbeat_key(self.worker_id, queue, self.prefix))
+             for queue in self.queues]
+        )  # fmt: skip
         await self.recover(self.worker_id, self.queues)
