@@ -23,7 +23,13 @@ from redis.retry import Retry
 
 from . import protocol
 from .connection import check_url, default_url, redact_url, resolve, slot_of
-from .errors import RedisFailure, RpcConfigurationError, classify_redis_error, redis_error
+from .errors import (
+    RedisFailure,
+    RpcConfigurationError,
+    classify_redis_error,
+    describe_redis_error,
+    redis_error,
+)
 
 # The longest message (in characters) a `dead list` line shows; --json shows it all.
 MESSAGE_WIDTH = 60
@@ -519,9 +525,10 @@ def fail_on_redis(error: BaseException, shown_url: str) -> int:
     failure = classify_redis_error(error)
     if failure is RedisFailure.CONFIGURATION:
         return fail(EXIT_USAGE, one_line(redis_error(error, shown_url, "rpc-admin")))
+    said = " ".join(describe_redis_error(error).split())
     if failure is RedisFailure.REFUSED:
-        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url} said: {one_line(error)}")
-    return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url}: {one_line(error)}")
+        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url} said: {said}")
+    return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url}: {said}")
 
 
 def fail(status: int, message: str) -> int:

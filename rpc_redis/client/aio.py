@@ -23,8 +23,8 @@ import redis.asyncio.retry
 from redis.backoff import NoBackoff
 
 from .. import protocol
-from ..connection import exchange, redirect_of
-from ..connection.routes import with_asking, without_asking
+from ..connection import NotSentError, exchange, redirect_of
+from ..connection.routes import BUSY_RETRY_SECONDS, is_busy, with_asking, without_asking
 from ..errors import REDIS_FAILURES, InternalError, RpcConnectionError, RpcTimeout
 from ..middleware import Middleware
 from .batch import AsyncBatch
@@ -51,6 +51,8 @@ LISTEN_BLOCK_SECONDS = 1.0
 DRAIN_COUNT = 128
 # Messages in one RPUSH when many calls are flushed together.
 PUSH_CHUNK = 256
+# While a failover is under way, how long before a push Redis never got goes again.
+FAILOVER_RETRY_SECONDS = 0.1
 
 
 class AsyncClient(ProxyMaker):
@@ -127,6 +129,7 @@ class AsyncClient(ProxyMaker):
         for call in self._pending.values():
             call.fail(RpcConnectionError("the client was closed"))
         await self._routes.disconnect()
+        await self.target.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -250,10 +253,17 @@ class AsyncClient(ProxyMaker):
         commands = [("RPUSH", queue, *(message for message, _ in chunk)) for queue, chunk in chunks]
         try:
             async with self._send_slots:
-                responses = await self._routes.exchange(commands, self.settings.timeout)
+                responses = await self._routes.exchange(
+                    commands, self.settings.timeout, errors_in_place=True
+                )
         except (*REDIS_FAILURES, asyncio.CancelledError) as exc:
             responses = [exc] * len(chunks)
         for (queue, chunk), response in zip(chunks, responses, strict=True):
+            if isinstance(response, NotSentError):
+                if self.settings.waits_through_failover(response):
+                    self._push_again(queue, chunk)  # its calls' timers still run
+                    continue
+                response = response.__cause__ or response
             for _, call in chunk:
                 if isinstance(response, BaseException):
                     # A cancelled flush (the loop is closing) passes its CancelledError on.
@@ -264,6 +274,21 @@ class AsyncClient(ProxyMaker):
                     )
                 elif not call.expects_reply:
                     call.settle(None)
+
+    def _push_again(self, queue: str, chunk: list[tuple[bytes, InFlight]]) -> None:
+        """Under Sentinel or Cluster, a push Redis never got (its primary lost) goes out
+        again shortly, to the primary that replaces it, while its calls wait."""
+        waiting = [(message, call) for message, call in chunk if not call.future.done()]
+        if not waiting:
+            return
+
+        def requeue() -> None:
+            self._outbox.setdefault(queue, []).extend(waiting)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
+
+        asyncio.get_running_loop().call_later(FAILOVER_RETRY_SECONDS, requeue)
 
     # -- the listener ------------------------------------------------------------------
 
@@ -311,6 +336,9 @@ class AsyncClient(ProxyMaker):
                     if connection is not None:
                         await connection.disconnect(nowait=True)
                     raise
+                if is_busy(popped) or is_busy(drained):  # a failover under way
+                    await asyncio.sleep(BUSY_RETRY_SECONDS)
+                    continue
                 redirect = redirect_of(popped) or redirect_of(drained)
                 if redirect is not None:
                     await pool.release(connection)

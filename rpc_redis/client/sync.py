@@ -11,6 +11,7 @@ middleware) are policy.py's, shared with the AsyncClient.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -50,12 +51,17 @@ READ_GRACE = 0.25
 FAILOVER_RETRY_SECONDS = 0.1
 
 
-class _WaitLost(Exception):
-    """The push was answered, then the connection was lost during the wait for the reply."""
+class _Unsent(Exception):
+    """Redis was lost where sending ``commands`` again is safe: before they were sent,
+    or, once the push was answered (``pushed``), during the wait for the reply."""
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(
+        self, error: BaseException, commands: list[tuple[Any, ...]], pushed: bool
+    ) -> None:
         super().__init__(str(error))
         self.error = error
+        self.commands = commands
+        self.pushed = pushed
 
 
 class Client(ProxyMaker):
@@ -121,6 +127,7 @@ class Client(ProxyMaker):
 
     def close(self) -> None:
         self._routes.disconnect()
+        self.target.close()
 
     def __enter__(self) -> Client:
         return self
@@ -221,10 +228,13 @@ class Client(ProxyMaker):
         try:
             try:
                 return self._exchange_routed(commands, deadline)
-            except _WaitLost as lost:
-                if not self.settings.waits_through_failover(lost.error):
-                    raise lost.error from None
-                return self._wait_through_failover(commands[-1], deadline, lost.error)
+            except _Unsent as unsent:
+                lost = unsent
+            # Raised here, not in the handler: its context (a TLS error...) stays its own.
+            if not self.settings.waits_through_failover(lost.error):
+                self._refresh_quietly()  # the next call goes where the cluster says
+                raise lost.error
+            return self._through_failover(lost, deadline)
         except REDIS_FAILURES as exc:
             raise self.settings.exchange_error(exc, service, method, timeout, queue) from exc
         finally:
@@ -264,7 +274,10 @@ class Client(ProxyMaker):
         """Send the commands on one connection of ``pool`` and read their responses (error
         replies as values); an error reply ends the reading at once, so a wait behind a
         refused push is not waited out. A connection left half-read is closed."""
-        connection = pool.get_connection()
+        try:
+            connection = pool.get_connection()
+        except REDIS_ERRORS as exc:  # not connected: nothing was sent
+            raise _Unsent(exc, commands, pushed) from exc
         complete = False
         try:
             sent = [("ASKING",), *commands] if asking else commands
@@ -279,7 +292,7 @@ class Client(ProxyMaker):
                     [response] = read_responses_sync(connection, 1, left)
                 except REDIS_ERRORS as exc:
                     if last and (pushed or responses):  # the wait alone was lost
-                        raise _WaitLost(exc) from exc
+                        raise _Unsent(exc, commands[-1:], True) from exc
                     raise
                 responses.append(response)
                 if isinstance(response, Exception) and not last:
@@ -293,22 +306,26 @@ class Client(ProxyMaker):
                 connection.disconnect()  # type: ignore[no-untyped-call]
             pool.release(connection)
 
-    def _wait_through_failover(
-        self, wait: tuple[Any, ...], deadline: float, error: BaseException
-    ) -> Any:
-        """Wait again for a reply whose push Redis answered before it was lost, on the
-        primary that replaces it, until the call's deadline."""
+    def _through_failover(self, unsent: _Unsent, deadline: float) -> Any:
+        """Send again what may be sent again (a push Redis never got; the wait for a reply
+        whose push it answered) to the primary that replaces the lost one, until the
+        call's deadline; the push replicated there is served, its reply written there."""
+        error = unsent.error
         while time.monotonic() < deadline:
             time.sleep(min(FAILOVER_RETRY_SECONDS, max(deadline - time.monotonic(), 0)))
+            self._refresh_quietly()
+            commands = [with_time_left(command, deadline) for command in unsent.commands]
             try:
-                if self._routes.is_cluster:
-                    self._routes.refresh()
-                return self._exchange_routed([with_time_left(wait, deadline)], deadline, True)
-            except _WaitLost as lost:
-                error = lost.error
-            except REDIS_ERRORS as exc:
-                error = exc
+                return self._exchange_routed(commands, deadline, unsent.pushed)
+            except _Unsent as again:
+                unsent, error = again, again.error
         raise error
+
+    def _refresh_quietly(self) -> None:
+        """On a cluster, ask it again which node serves which slot (a node was lost)."""
+        if self._routes.is_cluster:
+            with contextlib.suppress(*REDIS_ERRORS, redis.exceptions.ResponseError):
+                self._routes.refresh()
 
 
 def no_retries() -> redis.retry.Retry:

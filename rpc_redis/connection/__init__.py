@@ -11,6 +11,7 @@ import redis.asyncio
 from .raw import (
     CONNECT_TIMEOUT,
     REDIS_ERRORS,
+    NotSentError,
     exchange,
     pack_commands,
     pool_options,
@@ -51,6 +52,7 @@ __all__ = [
     "Address",
     "AsyncRoutes",
     "Location",
+    "NotSentError",
     "Redirect",
     "RedisTarget",
     "SyncRoutes",

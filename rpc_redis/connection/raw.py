@@ -28,6 +28,11 @@ CONNECT_TIMEOUT = 5.0
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
+class NotSentError(redis.exceptions.ConnectionError):
+    """Redis could not be reached before anything was sent (its cause says why): sending
+    the same commands again cannot run them twice."""
+
+
 async def exchange(
     connection: redis.asyncio.Connection,
     commands: list[tuple[Any, ...]],
@@ -49,11 +54,16 @@ async def send_commands(
     """Send commands in one write; a stale pooled connection is replaced once."""
     packed = pack_commands(connection, commands)
     try:
+        if not connection.is_connected:
+            # connect(), not send_packed_command's own connecting: only connect() asks
+            # Sentinel where the primary is now (redis-py 8 skips it there).
+            await connection.connect()  # type: ignore[no-untyped-call]
         await connection.send_packed_command(packed)
     except redis.exceptions.ConnectionError:
         # A pooled connection that went stale since its last use: nothing was
         # delivered, so one fresh connection may carry the same commands.
         await connection.disconnect()
+        await connection.connect()  # type: ignore[no-untyped-call]
         await connection.send_packed_command(packed)
 
 
@@ -99,11 +109,14 @@ def send_commands_sync(connection: redis.Connection, commands: list[tuple[Any, .
     """The sync twin of :func:`send_commands`."""
     packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
     try:
+        if connection._sock is None:  # connect() asks Sentinel: see send_commands
+            connection.connect()  # type: ignore[no-untyped-call]
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
     except redis.exceptions.ConnectionError:
         # A pooled connection that went stale since its last use: nothing was
         # delivered, so one fresh connection may carry the same commands.
         connection.disconnect()  # type: ignore[no-untyped-call]
+        connection.connect()  # type: ignore[no-untyped-call]
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
 
 

@@ -22,7 +22,8 @@ import redis.asyncio
 import redis.exceptions
 from redis.crc import key_slot
 
-from .raw import REDIS_ERRORS, exchange
+from ..errors import RedisFailure, classify_redis_error
+from .raw import REDIS_ERRORS, NotSentError, exchange
 
 HASH_SLOTS = 16384
 # Redirections one command may follow before its error is let through: a slot moves
@@ -222,7 +223,11 @@ class SyncRoutes(Routes[redis.ConnectionPool]):
         error: BaseException | None = None
         for address in self.slot_map.candidates():
             pool = self.pool_at(address)
-            connection = pool.get_connection()
+            try:
+                connection = pool.get_connection()
+            except REDIS_ERRORS as exc:
+                error = exc
+                continue
             try:
                 connection.send_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
                 self.slot_map.load(connection.read_response(timeout=timeout))
@@ -276,8 +281,14 @@ class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
         self, pool: redis.asyncio.ConnectionPool, commands: list[Command], read_timeout: float
     ) -> list[Any]:
         """One exchange on a connection of ``pool``; a connection an error or a cancel
-        interrupted is never handed out again half-read."""
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        interrupted is never handed out again half-read. NotSentError if no connection
+        could be had (nothing was sent)."""
+        try:
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS as exc:
+            if classify_redis_error(exc) is RedisFailure.CONFIGURATION:
+                raise  # a wrong password is no outage
+            raise NotSentError(str(exc)) from exc
         try:
             return await exchange(connection, commands, read_timeout)
         except BaseException:
@@ -286,12 +297,21 @@ class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
         finally:
             await pool.release(connection)
 
-    async def exchange(self, commands: list[Command], read_timeout: float) -> list[Any]:
+    async def exchange(
+        self, commands: list[Command], read_timeout: float, *, errors_in_place: bool = False
+    ) -> list[Any]:
         """Send each command to its key's node, in one write per node, and read every
         response (error replies as values, in place); redirections and a busy cluster
-        are followed, so no MOVED or ASK reaches the caller. A lost node raises."""
+        are followed, so no MOVED or ASK reaches the caller. A lost node raises, or with
+        ``errors_in_place`` its error is the response of each of its commands (the
+        others' responses are kept: none is sent twice by a retry)."""
         if self.single is not None:
-            return await self.exchange_on(self.single, commands, read_timeout)
+            try:
+                return await self.exchange_on(self.single, commands, read_timeout)
+            except REDIS_ERRORS as exc:
+                if not errors_in_place:
+                    raise
+                return [exc] * len(commands)
         deadline = time.monotonic() + read_timeout
         results: list[Any] = [None] * len(commands)
         targets = {index: self.owner(command_key(c)) for index, c in enumerate(commands)}
@@ -303,21 +323,26 @@ class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
                 address = targets[index]
                 assert address is not None
                 by_node.setdefault(address, []).append(index)
-            try:
-                answers = await asyncio.gather(
-                    *(
-                        self._exchange_at(address, [commands[i] for i in indexes],
-                                          [asking[i] for i in indexes], deadline)
-                        for address, indexes in by_node.items()
-                    )
-                )  # fmt: skip
-            except REDIS_ERRORS:
+            answers = await asyncio.gather(
+                *(
+                    self._exchange_at(address, [commands[i] for i in indexes],
+                                      [asking[i] for i in indexes], deadline)
+                    for address, indexes in by_node.items()
+                ),
+                return_exceptions=True,
+            )  # fmt: skip
+            lost = [answer for answer in answers if isinstance(answer, BaseException)]
+            if lost:
+                if not all(isinstance(error, REDIS_ERRORS) for error in lost):
+                    raise next(e for e in lost if not isinstance(e, REDIS_ERRORS))
                 # A node lost: the next attempt goes where the cluster says now.
                 with contextlib.suppress(*REDIS_ERRORS, redis.exceptions.ResponseError):
                     await self.refresh()
-                raise
+                if not errors_in_place:
+                    raise lost[0]
             pending = []
-            for indexes, responses in zip(by_node.values(), answers, strict=True):
+            for indexes, answer in zip(by_node.values(), answers, strict=True):
+                responses = [answer] * len(indexes) if isinstance(answer, BaseException) else answer
                 for index, response in zip(indexes, responses, strict=True):
                     results[index] = response
                     redirect = redirect_of(response)

@@ -14,9 +14,12 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.connection
+import redis.retry
 import redis.sentinel
+from redis.backoff import NoBackoff
 
 from .raw import CONNECT_TIMEOUT, pool_options
 from .routes import AsyncRoutes, SlotMap, SyncRoutes
@@ -149,10 +152,26 @@ class RedisTarget:
             manager = self._sentinels.get(asynchronous)
             if manager is None:
                 module: Any = redis.asyncio.sentinel if asynchronous else redis.sentinel
-                settings = {**SENTINEL_OPTIONS, **self.location.sentinel_options}
+                settings = pool_options({**SENTINEL_OPTIONS, **self.location.sentinel_options})
+                # One sentinel not answering is asked no more: the next one is.
+                retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+                settings["retry"] = retry_class(NoBackoff(), 0)
                 manager = module.Sentinel(list(self.location.addresses), sentinel_kwargs=settings)
                 self._sentinels[asynchronous] = manager
             return manager
+
+    def close(self) -> None:
+        """Close the connections to the sentinels made for the sync pools."""
+        manager = self._sentinels.pop(False, None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            sentinel.close()
+
+    async def aclose(self) -> None:
+        """Close the connections to the sentinels made here, of both flavours."""
+        self.close()
+        manager = self._sentinels.pop(True, None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
     def _refuse_cluster(self) -> None:
         if self.kind == "cluster":

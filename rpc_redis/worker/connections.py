@@ -79,6 +79,11 @@ class ReceivingConnections:
         self._sync.follow(redirect, key)
         return self.new_sync(at=redirect.address)
 
+    async def disconnect(self) -> None:
+        """Close whatever the receiving pools still hold (the receivers close their own)."""
+        await self._async.disconnect()
+        self._sync.disconnect()
+
     async def unblock_until(self, done: asyncio.Event) -> None:
         """CLIENT UNBLOCK every receiving connection until ``done`` (the receivers have
         all returned). An unblocked BLPOP returns nil, so no popped message is

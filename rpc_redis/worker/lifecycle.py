@@ -23,6 +23,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from .. import protocol
 from ..connection import AsyncRoutes, resolve
 from ..middleware import Hooks, Middleware
@@ -152,8 +155,10 @@ class Worker:
             shared=True,
             max_connections=self.concurrency + 4,
             # No socket timeout: it would wrap every send in a task (redis-py); every
-            # read here passes its own timeout instead.
+            # read here passes its own timeout instead. No retries of redis-py's own
+            # (seconds of backoff, past the admin timeout): outages.py has its own.
             socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
         )
         outages = Outages(routes, self.target.where, self.stopping, ADMIN_TIMEOUT, loop)
         reliability = Reliability(
@@ -188,6 +193,8 @@ class Worker:
                 await upkeep
                 await self._retire(reliability)
             await routes.disconnect()
+            await connections.disconnect()
+            await self.target.aclose()
             self.handler_threads.shutdown()
             self.stopped.set()
         if self.stopping.fatal is not None:

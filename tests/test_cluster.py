@@ -1,0 +1,163 @@
+"""rpc-redis on a real 3-primary Redis Cluster (a replica each): calls to services on
+every primary, sync and async, plain and reliable; a slot migrated while calls run
+(ASK, then MOVED, followed and never surfaced); a reliable worker killed -9 and its
+request recovered by another; a primary killed and its replica promoted mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from rpc_redis import AsyncClient, Client, protocol
+from rpc_redis.embedded import EmbeddedRedis
+from rpc_redis.testing import WorkerProcess, pid_alive, serve_in_thread, wait_until
+from rpc_redis.topologies import EmbeddedCluster
+from rpc_redis.topologies.nodes import connect
+from tests.call_streams import CallStream, assert_answered_or_typed_within_timeout
+from tests.conftest import REPOSITORY
+from tests.production_services import NAMES, echoes
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedCluster]:
+    """One cluster for the module; the test that kills a primary restarts it."""
+    with EmbeddedCluster(primaries=3, replicas=1) as started:
+        yield started
+        pids = started.pids
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+@pytest.fixture(autouse=True)
+def emptied(cluster: EmbeddedCluster) -> None:
+    for node in cluster.primaries():
+        with connect(node) as connection:
+            connection.flushall()
+
+
+def queue_owner(cluster: EmbeddedCluster, service: str) -> EmbeddedRedis:
+    return cluster.node_for_key(protocol.queue_key(service))
+
+
+def test_services_on_every_primary_answer_sync_and_async_plain_and_reliable(
+    cluster: EmbeddedCluster,
+) -> None:
+    owners = {queue_owner(cluster, name).port for name in NAMES}
+    assert len(owners) == 3  # the four services' queues live on all three primaries
+    # The sync client's reply key is in its queue's slot: one node, one round trip.
+    reply_key = protocol.call_reply_key(protocol.queue_key("beta"), "0" * 32)
+    assert cluster.slot_of(reply_key) == cluster.slot_of(protocol.queue_key("beta"))
+
+    async def gathered() -> list[object]:
+        async with AsyncClient(cluster.url, timeout=TIMEOUT) as client:
+            calls = [client.proxy(name).echo(n) for n in range(25) for name in NAMES]
+            return list(await asyncio.gather(*calls))
+
+    for reliable in (False, True):
+        with serve_in_thread(echoes, cluster.url, concurrency=4, reliable=reliable):
+            with Client(cluster.url, timeout=TIMEOUT) as client:
+                assert [client.proxy(name).echo(1) for name in NAMES] == [
+                    [name, 1] for name in NAMES
+                ]
+                with client.batch("gamma") as batch:
+                    first, second = batch.echo("a"), batch.echo("b")
+                assert (first.result(), second.result()) == (["gamma", "a"], ["gamma", "b"])
+            results = asyncio.run(gathered())
+        assert results == [[name, n] for n in range(25) for name in NAMES]
+
+
+def test_a_slot_migrated_while_calls_run_loses_no_call(cluster: EmbeddedCluster) -> None:
+    """ASK while the slot's keys move, MOVED once it has: clients and workers follow
+    both, so that every call is answered. alpha's worker receives in threads, and its
+    calls go on while its slot migrates; beta's is reliable, on its event loop, and its
+    BLMOVE names two keys, which Redis refuses (TRYAGAIN) while their slot is split
+    between two nodes: its calls wait, within their timeout, until the slot has moved."""
+    streams = {
+        (name, asynchronous): CallStream(
+            cluster.url, name, asynchronous=asynchronous, timeout=TIMEOUT
+        )
+        for name in ("alpha", "beta")
+        for asynchronous in (False, True)
+    }
+    with (
+        serve_in_thread(echoes[0], cluster.url, concurrency=4),
+        serve_in_thread(echoes[1], cluster.url, concurrency=4, reliable=True),
+    ):
+        for stream in streams.values():
+            stream.start().wait_for_answers(10)
+        for name in ("alpha", "beta"):
+            slot = cluster.slot_of(protocol.queue_key(name))
+            source = cluster.node_for_slot(slot)
+            target = next(node for node in cluster.primaries() if node is not source)
+            migration = cluster.begin_slot_migration(slot, target)
+            migration.move_keys()  # the source answers ASK for every key it no longer has
+            since = time.monotonic()
+            for (service, _), stream in streams.items():
+                if service == "alpha":  # plain calls go on through ASK; beta's wait
+                    stream.wait_for_answers(3, since=since)
+            migration.finish()  # every key of the slot is a MOVED on the source now
+            assert cluster.node_for_slot(slot) is target
+            since = time.monotonic()
+            for stream in streams.values():
+                stream.wait_for_answers(10, since=since)
+        outcomes = [outcome for stream in streams.values() for outcome in stream.stop()]
+    unanswered = [outcome for outcome in outcomes if not outcome.answered]
+    assert not unanswered, unanswered[:3]
+
+
+def test_a_reliable_worker_killed_on_a_cluster_has_its_request_recovered(
+    cluster: EmbeddedCluster,
+) -> None:
+    env = {**os.environ, "RPC_REDIS_URL": cluster.url}
+    args = ["tests.production_services:held", "--reliable", "--heartbeat-interval", "0.3"]
+    holder = cluster.node_for_key("rpc:inprogress:{held}:x")
+    with (
+        WorkerProcess(args, cwd=REPOSITORY, env=env) as first,
+        Client(cluster.url, timeout=20) as client,
+    ):
+        outcome: dict[str, object] = {}
+        caller = threading.Thread(
+            target=lambda: outcome.setdefault("value", client.proxy("held").hold("kept", 1.0))
+        )
+        caller.start()
+        with connect(holder) as connection:
+            wait_until(lambda: connection.keys("rpc:inprogress:{held}:*"), what="in progress")
+        first.signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+        with WorkerProcess(args, cwd=REPOSITORY, env=env) as second:
+            caller.join(20)
+            second.wait_for_line(r"recovered 1 request\(s\) of dead worker .*: 1 requeued")
+    assert outcome == {"value": "kept"}
+
+
+def test_a_killed_primary_is_replaced_and_calls_go_on(cluster: EmbeddedCluster) -> None:
+    """Each call is answered or gets a typed error within its timeout; once the replica
+    is promoted, calls to the slot are answered again, through clients and workers that
+    found the new owner by themselves."""
+    streams = [
+        CallStream(cluster.url, "delta", asynchronous=asynchronous, timeout=TIMEOUT)
+        for asynchronous in (False, True)
+    ]
+    with serve_in_thread(echoes, cluster.url, concurrency=4):
+        for stream in streams:
+            stream.start().wait_for_answers(10)
+        victim = queue_owner(cluster, "delta")
+        cluster.kill_primary(victim)
+        replacement = cluster.wait_for_failover(victim)
+        since = time.monotonic()
+        for stream in streams:
+            stream.wait_for_answers(10, since=since)
+        outcomes = [outcome for stream in streams for outcome in stream.stop()]
+    assert queue_owner(cluster, "delta") is replacement
+    assert_answered_or_typed_within_timeout(outcomes, TIMEOUT)
+    cluster.restart(victim)  # back as the new primary's replica, for what follows
+    with redis.Redis(victim.host, victim.port) as restarted:
+        assert restarted.info("replication")["role"] == "slave"
