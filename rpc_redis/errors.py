@@ -180,8 +180,10 @@ REDIS_FAILURES = (redis.exceptions.RedisError, OSError)
 def classify_redis_error(error: BaseException) -> RedisFailure | None:
     """What a failure from redis-py (or the socket beneath it) means; None if it is not
     a Redis failure at all (a bug, a cancellation), which callers must not swallow."""
-    if isinstance(error, (*_CONFIGURATION_ERRORS, TlsMismatchError)):
+    if isinstance(error, _CONFIGURATION_ERRORS):
         return RedisFailure.CONFIGURATION
+    if isinstance(error, TlsMismatchError) or isinstance(error.__cause__, TlsMismatchError):
+        return RedisFailure.CONFIGURATION  # redis-py's asyncio connect wraps it
     if isinstance(error, _NO_PRIMARY) and _REFUSED in str(error):
         return RedisFailure.CONFIGURATION  # the sentinels refused our credentials
     if isinstance(error, _CLUSTER_PASSING):

@@ -43,7 +43,15 @@ def mismatch(host: str, port: int) -> TlsMismatchError:
 
 
 class CheckedSSLConnection(redis.SSLConnection):
-    """redis-py's TLS connection, telling a plaintext server from a slow one."""
+    """redis-py's TLS connection, telling a plaintext server from a slow one, and giving
+    its handshake the connect timeout (redis-py gives it the socket timeout, which a
+    receiving connection does not have)."""
+
+    def _wrap_socket_with_ssl(self, sock: socket.socket) -> Any:
+        sock.settimeout(self.socket_connect_timeout)
+        wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
+        wrapped.settimeout(self.socket_timeout)
+        return wrapped
 
     def _connect(self) -> Any:
         try:
