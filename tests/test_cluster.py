@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,8 @@ from rpc_redis.topologies import EmbeddedCluster
 from rpc_redis.topologies.nodes import connect
 from tests.call_streams import CallStream, assert_answered_or_typed_within_timeout
 from tests.conftest import REPOSITORY
-from tests.production_services import NAMES, echoes
+from tests.production_services import NAMES, echoes, held
+from tests.test_deployment_doc import PASSWORDS, cluster_lines
 
 TIMEOUT = 10.0
 
@@ -76,10 +79,12 @@ def test_services_on_every_primary_answer_sync_and_async_plain_and_reliable(
 
 def test_a_slot_migrated_while_calls_run_loses_no_call(cluster: EmbeddedCluster) -> None:
     """ASK while the slot's keys move, MOVED once it has: clients and workers follow
-    both, so that every call is answered. alpha's worker receives in threads, and its
-    calls go on while its slot migrates; beta's is reliable, on its event loop, and its
-    BLMOVE names two keys, which Redis refuses (TRYAGAIN) while their slot is split
-    between two nodes: its calls wait, within their timeout, until the slot has moved."""
+    both, so that every call is answered. alpha's worker receives in threads, and new
+    calls go on while its slot migrates (a sync call already waiting on the old node
+    when the migration began gets its reply, written on the new one, once the slot has
+    moved); beta's is reliable, on its event loop, and its BLMOVE names two keys, which
+    Redis refuses (TRYAGAIN) while their slot is split between two nodes: its calls
+    wait, within their timeout, until the slot has moved."""
     streams = {
         (name, asynchronous): CallStream(
             cluster.url, name, asynchronous=asynchronous, timeout=TIMEOUT
@@ -100,9 +105,8 @@ def test_a_slot_migrated_while_calls_run_loses_no_call(cluster: EmbeddedCluster)
             migration = cluster.begin_slot_migration(slot, target)
             migration.move_keys()  # the source answers ASK for every key it no longer has
             since = time.monotonic()
-            for (service, _), stream in streams.items():
-                if service == "alpha":  # plain calls go on through ASK; beta's wait
-                    stream.wait_for_answers(3, since=since)
+            if name == "alpha":  # new calls go on through ASK (beta's wait: see above)
+                streams[("alpha", True)].wait_for_answers(3, since=since)
             migration.finish()  # every key of the slot is a MOVED on the source now
             assert cluster.node_for_slot(slot) is target
             since = time.monotonic()
@@ -161,3 +165,41 @@ def test_a_killed_primary_is_replaced_and_calls_go_on(cluster: EmbeddedCluster) 
     cluster.restart(victim)  # back as the new primary's replica, for what follows
     with redis.Redis(victim.host, victim.port) as restarted:
         assert restarted.info("replication")["role"] == "slave"
+
+
+def test_the_cluster_acl_lines_of_the_deployment_guide_serve_each_role(
+    cluster: EmbeddedCluster,
+) -> None:
+    lines = cluster_lines()
+    cluster.add_acl_users([line.split()[2:] for line in lines])  # after "ACL SETUSER"
+    hosts = cluster.url.split("@")[-1].removeprefix("redis+cluster://")
+
+    def url(user: str) -> str:
+        return f"redis+cluster://{user}:{PASSWORDS[user]}@{hosts}"
+
+    with (
+        serve_in_thread(echoes, url("rpc-worker"), concurrency=4),
+        serve_in_thread(held, url("rpc-worker"), reliable=True),
+        Client(url("rpc-client"), timeout=TIMEOUT) as client,
+    ):
+        assert [client.proxy(name).echo(0) for name in NAMES] == [[name, 0] for name in NAMES]
+        assert client.proxy("held").hold("ok", 0) == "ok"
+
+        async def gathered() -> list[object]:
+            async with AsyncClient(url("rpc-client"), timeout=TIMEOUT) as async_client:
+                return list(await asyncio.gather(*(async_client.proxy(n).echo(1) for n in NAMES)))
+
+        assert asyncio.run(gathered()) == [[name, 1] for name in NAMES]
+    dead = protocol.dead_letter_key("beta")
+    with connect(cluster.node_for_key(dead)) as owner:
+        entry = protocol.encode_dead_letter(b'{"x": 1}', "test", "rpc:queue:beta", 0.0)
+        owner.rpush(dead, entry)  # its queue, without the hash tag, in another slot
+    admin = [sys.executable, "-m", "rpc_redis.admin", "dead"]
+    for action, says in (("count", "1"), ("requeue", "requeued 1 message"), ("count", "0")):
+        done = subprocess.run(
+            [*admin, action, "beta", "--redis-url", url("rpc-admin")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0 and says in done.stdout, done.stderr
+    with connect(cluster.node_for_key("rpc:queue:beta")) as queue_owner_connection:
+        assert queue_owner_connection.lrange("rpc:queue:beta", 0, -1) == ['{"x": 1}']

@@ -127,11 +127,10 @@ class RedisTarget:
         assert self.slot_map is not None, "not a cluster"
         seeds = [redis.cluster.ClusterNode(host, port) for host, port in self.slot_map.seeds]  # type: ignore[no-untyped-call]
         settings = {**self.node_options, **options}
+        if issubclass(self.sync_class, redis.SSLConnection):
+            settings["ssl"] = True
         return redis.RedisCluster(
-            startup_nodes=seeds,
-            connection_class=self.sync_class,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            **settings,
+            startup_nodes=seeds, socket_connect_timeout=CONNECT_TIMEOUT, **settings
         )
 
     def _node_sync_pool(self, address: Address, options: dict[str, Any]) -> redis.ConnectionPool:

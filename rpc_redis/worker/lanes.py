@@ -54,6 +54,7 @@ from .receiving import (
     REFUSAL_PAUSE_SECONDS,
     AfterFailure,
     Command,
+    TakenThenFailed,
     WriteRetry,
     parse_received,
     receive_commands,
@@ -253,6 +254,10 @@ class Lane:
             return False
         try:
             popped = self._pop(connection)
+        except TakenThenFailed as partial:
+            self.serving_since = time.monotonic()
+            self._serve(partial.queue, partial.requests[0])
+            return self._after_failure(partial.error)
         except Exception as exc:
             return self._after_failure(exc)
         self.outages.note_refusal(self.queues, None)

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+import redis.exceptions
+
 from ..connection import REDIS_ERRORS, exchange, read_responses, redirect_of, send_commands
 from ..connection.routes import with_asking, without_asking
 from .connections import ReceivingConnections
@@ -23,8 +25,10 @@ from .receiving import (
     REFUSAL_PAUSE_SECONDS,
     AfterFailure,
     Command,
+    TakenThenFailed,
     parse_received,
     raise_first_error,
+    raise_unless_taken,
     receive_commands,
     rotate,
 )
@@ -118,21 +122,31 @@ class LoopReceivers:
             if outages.stop_requested:
                 slots.give_back(taken)
                 break
+            trouble: Exception | None = None
             try:
                 queue, messages = await self._take_requests(link, taken)
                 if messages and not alone:
                     more = slots.take_now(most)
                     taken += more
-                    messages += await self._take_more(link, queue, more)
+                    try:
+                        messages += await self._take_more(link, queue, more)
+                    except TakenThenFailed as partial:
+                        messages += partial.requests
+                        trouble = partial.error
+            except TakenThenFailed as partial:
+                queue, messages, trouble = partial.queue, partial.requests, partial.error
             except Exception as exc:
                 slots.give_back(taken)
                 if not await self._after_failure(exc, link):
                     break
                 continue
-            outages.note_refusal(queues, None)
+            if trouble is None:
+                outages.note_refusal(queues, None)
             slots.give_back(taken - len(messages))
             for raw in messages:
                 self.serving.handle_soon(queue, raw).add_done_callback(lambda _: slots.give_back())
+            if trouble is not None and not await self._after_failure(trouble, link):
+                break
             if messages:
                 # One pass for the handlers just started: those that finish without
                 # waiting send their replies with the next BLPOP.
@@ -238,7 +252,10 @@ async def pop_requests(
         return received.more_from, received.more
     more = received.more
     if rest and not rest_pipelined:
-        more = await pop_more(link, received.queue, rest)
+        try:
+            more = await pop_more(link, received.queue, rest)
+        except redis.exceptions.ResponseError as exc:  # never drop the one popped
+            raise TakenThenFailed(received.queue, [received.request], exc) from None
     return received.queue, [received.request, *more]
 
 
@@ -260,28 +277,34 @@ async def move_requests(
     ]
     if up_to > 1:
         commands.append(("LLEN", queue))
-    responses = await _exchange(link, commands, block_seconds + READ_GRACE_SECONDS)
+    responses = link.received(
+        await exchange(link.connection, link.sent(commands), block_seconds + READ_GRACE_SECONDS)
+    )
+    if isinstance(responses[0], Exception):
+        raise responses[0]
     moved = [responses[0]] if responses[0] is not None else []
+    raise_unless_taken(queue, moved, responses[1:])
     waiting = int(responses[1]) if up_to > 1 else 0
     if moved and waiting:
-        moved += await move_more(link, queue, in_progress, min(waiting, up_to - 1))
+        try:
+            moved += await move_more(link, queue, in_progress, min(waiting, up_to - 1))
+        except TakenThenFailed as partial:
+            raise TakenThenFailed(queue, moved + partial.requests, partial.error) from None
     return queue, moved
 
 
 async def pop_more(link: Link, queue: str, count: int) -> list[bytes]:
     """Up to ``count`` requests from ``queue``, without blocking (LPOP with a count)."""
-    [more] = await _exchange(link, [("LPOP", queue, count)], 5)
+    [more] = link.received(await exchange(link.connection, link.sent([("LPOP", queue, count)]), 5))
+    raise_first_error([more])
     return list(more or [])
 
 
 async def move_more(link: Link, queue: str, in_progress: str, count: int) -> list[bytes]:
-    """Up to ``count`` requests moved from ``queue`` to an in-progress list, without blocking."""
-    moved = await _exchange(link, [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * count, 5)
-    return [message for message in moved if message is not None]
-
-
-async def _exchange(link: Link, commands: list[Command], read_timeout: float) -> list[Any]:
-    """One exchange on the link; the first error reply (a redirection...) raised."""
-    responses = link.received(await exchange(link.connection, link.sent(commands), read_timeout))
-    raise_first_error(responses)
-    return responses
+    """Up to ``count`` requests moved from ``queue`` to an in-progress list, without
+    blocking; those moved are never dropped for an error that came after them."""
+    commands: list[Command] = [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * count
+    responses = link.received(await exchange(link.connection, link.sent(commands), 5))
+    moved = [r for r in responses if r is not None and not isinstance(r, Exception)]
+    raise_unless_taken(queue, moved, responses)
+    return moved

@@ -71,15 +71,43 @@ class Received:
     more: list[bytes] = field(default_factory=list)
 
 
+class TakenThenFailed(Exception):
+    """Requests were taken, and a command after the one that took them failed (an LPOP
+    of more redirected as the slot moves...): serve ``requests`` first, then ride out
+    ``error``. Raising the error alone would drop requests already off the queue."""
+
+    def __init__(self, queue: str, requests: list[bytes], error: Exception) -> None:
+        super().__init__(str(error))
+        self.queue = queue
+        self.requests = requests
+        self.error = error
+
+
+def raise_unless_taken(queue: str, taken: list[bytes], responses: list[Any]) -> None:
+    """Raise the first error reply among responses: alone if nothing was taken, else
+    as :class:`TakenThenFailed`, carrying what was."""
+    error = next((r for r in responses if isinstance(r, redis.exceptions.ResponseError)), None)
+    if error is None:
+        return
+    if taken:
+        raise TakenThenFailed(queue, taken, error)
+    raise error
+
+
 def parse_received(responses: list[Any], queues: Sequence[str], take_more: int) -> Received:
     """The answers to :func:`receive_commands`; raises the first error reply among them
-    (a queue key holding a string, a redirection...)."""
-    raise_first_error(responses)
-    more = list(responses[1] or []) if take_more else []
-    if responses[0] is None:
-        return Received(None, None, queues[0], more)
-    queue, request = cast(tuple[bytes, bytes], responses[0])
-    return Received(queue.decode(), request, queues[0], more)
+    (a queue key holding a string, a redirection...), as TakenThenFailed if the BLPOP
+    took a request all the same."""
+    popped = responses[0]
+    if isinstance(popped, redis.exceptions.ResponseError):
+        raise popped
+    more = responses[1] if take_more else []
+    if popped is None:
+        raise_first_error([more])
+        return Received(None, None, queues[0], list(more or []))
+    queue, request = cast(tuple[bytes, bytes], popped)
+    raise_unless_taken(queue.decode(), [request], [more])
+    return Received(queue.decode(), request, queues[0], list(more or []))
 
 
 def raise_first_error(responses: list[Any]) -> None:
