@@ -124,7 +124,9 @@ class Bench:
 
     # -- processes -------------------------------------------------------------------
 
-    def start_workers(self, counts: tuple[int, ...] = (1, 2), every_way: bool = True) -> None:
+    def start_workers(
+        self, counts: tuple[int, ...] = (1, 2), every_way: bool = True, concurrency: int = 64
+    ) -> None:
         """Floor and rpc-worker processes, ``counts`` of each; ``every_way``: also the
         async def service and the other ways of serving (SERVING)."""
         for count in counts:
@@ -149,7 +151,7 @@ class Bench:
                     "async_service" if row.service != "bench" else "service"
                 )
                 args = [target, "--redis-url", self.url, "--queue", row.queue]
-                args += ["--concurrency", "64", "--log-level", "WARNING"]
+                args += ["--concurrency", str(concurrency), "--log-level", "WARNING"]
                 args += SERVING.get(row.serving, [])
                 self.rpc_workers[row.queue] = [
                     WorkerProcess(args, cwd=REPOSITORY).start(ready_timeout=0) for _ in range(count)
@@ -379,7 +381,8 @@ def topology_rows(
     with make() as topology:
         bench = Bench(topology, duration)
         try:
-            bench.start_workers(counts=(1,), every_way=False)
+            # As many receivers as callers: each one's connection costs a handshake here.
+            bench.start_workers(counts=(1,), every_way=False, concurrency=8)
             systems = ("floor", "sync", "async")
             rows = bench.run_rounds(
                 [Row("latency", system, 1, 1, "100 B") for system in systems], ROUNDS, calls
