@@ -121,6 +121,11 @@ class Bench:
         self.admins = [redis.Redis.from_url(url) for url in topology.node_urls]
         self.floor_workers: dict[int, list[subprocess.Popen[bytes]]] = {}
         self.rpc_workers: dict[str, list[WorkerProcess]] = {}  # by queue
+        # Connected once, before the first round measures: a TLS handshake costs the
+        # caller milliseconds of CPU, which would be counted against a row's calls.
+        self._floor_connections: dict[int, list[redis.Redis]] = {}
+        self._clients: dict[int, Client] = {}
+        self._stop_at = 0.0
 
     # -- processes -------------------------------------------------------------------
 
@@ -193,6 +198,7 @@ class Bench:
     @contextmanager
     def measuring(self, row: Row) -> Iterator[None]:
         pids = self.worker_pids(row)
+        self._stop_at = time.perf_counter() + self.duration
         worker_cpu = sum(cpu_seconds(pid) for pid in pids)
         redis_cpu = self.redis_cpu()
         commands = self.commands()
@@ -215,15 +221,13 @@ class Bench:
     def run(self, row: Row, calls: int | None = None) -> Row:
         """Run ``row.callers`` callers for the duration (or ``calls`` calls each)."""
         payload = PAYLOADS[row.payload]
-        stop_at = time.perf_counter() + self.duration
         latencies: list[list[float]] = [[] for _ in range(row.callers)]
 
         def keep_going(done: int) -> bool:
-            return done < calls if calls is not None else time.perf_counter() < stop_at
+            return done < calls if calls is not None else time.perf_counter() < self._stop_at
 
         if row.system == "async":
-            with self.measuring(row):
-                asyncio.run(self._async_callers(row, payload, latencies, keep_going))
+            asyncio.run(self._async_callers(row, payload, latencies, keep_going))
         else:
             callers = self._sync_callers(row, payload, latencies, keep_going)
             with self.measuring(row):
@@ -255,10 +259,15 @@ class Bench:
         keep_going: Callable[[int], bool],
     ) -> list[Callable[[], None]]:
         if row.system == "floor":
-            connections = [
-                redis.Redis.from_url(self.floor_url, socket_timeout=None)
-                for _ in range(row.callers)
-            ]
+            connections = self._floor_connections.get(row.callers)
+            if connections is None:
+                connections = [
+                    redis.Redis.from_url(self.floor_url, socket_timeout=None)
+                    for _ in range(row.callers)
+                ]
+                for connection in connections:
+                    connection.ping()
+                self._floor_connections[row.callers] = connections
 
             def floor_caller(n: int) -> None:
                 while keep_going(len(latencies[n])):
@@ -267,7 +276,7 @@ class Bench:
                     latencies[n].append(time.perf_counter() - started)
 
             return [lambda n=n: floor_caller(n) for n in range(row.callers)]
-        client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
+        client = self._client(row)
         echo = client.proxy(row.service, queue=row.queue).echo
 
         def rpc_caller(n: int) -> None:
@@ -294,7 +303,23 @@ class Bench:
                     assert await echo(payload) == payload
                     latencies[n].append(time.perf_counter() - started)
 
-            await asyncio.gather(*(caller(n) for n in range(row.callers)))
+            await asyncio.gather(*(echo("warm") for _ in range(row.callers)))  # connected
+            with self.measuring(row):
+                await asyncio.gather(*(caller(n) for n in range(row.callers)))
+
+    def _client(self, row: Row) -> Client:
+        """One sync Client per number of callers, its connections made before it is used."""
+        client = self._clients.get(row.callers)
+        if client is None:
+            client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
+            echo = client.proxy(row.service, queue=row.queue).echo
+            warming = [threading.Thread(target=echo, args=("warm",)) for _ in range(row.callers)]
+            for thread in warming:
+                thread.start()
+            for thread in warming:
+                thread.join()
+            self._clients[row.callers] = client
+        return client
 
     # -- the other measurements ------------------------------------------------------
 
@@ -338,6 +363,11 @@ class Bench:
         return sum(int(admin.dbsize()) for admin in self.admins)
 
     def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        for connections in self._floor_connections.values():
+            for connection in connections:
+                connection.close()
         for admin in self.admins:
             admin.close()
 

@@ -142,6 +142,20 @@ def test_a_reliable_worker_killed_on_a_cluster_has_its_request_recovered(
     assert outcome == {"value": "kept"}
 
 
+def test_rpc_worker_processes_under_the_supervisor_serve_a_cluster(
+    cluster: EmbeddedCluster,
+) -> None:
+    """The URL reaches the supervisor's children in their environment, resolved there."""
+    args = ["tests.production_services", "--redis-url", cluster.url, "--processes", "2"]
+    with WorkerProcess(args, cwd=REPOSITORY) as supervisor:
+        supervisor.wait_for_line(WorkerProcess.READY, count=2)
+        with Client(cluster.url, timeout=TIMEOUT) as client:
+            assert [client.proxy(name).echo(2) for name in NAMES] == [[n, 2] for n in NAMES]
+        assert supervisor.stop() == 0
+    assert "supervising 2 processes" in supervisor.output
+    assert supervisor.output.count("on redis+cluster://") == 2  # each child, redacted
+
+
 def test_a_killed_primary_is_replaced_and_calls_go_on(cluster: EmbeddedCluster) -> None:
     """Each call is answered or gets a typed error within its timeout; once the replica
     is promoted, calls to the slot are answered again, through clients and workers that
