@@ -161,7 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, LookupError, ValueError, RpcConfigurationError) as exc:
         parser.exit(EXIT_USAGE, f"rpc-worker: error: {exc}\n")
     if args.processes > 1:
-        return Supervisor(child_command(arguments), args.processes, redis_url=url).run()
+        metrics_address = (
+            None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+        )
+        supervisor = Supervisor(
+            child_command(arguments), args.processes, redis_url=url, metrics_address=metrics_address
+        )
+        try:
+            return supervisor.run()
+        except RpcConfigurationError as exc:
+            print(f"rpc-worker: error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_CONFIGURATION
     try:
         asyncio.run(serve(worker))
     except RpcConfigurationError as exc:

@@ -98,10 +98,15 @@ def in_progress_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) ->
     return f"{prefix}:inprogress:{hash_tag(slot_tag(queue))}:{worker_id}"
 
 
-def heartbeat_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) -> str:
+def heartbeat_key(worker_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Exists, with a short expiry, while a worker is alive."""
+    return f"{prefix}:worker:{worker_id}"
+
+
+def queue_heartbeat_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Exists, with a short expiry, while a reliable worker taking from ``queue`` is
-    alive: one per queue, in the queue's hash slot, so that the recovery script reads it
-    beside the lists it recovers."""
+    alive: one per such queue, in the queue's hash slot, so that the recovery script
+    reads it beside the lists it recovers (on a cluster, keys of one slot only)."""
     return f"{prefix}:worker:{hash_tag(slot_tag(queue))}:{worker_id}"
 
 

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 import pytest
 import redis
 
-from rpc_redis import Client, RpcTimeout, protocol
+from rpc_redis import Client, RpcTimeout
 from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
 from tests.conftest import REPOSITORY
@@ -160,7 +160,7 @@ def signal_on_a_heartbeat(connection: redis.Redis, worker: WorkerProcess) -> Non
     """SIGTERM the worker the moment its heartbeat is renewed (its PTTL jumps back up),
     when its upkeep is between a beat and the scan for dead workers."""
     [worker_id] = [key.decode() for key in connection.hkeys("rpc:workers")]
-    heartbeat = protocol.heartbeat_key(worker_id, "rpc:queue:{slow}")
+    heartbeat = f"rpc:worker:{worker_id}"
     last = connection.pttl(heartbeat)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -212,7 +212,7 @@ class Outgoing:
     def __exit__(self, exc_type: object, error: BaseException | None, traceback: object) -> None:
         if error is None:
             self._hooks.replied(self, self.outcome)
-        elif isinstance(error, Exception):  # not a cancellation: an outcome
+        else:  # a cancellation too: what began in before_send (a span...) must end
             self._hooks.failed(self, error)
 
 

@@ -19,7 +19,8 @@ Caller = Callable[[str, Params], Any]
 
 
 class MethodProxy:
-    """One remote method; calling it makes the remote call."""
+    """One remote method; calling it makes the remote call. Its attributes are the
+    methods below it in a dotted name: ``proxy.math.add(1, 2)`` calls ``math.add``."""
 
     __slots__ = ("_caller", "_name")
 
@@ -29,6 +30,11 @@ class MethodProxy:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._caller(self._name, protocol.params_from(args, kwargs))
+
+    def __getattr__(self, name: str) -> MethodProxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return MethodProxy(self._caller, f"{self._name}.{name}")
 
     def __repr__(self) -> str:
         return f"<remote method {self._name}>"

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import threading
+from collections.abc import Callable
 
 from ..connection import AsyncRoutes
 from ..errors import RedisFailure, classify_redis_error, redis_error
@@ -72,8 +73,10 @@ class Outages:
         stopping: Stopping,
         ping_timeout: float,
         loop: asyncio.AbstractEventLoop,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.routes = routes
+        self.on_reconnect = on_reconnect  # told once per outage that ends (metrics)
         self.url = where  # Redis, named without passwords
         self.stopping = stopping
         self.ping_timeout = ping_timeout
@@ -106,6 +109,8 @@ class Outages:
         while not await self.pause(delay * random.uniform(0.5, 1.5)):
             delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
             if await self._ping(key) is None:
+                if self.on_reconnect is not None:
+                    self.on_reconnect()
                 logger.info("connected to Redis at %s", self.url)
                 return True
         return False

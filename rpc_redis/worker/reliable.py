@@ -1,36 +1,33 @@
 """Crash recovery for reliable services: heartbeats, in-progress lists, requeueing.
 
 A reliable worker moves each request atomically (BLMOVE) from the queue into its own
-in-progress list, and removes it in the same transaction that writes the reply. It
-keeps a heartbeat key alive and a registry entry naming its in-progress lists. Any
-reliable worker that finds a registered worker's heartbeat gone runs one Lua script
-per list: requests whose deadline has not passed go back to the head of their queue,
-expired ones are dropped, and one delivered too often goes to the dead-letter list.
-The script is atomic, so each request is recovered once, whoever runs it.
+in-progress list, and removes it in the same transaction that writes the reply. Like
+every worker it keeps a heartbeat and a registry entry (``registry.py``), which names
+the queues it takes requests from reliably; beside them it keeps one heartbeat per
+such queue, in the queue's hash slot. Any reliable worker that finds a registered
+worker's heartbeats gone runs one Lua script per such queue, which reads that queue's
+heartbeat beside the lists it recovers (all in one slot: on a cluster too): requests
+whose deadline has not passed go back to the head of their queue, expired ones are
+dropped, and one delivered too often goes to the dead-letter list. The script is
+atomic, so each request is recovered once, whoever runs it; then the dead worker's
+entry goes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.exceptions
-
 from .. import protocol
-from ..connection import REDIS_ERRORS, AsyncRoutes
+from ..connection import AsyncRoutes
 from .receiving import Command, raise_first_error
+from .registry import HEARTBEAT_LIVES, entry_reliable_queues, parse_entry
 
 logger = logging.getLogger("rpc_redis.reliable")
 
-# A heartbeat lives this many intervals: two missed beats are not yet a death.
-HEARTBEAT_LIVES = 3
 # How long the count of a request's deliveries is remembered.
 DELIVERIES_TTL_MS = 24 * 3600 * 1000
 
@@ -49,12 +46,9 @@ class Recovered:
 
 
 class Reliability:
-    """One worker's side of crash recovery: its heartbeats, and recovering dead peers.
-
-    Every command names keys of one hash slot, so the same steps run on a cluster: a
-    heartbeat per reliable queue, in the queue's slot, read by the recovery script beside
-    the lists it recovers; the registry, in a slot of its own, written after them.
-    """
+    """One worker's side of crash recovery: its in-progress lists and their heartbeats,
+    and recovering dead peers. Every command names keys of one hash slot, so the same
+    steps run on a cluster."""
 
     def __init__(
         self,
@@ -76,14 +70,6 @@ class Reliability:
         self.max_deliveries = max_deliveries
         self.dead_letter_limit = dead_letter_limit
         self.command_timeout = command_timeout
-        self._registration = protocol.dumps(
-            {
-                "queues": self.queues,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": round(time.time(), 3),
-            }
-        )
 
     def is_reliable(self, queue: str) -> bool:
         return queue in self.queues
@@ -98,35 +84,16 @@ class Reliability:
         return results
 
     async def beat(self) -> None:
-        """Renew the heartbeats, then the registry entry (which a Redis restart loses):
-        in that order, so that a peer never finds the entry without a heartbeat."""
+        """Renew the heartbeat of each reliable queue (before the registry entry at the
+        first beat, so that a peer never finds the entry without them)."""
         ttl_ms = int(self.heartbeat_interval * HEARTBEAT_LIVES * 1000)
         await self._run(
             [
-                ("SET", protocol.heartbeat_key(self.worker_id, queue, self.prefix), b"1",
-                 "PX", ttl_ms)
+                ("SET", protocol.queue_heartbeat_key(self.worker_id, queue, self.prefix),
+                 b"1", "PX", ttl_ms)
                 for queue in self.queues
             ]
         )  # fmt: skip
-        registry = protocol.worker_registry_key(self.prefix)
-        await self._run([("HSET", registry, self.worker_id, self._registration)])
-
-    async def keep_up(self, command_timeout: float, stop: asyncio.Event) -> None:
-        """Beat the heartbeat and look for dead workers, every heartbeat interval, until
-        ``stop`` is set; an outage is only waited out (the receivers log it).
-
-        Stopped by the event, not by cancelling: a cancel that lands as a beat completes
-        can be lost inside ``asyncio.wait_for`` (Python before 3.12), and the worker
-        would wait for ever for a task that goes on beating.
-        """
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(self.beat(), command_timeout)
-                await asyncio.wait_for(self.recover_dead_workers(), command_timeout)
-            except (*REDIS_ERRORS, redis.exceptions.ResponseError, asyncio.TimeoutError):
-                pass
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.heartbeat_interval)
 
     async def recover_dead_workers(self) -> None:
         """Requeue the in-progress requests of every registered worker whose heartbeat is gone."""
@@ -136,18 +103,16 @@ class Reliability:
             worker_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             if worker_id == self.worker_id:
                 continue
-            try:
-                queues: dict[str, str] = protocol.loads(raw_entry)["queues"]
-            except (ValueError, KeyError, TypeError):
-                queues = {}
-            await self.recover(worker_id, queues)
+            queues = entry_reliable_queues(parse_entry(raw_entry))
+            if queues:
+                await self.recover(worker_id, queues)
 
     async def recover(self, worker_id: str, queues: dict[str, str]) -> None:
         """Recover one worker's lists, if its heartbeats are gone; then forget the worker."""
         for queue, service in queues.items():
             dead_letters = protocol.dead_letter_key(service, self.prefix)
             keys = [
-                protocol.heartbeat_key(worker_id, queue, self.prefix),
+                protocol.queue_heartbeat_key(worker_id, queue, self.prefix),
                 protocol.in_progress_key(worker_id, queue, self.prefix),
                 queue,
                 protocol.deliveries_key(queue, self.prefix),
@@ -181,9 +146,9 @@ class Reliability:
         await self._run([("HDEL", protocol.worker_registry_key(self.prefix), worker_id)])
 
     async def retire(self) -> None:
-        """On a clean exit: stop the heartbeats and requeue anything left in progress."""
+        """On a clean exit: stop the queues' heartbeats, requeue anything left in progress."""
         await self._run(
-            [("DEL", protocol.heartbeat_key(self.worker_id, queue, self.prefix))
+            [("DEL", protocol.queue_heartbeat_key(self.worker_id, queue, self.prefix))
              for queue in self.queues]
         )  # fmt: skip
         await self.recover(self.worker_id, self.queues)
