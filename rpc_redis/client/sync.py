@@ -245,7 +245,9 @@ class Client(ProxyMaker):
     ) -> Any:
         """:meth:`_attempt` on the key's node, following redirections: a push refused by
         MOVED or ASK goes again with its wait; a wait redirected after the push, alone."""
-        pool, asking = self._routes.pool_for(command_key(commands[0])), False
+        routes = self._routes
+        pool = routes.single or routes.pool_for(command_key(commands[0]))  # no hashing on one
+        asking = False
         failed: Exception | None = None
         for _ in range(MAX_REDIRECTS + 1):
             responses = self._attempt(pool, commands, asking, deadline, pushed)

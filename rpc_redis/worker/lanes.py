@@ -308,14 +308,16 @@ class Lane:
         received = None
         try:
             commands = receive_commands(self.queues, self.block_seconds, room)
-            asking = [self.asking] * len(commands)
-            sent = with_asking(commands, asking)
+            asking = [self.asking] * len(commands) if self.asking else None
+            sent = with_asking(commands, asking) if asking else commands
             send_commands_sync(connection, [*self._sending(), *sent])
             self._settle(read_responses_sync(connection, self._unread(), WRITE_READ_TIMEOUT))
             responses = read_responses_sync(
                 connection, len(sent), self.block_seconds + READ_GRACE_SECONDS
             )
-            received = parse_received(without_asking(responses, asking), self.queues, room)
+            if asking:
+                responses = without_asking(responses, asking)
+            received = parse_received(responses, self.queues, room)
         finally:
             more = received.more if received is not None else []
             self.ahead.add(room, self.queues[0], more)

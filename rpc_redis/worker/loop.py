@@ -48,10 +48,14 @@ class Link:
         self.asking = False
 
     def sent(self, commands: list[Command]) -> list[Command]:
-        return with_asking(commands, [self.asking] * len(commands))
+        if not self.asking:
+            return commands
+        return with_asking(commands, [True] * len(commands))
 
     def received(self, responses: list[Any]) -> list[Any]:
-        return without_asking(responses, [self.asking] * (len(responses) // (1 + self.asking)))
+        if not self.asking:
+            return responses
+        return without_asking(responses, [True] * (len(responses) // 2))
 
     async def follow(self, error: BaseException) -> None:
         """To the node a redirection names (a MOVED also corrects the slot map)."""
