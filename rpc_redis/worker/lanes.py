@@ -39,6 +39,7 @@ from ..connection import (
     REDIS_ERRORS,
     AsyncRoutes,
     Redirect,
+    command_key,
     read_responses_sync,
     redirect_of,
     send_commands_sync,
@@ -46,6 +47,7 @@ from ..connection import (
 from ..connection.routes import with_asking, without_asking
 from .ahead import TakenAhead
 from .connections import ReceivingConnections
+from .elsewhere import WritesElsewhere
 from .handling import Outcome, WorkerStats
 from .outage import Outages
 from .receiving import (
@@ -205,6 +207,7 @@ class Lane:
         self._pending: list[PendingWrite] = []  # the keeper may take them: under _lock
         self._lock = threading.Lock()
         self._sent: list[PendingWrite] = []  # sent, their answers not read yet
+        self._elsewhere = WritesElsewhere(lanes.connections)  # to the other nodes
         self.connection: redis.Connection | None = None  # to the node serving the queues
         self.asking = False  # that node imports their slot: ask for each command (ASK)
 
@@ -238,6 +241,7 @@ class Lane:
             self._flush(self.connection)
         finally:
             self.connection.disconnect()  # type: ignore[no-untyped-call]
+            self._elsewhere.close()
 
     def _serve_next(self, connection: redis.Connection) -> bool:
         """Serve one request, taken ahead or popped; False once the lane should stop."""
@@ -373,8 +377,7 @@ class Lane:
             outcome = self.serving.outcome_in_thread(queue, raw)
             commands = self.serving.handling.commands(queue, raw, outcome)
             if commands and not self.serving.writer.routes.same_slot(commands, queue):
-                # On a cluster, to a node other than this lane's: the loop's writer.
-                self.serving.finish_from_thread(queue, raw, outcome)
+                self._write_elsewhere(queue, raw, outcome, commands)
             elif commands:
                 retry = WriteRetry(outcome.deadline)
                 write = PendingWrite(queue, raw, outcome, commands, retry, time.monotonic())
@@ -386,6 +389,22 @@ class Lane:
                     self._pending.append(write)
                 self.serving_since = None
             self._last_call_seconds = time.monotonic() - started
+
+    def _write_elsewhere(
+        self, queue: str, raw: bytes, outcome: Outcome, commands: list[Command]
+    ) -> None:
+        """On a cluster, an outcome for another node than this lane's (an AsyncClient's
+        reply key): written from here at once, else by the event loop's writer."""
+        key = command_key(commands[0])
+        results = None
+        if key is not None and self.serving.writer.routes.same_slot(commands, key):
+            results = self._elsewhere.write(key, commands)
+        if results is None:
+            self.serving.finish_from_thread(queue, raw, outcome)
+            return
+        follow_up = self.serving.handling.written(queue, outcome, results)
+        if follow_up is not None:
+            self.serving.finish_from_thread(queue, raw, follow_up)
 
     def _after_lost_connection(self) -> None:
         """Writes sent without an answer go out again (a reply written twice is read
