@@ -17,6 +17,7 @@ from typing import Any
 
 from .context import CallContext
 from .errors import RpcError
+from .printable import printable
 
 logger = logging.getLogger("rpc_redis.middleware")
 
@@ -108,7 +109,7 @@ def run_hooks(hooks: list[Hook], *args: Any, may_refuse: bool = False) -> None:
                 "middleware %s raised %s: %s; the call goes on",
                 getattr(hook, "__qualname__", hook),
                 type(exc).__name__,
-                exc,
+                printable(exc),
             )
 
 

@@ -30,6 +30,7 @@ from .. import protocol
 from ..context import CallContext, enter_call, leave_call
 from ..errors import SERVER_ERROR, InternalError, InvalidRequest, RpcError, TimeLimitExceeded
 from ..middleware import Hooks, run_hooks
+from ..printable import printable, printable_exception
 from ..service import Method, Service
 from .threads import HandlerThreads, TimeLimitReached
 
@@ -163,7 +164,12 @@ class Dispatcher:
 
     def _dispatcher_fault(self, request: Any, exc: Exception) -> dict[str, Any]:
         """A fault in the dispatcher itself, not in a handler: answered, and logged."""
-        logger.exception("dispatching %s.%s failed", self.service.name, request["method"])
+        logger.error(
+            "dispatching %s.%s failed: %s",
+            self.service.name,
+            printable(request["method"]),
+            printable_exception(exc),
+        )
         error = RpcError("Server error", str(exc), code=SERVER_ERROR)
         return protocol.error_response(request.get("id"), error)
 
@@ -260,7 +266,9 @@ class Handler:
             return TimeLimitExceeded(data={"limit": self.limit})
         if isinstance(exc, RpcError):
             return exc
-        logger.error("%s.%s raised %s: %s", self.service, self.method, type(exc).__name__, exc)
+        logger.error(
+            "%s.%s raised %s: %s", self.service, self.method, type(exc).__name__, printable(exc)
+        )
         return InternalError(data=protocol.exception_data(exc, with_traceback=self.debug))
 
     def _signed(self, call: Callable[..., Any]) -> Callable[..., Any]:

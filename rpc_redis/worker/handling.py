@@ -19,6 +19,7 @@ from typing import Any
 from .. import protocol
 from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
 from ..middleware import Hooks, Middleware, run_hooks
+from ..printable import printable
 from .receiving import Command
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -155,12 +156,16 @@ class Handling:
         written in turn."""
         failures = [result for result in results if isinstance(result, Exception)]
         if failures:
-            logger.error("could not write the outcome of a request to %s: %s", queue, failures[0])
+            logger.error(
+                "could not write the outcome of a request to %s: %s", queue, printable(failures[0])
+            )
             return None
         reason = outcome.dead_letter_reason
         if reason is not None:
             logger.warning(
-                "dead-lettered a message to %s: %s", self.services_by_queue[queue], reason
+                "dead-lettered a message to %s: %s",
+                self.services_by_queue[queue],
+                printable(reason),
             )
             run_hooks(self.hooks.after_dead_letter, queue, reason)
         if outcome.reply_to is None or outcome.body is None:
@@ -184,32 +189,45 @@ class Handling:
         logger.warning(
             "rejected a message to %s (%s); replied with error %d",
             self.services_by_queue[queue],
-            rejected.reason,
+            printable(rejected.reason),
             rejected.error.code,
         )
         response = protocol.error_response(rejected.request_id, rejected.error)
         return Outcome(reply_to, protocol.encode_response(response))
 
     def _log_error_responses(self, queue: str, payload: Any, response: Any) -> None:
-        """One line for each request the caller got wrong; handler failures log their own."""
+        """One line for the requests of a message the caller got wrong, however many
+        (handler failures log their own): the first error, and how many more."""
         if isinstance(response, dict) and "error" not in response:
             return  # a result: the usual case, decided at once
-        methods = {
-            item.get("id"): item.get("method")
-            for item in (payload if isinstance(payload, list) else [payload])
-            if isinstance(item, dict) and protocol.is_valid_id(item.get("id"))
-        }
-        for item in response if isinstance(response, list) else [response]:
-            error = item.get("error") if isinstance(item, dict) else None
-            if error is None or error.get("code") in (INTERNAL_ERROR, TIME_LIMIT_EXCEEDED):
-                continue
-            is_reserved = -32768 <= error.get("code", 0) <= -32000
-            logger.log(
-                logging.WARNING if is_reserved else logging.DEBUG,
-                "%s.%s: error %s %s (%s)",
-                self.services_by_queue[queue],
-                methods.get(item.get("id"), "?"),
-                error.get("code"),
-                error.get("message"),
-                error.get("data", ""),
-            )
+        errors = [
+            item
+            for item in (response if isinstance(response, list) else [response])
+            if isinstance(item, dict)
+            and isinstance(item.get("error"), dict)
+            and item["error"].get("code") not in (INTERNAL_ERROR, TIME_LIMIT_EXCEEDED)
+        ]
+        if not errors:
+            return
+        first = errors[0]
+        method = next(
+            (
+                item.get("method")
+                for item in (payload if isinstance(payload, list) else [payload])
+                if isinstance(item, dict) and item.get("id") == first.get("id")
+            ),
+            "?",
+        )
+        error = first["error"]
+        reserved = any(-32768 <= item["error"].get("code", 0) <= -32000 for item in errors)
+        more = f" (+{len(errors) - 1} more in the batch)" if len(errors) > 1 else ""
+        logger.log(
+            logging.WARNING if reserved else logging.DEBUG,
+            "%s.%s: error %s %s (%s)%s",
+            self.services_by_queue[queue],
+            printable(method),
+            printable(error.get("code")),
+            printable(error.get("message")),
+            printable(error.get("data", "")),
+            more,
+        )

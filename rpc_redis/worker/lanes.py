@@ -36,6 +36,7 @@ import redis
 import redis.asyncio
 
 from ..connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
+from ..printable import printable_exception
 from .ahead import TakenAhead
 from .connections import ReceivingConnections
 from .handling import Outcome, WorkerStats
@@ -318,8 +319,10 @@ class Lane:
             if commands:
                 retry = WriteRetry(outcome.deadline)
                 write = PendingWrite(queue, raw, outcome, commands, retry, time.monotonic())
-        except Exception:  # The last line of defence: log it, keep serving.
-            logger.exception("unexpected error handling a message from %s", queue)
+        except Exception as exc:  # The last line of defence: log it, keep serving.
+            logger.error(
+                "unexpected error handling a message from %s: %s", queue, printable_exception(exc)
+            )
         finally:
             with self._lock:
                 if write is not None:

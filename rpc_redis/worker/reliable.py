@@ -25,6 +25,7 @@ import redis.asyncio
 
 from .. import protocol
 from ..connection import REDIS_ERRORS
+from ..printable import printable
 
 logger = logging.getLogger("rpc_redis.reliable")
 
@@ -150,8 +151,8 @@ class Reliability:
                     "recovered %d request(s) of dead worker %s from %s: %d requeued, "
                     "%d expired, %d dead-lettered",
                     recovered.total,
-                    worker_id,
-                    queue,
+                    printable(worker_id),  # from the registry, as the queue: not ours
+                    printable(queue),
                     recovered.requeued,
                     recovered.expired,
                     recovered.dead_lettered,

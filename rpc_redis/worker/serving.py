@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import protocol
 from ..connection import REDIS_ERRORS
+from ..printable import printable, printable_exception
 from .dispatch import Dispatcher
 from .handling import Handling, Outcome
 from .receiving import Command, WriteRetry
@@ -54,8 +55,10 @@ class Serving:
         try:
             outcome = await self._outcome(queue, raw)
             await self.finish(queue, raw, outcome)
-        except Exception:  # The last line of defence: log it, keep serving.
-            logger.exception("unexpected error handling a message from %s", queue)
+        except Exception as exc:  # The last line of defence: log it, keep serving.
+            logger.error(
+                "unexpected error handling a message from %s: %s", queue, printable_exception(exc)
+            )
 
     async def _outcome(self, queue: str, raw: bytes) -> Outcome:
         """Decide what a message earns: a reply, a dead letter, or nothing."""
@@ -101,7 +104,9 @@ class Serving:
             except REDIS_ERRORS as exc:
                 delay = retry.next_delay()
                 if delay is None:
-                    logger.error("could not write the outcome of a request to %s: %s", queue, exc)
+                    logger.error(
+                        "could not write the outcome of a request to %s: %s", queue, printable(exc)
+                    )
                     return None
                 await asyncio.sleep(delay)
 
