@@ -55,7 +55,12 @@ def queue_namespace(prefix: str = DEFAULT_PREFIX) -> str:
 
 def reply_key(token: str, prefix: str = DEFAULT_PREFIX) -> str:
     """A reply key for one call (or one client); the token makes it unique."""
-    return f"{prefix}:reply:{token}"
+    return f"{reply_namespace(prefix)}{token}"
+
+
+def reply_namespace(prefix: str = DEFAULT_PREFIX) -> str:
+    """Reply keys under this may be shared by many calls; see :func:`reply_key_may_exist`."""
+    return f"{prefix}:reply:"
 
 
 def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -332,9 +337,28 @@ def reply_key_problem(
         return f"reply key longer than {MAX_REPLY_KEY_LENGTH} characters"
     if reply_to in served_queues or reply_to.startswith(queue_namespace(prefix)):
         return f"reply key {reply_to!r} names a request queue"
-    if reply_to.startswith(f"{prefix}:") and not reply_to.startswith(f"{prefix}:reply:"):
+    if reply_to.startswith(f"{prefix}:") and not reply_to.startswith(reply_namespace(prefix)):
         return f"reply key {reply_to!r} is one of the library's own keys"
     return None
+
+
+def reply_key_may_exist(reply_to: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether a reply may go onto a list that is already there: only under
+    ``{prefix}:reply:``, where a key shared by many calls lives. Anywhere else a key
+    that exists holds someone else's data, and a worker writes only to a key it creates
+    (the reply script checks, in the same step as the write)."""
+    return reply_to.startswith(reply_namespace(prefix))
+
+
+def refused_reply_reason(reply_to: str, found: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The dead-letter reason of a reply the reply script would not write: ``found`` is
+    the Redis type of the key it found there, and left exactly as it was."""
+    if reply_key_may_exist(reply_to, prefix):
+        return f"reply key {reply_to!r} holds a {found}, not a list"
+    return (
+        f"reply key {reply_to!r} holds a {found} and is not under {reply_namespace(prefix)!r}: "
+        "outside it a worker writes only to keys that do not exist"
+    )
 
 
 def is_valid_id(value: Any) -> bool:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from rpc_redis import Service, Worker
+from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import serve_in_thread, wait_until
 
 hostile = Service("hostile")
@@ -84,3 +86,87 @@ def test_no_message_can_forge_a_log_line_or_flood_one(
         assert text.isprintable(), text
         assert len(text) < 1000, text
         assert record.exc_info is None or "Traceback" not in text
+
+
+# -- reply keys: a worker never changes a key holding data it did not write (defect 1) ----
+
+
+def dead_letters(connection: redis.Redis) -> list[dict[str, object]]:
+    return [decode_dead_letter(entry) for entry in connection.lrange(DEAD, 0, -1)]
+
+
+@pytest.fixture(
+    params=[{"receive_in_threads": True}, {"receive_in_threads": False}, {"reliable": True}],
+    ids=["in-threads", "on-event-loop", "reliable"],
+)
+def any_worker(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Worker]:
+    with serve_in_thread(hostile, redis_url, **request.param) as worker:
+        yield worker
+
+
+@pytest.mark.parametrize("kind", ["bare", "envelope"])
+def test_a_reply_never_lands_on_someone_elses_list(
+    any_worker: Worker, redis_connection: redis.Redis, kind: str
+) -> None:
+    redis_connection.rpush("app:todo", "buy milk", "call mum")
+    redis_connection.rpush("celery", "a task")
+    redis_connection.pexpire("celery", 600_000)
+    request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": "app:todo"}
+    for key in ("app:todo", "celery"):
+        message = bare("add", [1, 2], key) if kind == "bare" else envelope(request, key)
+        redis_connection.rpush(QUEUE, message)
+    wait_until(lambda: any_worker.stats.dead_lettered == 2, 5, "both dead-lettered")
+    assert redis_connection.lrange("app:todo", 0, -1) == [b"buy milk", b"call mum"]
+    assert redis_connection.pttl("app:todo") == -1
+    assert redis_connection.lrange("celery", 0, -1) == [b"a task"]
+    assert 590_000 < redis_connection.pttl("celery") <= 600_000
+    reasons = sorted(str(letter["reason"]) for letter in dead_letters(redis_connection))
+    assert reasons == [
+        f"reply key {key!r} holds a list and is not under 'rpc:reply:': outside it a worker "
+        "writes only to keys that do not exist"
+        for key in ("app:todo", "celery")
+    ]
+    assert any_worker.stats.replied == 0
+
+
+def test_a_new_key_outside_the_reply_namespace_gets_its_reply_and_an_expiry(
+    any_worker: Worker, redis_connection: redis.Redis
+) -> None:
+    """The README's redis-cli call: a bare request whose id is a fresh UUID."""
+    key = str(uuid.uuid4())
+    redis_connection.rpush(QUEUE, bare("add", [1, 2], key))
+    popped = redis_connection.blpop([key], 5)
+    assert popped is not None and json.loads(popped[1])["result"] == 3
+    redis_connection.rpush(QUEUE, bare("add", [2, 2], key))
+    wait_until(lambda: redis_connection.exists(key), 5, "the second reply")
+    assert 0 < redis_connection.pttl(key) <= any_worker.reply_ttl_ms
+
+
+def test_a_shared_reply_key_under_the_reply_namespace_takes_many_replies(
+    any_worker: Worker, redis_connection: redis.Redis
+) -> None:
+    """One key, many calls (as the AsyncClient does): only under {prefix}:reply:."""
+    key = "rpc:reply:shared-token"
+    for n in range(3):
+        request = {"jsonrpc": "2.0", "method": "add", "params": [n, n], "id": n}
+        redis_connection.rpush(QUEUE, envelope(request, key))
+    wait_until(lambda: redis_connection.llen(key) == 3, 5, "three replies on one key")
+    replies = sorted(json.loads(reply)["result"] for reply in redis_connection.lrange(key, 0, -1))
+    assert replies == [0, 2, 4]
+    assert 0 < redis_connection.pttl(key) <= any_worker.reply_ttl_ms
+
+
+def test_a_key_of_another_type_is_left_alone_inside_the_reply_namespace_too(
+    any_worker: Worker, redis_connection: redis.Redis
+) -> None:
+    redis_connection.hset("rpc:reply:a-hash", "field", "value")
+    redis_connection.set("elsewhere", "precious")
+    redis_connection.rpush(QUEUE, bare("add", [1, 2], "rpc:reply:a-hash"))
+    redis_connection.rpush(QUEUE, bare("add", [1, 2], "elsewhere"))
+    wait_until(lambda: any_worker.stats.dead_lettered == 2, 5, "both dead-lettered")
+    assert redis_connection.hgetall("rpc:reply:a-hash") == {b"field": b"value"}
+    assert redis_connection.get("elsewhere") == b"precious"
+    assert redis_connection.pttl("rpc:reply:a-hash") == redis_connection.pttl("elsewhere") == -1
+    reasons = sorted(str(letter["reason"]) for letter in dead_letters(redis_connection))
+    assert reasons[0].startswith("reply key 'elsewhere' holds a string and is not under")
+    assert reasons[1] == "reply key 'rpc:reply:a-hash' holds a hash, not a list"

@@ -441,6 +441,35 @@ def test_a_too_long_reply_key() -> None:
     assert "longer" in problem
 
 
+@pytest.mark.parametrize(
+    ("reply_to", "prefix", "may_exist"),
+    [
+        ("rpc:reply:abc", "rpc", True),  # a key many calls may share
+        ("rpc:reply:", "rpc", True),
+        ("app:reply:abc", "app", True),
+        ("app:reply:abc", "rpc", False),  # another deployment's reply namespace
+        ("0b6c7f1e-4e38-4c3a-9d0b-52f3b2a1c9e4", "rpc", False),  # a bare request's UUID
+        ("app:todo", "rpc", False),
+        ("rpc:replyx", "rpc", False),
+    ],
+)
+def test_only_keys_under_the_reply_namespace_may_already_hold_replies(
+    reply_to: str, prefix: str, may_exist: bool
+) -> None:
+    assert protocol.reply_key_may_exist(reply_to, prefix) is may_exist
+    assert protocol.reply_key(reply_to, prefix).startswith(protocol.reply_namespace(prefix))
+
+
+def test_a_refused_reply_says_what_it_found() -> None:
+    assert protocol.refused_reply_reason("rpc:reply:x", "hash") == (
+        "reply key 'rpc:reply:x' holds a hash, not a list"
+    )
+    assert protocol.refused_reply_reason("app:todo", "list") == (
+        "reply key 'app:todo' holds a list and is not under 'rpc:reply:': outside it a "
+        "worker writes only to keys that do not exist"
+    )
+
+
 # -- request validation -------------------------------------------------------------------
 
 

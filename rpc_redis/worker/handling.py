@@ -137,9 +137,11 @@ class Handling:
         """The writes that deliver an outcome; for a reliable queue, also the removal of
         the request from the in-progress list (to run in one transaction with them)."""
         commands: list[Command] = []
-        if outcome.reply_to is not None and outcome.body is not None:
+        reply_to = outcome.reply_to
+        if reply_to is not None and outcome.body is not None:
+            may_exist = b"1" if protocol.reply_key_may_exist(reply_to, self.prefix) else b"0"
             commands.append(
-                ("EVAL", PUSH_REPLY_SCRIPT, 1, outcome.reply_to, outcome.body, self.reply_ttl_ms)
+                ("EVAL", PUSH_REPLY_SCRIPT, 1, reply_to, outcome.body, self.reply_ttl_ms, may_exist)
             )
         if outcome.dead_letter_reason is not None:
             key = protocol.dead_letter_key(self.services_by_queue[queue], self.prefix)
@@ -152,8 +154,9 @@ class Handling:
 
     def written(self, queue: str, outcome: Outcome, results: list[Any]) -> Outcome | None:
         """Judge Redis's answers to an outcome's commands, and tell the hooks; a reply
-        key of the wrong type earns the request a dead letter instead, returned to be
-        written in turn."""
+        the reply script would not write (a key of another type, or one that exists
+        outside the reply namespace) earns the request a dead letter instead, returned
+        to be written in turn."""
         failures = [result for result in results if isinstance(result, Exception)]
         if failures:
             logger.error(
@@ -174,10 +177,9 @@ class Handling:
         if pushed in (b"ok", "ok"):
             run_hooks(self.hooks.after_reply_written, queue)
             return None
-        kind = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
-        return Outcome(
-            dead_letter_reason=f"reply key {outcome.reply_to!r} holds a {kind}, not a list"
-        )
+        found = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
+        reason = protocol.refused_reply_reason(outcome.reply_to, found, self.prefix)
+        return Outcome(dead_letter_reason=reason)
 
     def _rejection(self, queue: str, rejected: protocol.Rejected) -> Outcome:
         run_hooks(self.hooks.after_reject, queue, rejected.reason)
