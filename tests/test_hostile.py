@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from rpc_redis import Service, Worker
+from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import serve_in_thread, wait_until
 
@@ -170,3 +172,90 @@ def test_a_key_of_another_type_is_left_alone_inside_the_reply_namespace_too(
     reasons = sorted(str(letter["reason"]) for letter in dead_letters(redis_connection))
     assert reasons[0].startswith("reply key 'elsewhere' holds a string and is not under")
     assert reasons[1] == "reply key 'rpc:reply:a-hash' holds a hash, not a list"
+
+
+# -- a refused reply: acknowledged, and dead-lettered once with the true reason (defect 4) --
+
+released = threading.Event()  # lets held() return
+
+
+@hostile.method
+def held() -> str:
+    """Returns once the test says so (or after 10 s): a call the test can act during."""
+    released.wait(10)
+    return "released"
+
+
+def in_progress(connection: redis.Redis) -> list[bytes]:
+    return [
+        entry
+        for key in connection.keys("rpc:inprogress:*")
+        for entry in connection.lrange(key, 0, -1)
+    ]
+
+
+@pytest.fixture
+def confined_url(fresh_redis: EmbeddedRedis) -> str:
+    """A worker's URL on a Redis whose ACL lets it touch only the keys under rpc:."""
+    with redis.Redis.from_url(fresh_redis.url) as admin:
+        admin.acl_setuser(
+            "worker", enabled=True, passwords=["+secret"], keys=["rpc:*"], commands=["+@all"]
+        )
+    return fresh_redis.url.replace("redis://", "redis://worker:secret@")
+
+
+@pytest.mark.parametrize("reliable", [False, True], ids=["plain", "reliable"])
+def test_a_reply_redis_refuses_is_dead_lettered_once_with_its_reason(
+    fresh_redis: EmbeddedRedis, confined_url: str, reliable: bool
+) -> None:
+    with (
+        serve_in_thread(hostile, confined_url, reliable=reliable, heartbeat_interval=0.2) as worker,
+        redis.Redis.from_url(fresh_redis.url) as connection,
+    ):
+        connection.rpush(QUEUE, bare("add", [1, 2], "outside:the:acl"))
+        wait_until(lambda: worker.stats.dead_lettered == 1, 5, "the refused reply dead-lettered")
+        [letter] = dead_letters(connection)
+        assert str(letter["reason"]).startswith("Redis refused the reply: ")
+        assert "NOPERM" in str(letter["reason"]) or "permission" in str(letter["reason"])
+        assert in_progress(connection) == []  # acknowledged: it will not run again
+        assert connection.exists("outside:the:acl") == 0
+        assert worker.stats.replied == 0
+        # Recovery (were the request still in progress) would run now and then.
+        connection.rpush(QUEUE, bare("add", [2, 2], "rpc:reply:after"))
+        popped = connection.blpop(["rpc:reply:after"], 5)
+        assert popped is not None and json.loads(popped[1])["result"] == 4
+    assert connection.llen(DEAD) == 1 and connection.llen(QUEUE) == 0
+
+
+@pytest.mark.parametrize("reliable", [False, True], ids=["plain", "reliable"])
+def test_when_redis_refuses_both_reply_and_dead_letter_the_request_is_still_acknowledged(
+    fresh_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture, reliable: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rpc_redis")
+    released.clear()
+    with (
+        serve_in_thread(hostile, fresh_redis.url, reliable=reliable, heartbeat_interval=0.2),
+        redis.Redis.from_url(fresh_redis.url) as connection,
+    ):
+        connection.rpush(QUEUE, bare("held", [], "rpc:reply:held"))
+        wait_until(lambda: connection.llen(QUEUE) == 0, 5, "the call taken")
+        if reliable:
+            wait_until(lambda: len(in_progress(connection)) == 1, 5, "the call in progress")
+        connection.config_set("maxmemory", 1)  # every write that needs memory is refused
+        try:
+            released.set()
+            wait_until(
+                lambda: any("could not dead-letter" in r.getMessage() for r in caplog.records),
+                5,
+                "the request given up",
+            )
+            wait_until(lambda: in_progress(connection) == [], 5, "the request acknowledged")
+        finally:
+            connection.config_set("maxmemory", 0)
+        lines = [
+            r.getMessage() for r in caplog.records if "could not dead-letter" in r.getMessage()
+        ]
+        assert len(lines) == 1
+        assert "(Redis refused the reply: " in lines[0]
+        assert lines[0].count("maxmemory") == 2  # the reply's refusal, then its dead letter's
+    assert connection.llen(QUEUE) == 0 and connection.llen(DEAD) == 0

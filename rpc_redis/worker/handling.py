@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any
 
 from .. import protocol
-from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED
+from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, refusal_text
 from ..middleware import Hooks, Middleware, run_hooks
 from ..printable import printable
 from .receiving import Command
@@ -153,33 +153,51 @@ class Handling:
         return commands
 
     def written(self, queue: str, outcome: Outcome, results: list[Any]) -> Outcome | None:
-        """Judge Redis's answers to an outcome's commands, and tell the hooks; a reply
-        the reply script would not write (a key of another type, or one that exists
-        outside the reply namespace) earns the request a dead letter instead, returned
-        to be written in turn."""
-        failures = [result for result in results if isinstance(result, Exception)]
-        if failures:
-            logger.error(
-                "could not write the outcome of a request to %s: %s", queue, printable(failures[0])
-            )
-            return None
+        """Judge Redis's answers to an outcome's commands (error replies as values, in
+        the order :meth:`commands` gave them), and tell the hooks. Returns what to write
+        next, if anything: for a reply Redis or the reply script refused (a key of
+        another type, one that exists outside the reply namespace, out of memory, no
+        permission), the request's dead letter with that reason; for a dead letter
+        refused in turn, nothing but the acknowledgement, so that a reliable request is
+        given up once, never run again."""
+        first = results[0] if results else None
+        if outcome.reply_to is not None and outcome.body is not None:
+            self._log_failure(queue, results[1:])
+            if first in (b"ok", "ok"):
+                run_hooks(self.hooks.after_reply_written, queue)
+                return None
+            if isinstance(first, Exception):
+                return Outcome(dead_letter_reason=f"Redis refused the reply: {refusal_text(first)}")
+            found = first.decode() if isinstance(first, bytes) else str(first)
+            refused = protocol.refused_reply_reason(outcome.reply_to, found, self.prefix)
+            return Outcome(dead_letter_reason=refused)
         reason = outcome.dead_letter_reason
-        if reason is not None:
-            logger.warning(
-                "dead-lettered a message to %s: %s",
-                self.services_by_queue[queue],
+        if reason is None:
+            self._log_failure(queue, results)  # an acknowledgement alone
+            return None
+        service = self.services_by_queue[queue]
+        if isinstance(first, Exception):
+            logger.error(
+                "gave up a message to %s: could not dead-letter it (%s): %s",
+                service,
                 printable(reason),
+                printable(refusal_text(first)),
             )
-            run_hooks(self.hooks.after_dead_letter, queue, reason)
-        if outcome.reply_to is None or outcome.body is None:
-            return None
-        pushed = results[0]
-        if pushed in (b"ok", "ok"):
-            run_hooks(self.hooks.after_reply_written, queue)
-            return None
-        found = pushed.decode() if isinstance(pushed, bytes) else str(pushed)
-        reason = protocol.refused_reply_reason(outcome.reply_to, found, self.prefix)
-        return Outcome(dead_letter_reason=reason)
+            return Outcome()  # acknowledged, if reliable; nothing more can be done
+        self._log_failure(queue, results[1:])
+        logger.warning("dead-lettered a message to %s: %s", service, printable(reason))
+        run_hooks(self.hooks.after_dead_letter, queue, reason)
+        return None
+
+    def _log_failure(self, queue: str, results: list[Any]) -> None:
+        """One line for the first of the other commands Redis refused (LTRIM, LREM)."""
+        failure = next((result for result in results if isinstance(result, Exception)), None)
+        if failure is not None:
+            logger.error(
+                "could not write the outcome of a request to %s: %s",
+                queue,
+                printable(refusal_text(failure)),
+            )
 
     def _rejection(self, queue: str, rejected: protocol.Rejected) -> Outcome:
         run_hooks(self.hooks.after_reject, queue, rejected.reason)

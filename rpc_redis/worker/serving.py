@@ -85,11 +85,14 @@ class Serving:
         commands = self.handling.commands(queue, raw, outcome, in_progress)
         if not commands:
             return
-        results = await self._write(queue, commands, outcome, transaction=reliable)
+        # One command (an acknowledgement alone) is atomic by itself; Redis refuses a
+        # transaction when out of memory, even one that only removes.
+        transaction = reliable and len(commands) > 1
+        results = await self._write(queue, commands, outcome, transaction=transaction)
         if results is None:
             return
         follow_up = self.handling.written(queue, outcome, results)
-        if follow_up is not None:  # the reply key holds another type: keep the request
+        if follow_up is not None:  # a refused reply's dead letter, or its acknowledgement
             await self.finish(queue, raw, follow_up)
 
     async def _write(
