@@ -92,11 +92,16 @@ def deliveries_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """Serialise to compact UTF-8 JSON; stdlib fallback for integers wider than 64 bits."""
+    """Serialise to compact UTF-8 JSON; stdlib fallback for integers wider than 64 bits
+    (and for nesting deeper than orjson's 255 levels). Raises TypeError or ValueError
+    for what cannot be serialised, a value nested past the recursion limit included."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise ValueError("nested too deeply to serialise") from None
 
 
 def loads(data: bytes | str) -> Any:
@@ -419,14 +424,22 @@ def encode_response(response: Any) -> bytes:
 
 
 def unserialisable_result_response(response: Any) -> dict[str, Any]:
+    """What replaces a response that cannot be serialised: an error keeps its code and
+    message and loses the data that could not be written; a result becomes an internal
+    error naming the result's type."""
     request_id = response.get("id") if isinstance(response, dict) else None
+    request_id = request_id if is_valid_id(request_id) else None
+    error = response.get("error") if isinstance(response, dict) else None
+    if isinstance(error, dict):
+        kept = {name: error[name] for name in ("code", "message") if name in error}
+        return {"jsonrpc": JSONRPC, "error": kept, "id": request_id}
     result = response.get("result") if isinstance(response, dict) else response
-    error = RpcError(
+    unserialisable = RpcError(
         "Result is not JSON serialisable",
         {"type": type(result).__name__},
         code=INTERNAL_ERROR,
     )
-    return error_response(request_id if is_valid_id(request_id) else None, error)
+    return error_response(request_id, unserialisable)
 
 
 def encode_dead_letter(raw: bytes, reason: str, queue: str, at: float) -> bytes:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from rpc_redis import Service, Worker
+from rpc_redis import RpcError, Service, Worker, protocol
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import serve_in_thread, wait_until
@@ -259,3 +259,75 @@ def test_when_redis_refuses_both_reply_and_dead_letter_the_request_is_still_ackn
         assert "(Redis refused the reply: " in lines[0]
         assert lines[0].count("maxmemory") == 2  # the reply's refusal, then its dead letter's
     assert connection.llen(QUEUE) == 0 and connection.llen(DEAD) == 0
+
+
+# -- every message with a usable reply key gets a reply or a dead letter (defect 3) -------
+
+
+@hostile.method
+def refuse(data: object) -> None:
+    """An application error carrying the caller's own data."""
+    raise RpcError("Refused", data, code=1001)
+
+
+def nested_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [300, 990, 1020])
+def test_a_reply_nested_too_deep_to_write_is_an_error_reply(
+    worker: Worker, redis_connection: redis.Redis, depth: int
+) -> None:
+    nested = nested_json(depth)
+
+    def call(method: str, params: str, request_id: str) -> str:
+        return f'{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":{request_id}}}'
+
+    messages = {
+        "rpc:reply:result": call("add", f"[{nested},[]]", '"rpc:reply:result"'),
+        "rpc:reply:error": call("refuse", f"[{nested}]", '"rpc:reply:error"'),
+        "rpc:reply:batch": "[{},{}]".format(
+            call("add", f"[{nested},[]]", "1"), call("add", "[1,2]", '"rpc:reply:batch"')
+        ),
+    }
+    for raw in messages.values():
+        redis_connection.rpush(QUEUE, raw)
+    replies = {}
+    for key in messages:
+        popped = redis_connection.blpop([key], 5)
+        assert popped is not None, f"no reply on {key}"
+        replies[key] = popped[1]
+    # The result itself, if a client can read it (orjson, as clients do), else an error.
+    written = f'{{"jsonrpc":"2.0","result":{nested},"id":"rpc:reply:result"}}'
+    if replies["rpc:reply:result"] != written.encode():
+        assert protocol.loads(replies["rpc:reply:result"])["error"]["code"] == -32603
+    else:
+        protocol.loads(written)
+    error, batch = (protocol.loads(replies[key]) for key in ("rpc:reply:error", "rpc:reply:batch"))
+    assert error["error"]["code"] == 1001 and error["error"]["message"] == "Refused"
+    assert batch[1] == {"jsonrpc": "2.0", "result": 3, "id": "rpc:reply:batch"}
+    assert worker.stats.dead_lettered == 0
+
+
+def test_a_fault_in_the_worker_still_answers_the_message(
+    worker: Worker, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last line of defence: whatever raises, the caller hears of it."""
+
+    def broken(response: object) -> bytes:
+        raise RuntimeError("a bug\nin the worker")
+
+    monkeypatch.setattr("rpc_redis.protocol.encode_response", broken)
+    redis_connection.rpush(QUEUE, bare("add", [1, 2], "rpc:reply:fault"))
+    redis_connection.rpush(
+        QUEUE, json.dumps({"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 5})
+    )
+    popped = redis_connection.blpop(["rpc:reply:fault"], 5)
+    assert popped is not None
+    reply = json.loads(popped[1])
+    assert reply["id"] == "rpc:reply:fault"
+    assert reply["error"]["code"] == -32603
+    assert reply["error"]["data"] == {"type": "RuntimeError", "message": "a bug\\nin the worker"}
+    wait_until(lambda: redis_connection.llen(DEAD) == 1, 5, "the other one dead-lettered")
+    [letter] = dead_letters(redis_connection)
+    assert letter["reason"] == "request has no usable reply key"

@@ -610,6 +610,34 @@ def test_an_unserialisable_result_does_not_spoil_the_rest_of_a_batch() -> None:
     assert reply[3] == ok(4, WIDE_INT)
 
 
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [254, 256, 990, 1024, 5000])
+def test_a_result_nested_however_deep_gets_a_reply(depth: int) -> None:
+    """orjson stops at 255 levels, and json.dumps at the recursion limit (RecursionError)."""
+    reply = strict_json(protocol.encode_response(ok("rpc:reply:k", nested(depth))))
+    if "result" in reply:
+        assert reply == ok("rpc:reply:k", nested(depth))
+    else:
+        assert depth > 255 and reply["id"] == "rpc:reply:k"
+        assert reply["error"] == {
+            "code": INTERNAL_ERROR,
+            "message": "Result is not JSON serialisable",
+            "data": {"type": "list"},
+        }
+
+
+def test_error_data_nested_too_deep_is_left_out_of_the_error() -> None:
+    response = {"jsonrpc": "2.0", "error": {"code": 1001, "message": "No", "data": nested(5000)}}
+    reply = strict_json(protocol.encode_response({**response, "id": 7}))
+    assert reply == {"jsonrpc": "2.0", "error": {"code": 1001, "message": "No"}, "id": 7}
+
+
 def test_encode_response_writes_integers_wider_than_64_bits_exactly() -> None:
     encoded = protocol.encode_response(ok(1, [WIDE_INT, -WIDE_INT]))
     assert strict_json(encoded) == ok(1, [WIDE_INT, -WIDE_INT])

@@ -17,9 +17,9 @@ from importlib import resources
 from typing import Any
 
 from .. import protocol
-from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, refusal_text
+from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, InternalError, refusal_text
 from ..middleware import Hooks, Middleware, run_hooks
-from ..printable import printable
+from ..printable import printable, printable_exception
 from .receiving import Command
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -130,6 +130,34 @@ class Handling:
         self._log_error_responses(queue, message.payload, response)
         body = protocol.encode_response(response)
         return Outcome(message.reply_to, body, deadline=message.deadline)
+
+    def fault(self, queue: str, raw: bytes, error: Exception) -> Outcome:
+        """The outcome of a message whose handling raised (a bug, in the worker or its
+        middleware): one log line, and an internal-error reply if the message can be
+        answered, else its dead letter. Read afresh from ``raw``: the fault may have
+        come at any step."""
+        logger.error(
+            "unexpected error handling a message from %s: %s", queue, printable_exception(error)
+        )
+        try:
+            message = protocol.decode_message(raw, self.max_message_bytes)
+        except Exception:  # the fault may be in reading it
+            message = None
+        reply_to = message.reply_to if message is not None else None
+        if reply_to is None or protocol.reply_key_problem(
+            reply_to, self.services_by_queue, self.prefix
+        ):
+            reason = f"the worker failed handling it: {type(error).__name__}: {printable(error)}"
+            return Outcome(dead_letter_reason=reason)
+        if isinstance(message, protocol.Incoming):
+            if not protocol.expects_reply(message.payload):
+                return Outcome()  # a notification: nobody to tell
+            request_id = protocol.first_request_id(message.payload)
+        else:
+            request_id = message.request_id if message is not None else None
+        data = {"type": type(error).__name__, "message": printable(error)}
+        body = protocol.dumps(protocol.error_response(request_id, InternalError(data=data)))
+        return Outcome(reply_to, body)
 
     def commands(
         self, queue: str, raw: bytes, outcome: Outcome, in_progress: str | None = None

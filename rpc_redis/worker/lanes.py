@@ -321,7 +321,9 @@ class Lane:
                 write = PendingWrite(queue, raw, outcome, commands, retry, time.monotonic())
         except Exception as exc:  # The last line of defence: log it, keep serving.
             logger.error(
-                "unexpected error handling a message from %s: %s", queue, printable_exception(exc)
+                "unexpected error writing the outcome of a message from %s: %s",
+                queue,
+                printable_exception(exc),
             )
         finally:
             with self._lock:

@@ -52,21 +52,27 @@ class Serving:
 
     async def handle(self, queue: str, raw: bytes) -> None:
         """Handle one message, from its screening to its outcome written."""
+        outcome = await self._outcome(queue, raw)
         try:
-            outcome = await self._outcome(queue, raw)
             await self.finish(queue, raw, outcome)
         except Exception as exc:  # The last line of defence: log it, keep serving.
             logger.error(
-                "unexpected error handling a message from %s: %s", queue, printable_exception(exc)
+                "unexpected error writing the outcome of a message from %s: %s",
+                queue,
+                printable_exception(exc),
             )
 
     async def _outcome(self, queue: str, raw: bytes) -> Outcome:
-        """Decide what a message earns: a reply, a dead letter, or nothing."""
-        screened = self.handling.screen(queue, raw)
-        if isinstance(screened, Outcome):
-            return screened
-        response = await self._dispatch(queue, screened)
-        return self.handling.answer(queue, screened, response)
+        """Decide what a message earns: a reply, a dead letter, or nothing; whatever
+        goes wrong on the way, the message still earns one (``Handling.fault``)."""
+        try:
+            screened = self.handling.screen(queue, raw)
+            if isinstance(screened, Outcome):
+                return screened
+            response = await self._dispatch(queue, screened)
+            return self.handling.answer(queue, screened, response)
+        except Exception as exc:
+            return self.handling.fault(queue, raw, exc)
 
     async def _dispatch(self, queue: str, message: protocol.Incoming) -> Any:
         dispatcher = self.dispatchers[queue]
@@ -129,19 +135,22 @@ class Serving:
     def outcome_in_thread(self, queue: str, raw: bytes) -> Outcome:
         """Screen, dispatch and answer one message from a receiving thread: a plain
         function runs right here; ``async def`` methods and batches go to the loop, and
-        this thread waits for them."""
-        screened = self.handling.screen(queue, raw)
-        if isinstance(screened, Outcome):
-            return screened
-        dispatcher = self.dispatchers[queue]
-        if dispatcher.dispatches_in_thread(screened.payload):
-            response = dispatcher.dispatch_in_thread(
-                screened.payload, screened.deadline, screened.meta
-            )
-        else:
-            dispatching = self._dispatch(queue, screened)
-            response = asyncio.run_coroutine_threadsafe(dispatching, self.loop).result()
-        return self.handling.answer(queue, screened, response)
+        this thread waits for them. Whatever goes wrong, the message earns an outcome."""
+        try:
+            screened = self.handling.screen(queue, raw)
+            if isinstance(screened, Outcome):
+                return screened
+            dispatcher = self.dispatchers[queue]
+            if dispatcher.dispatches_in_thread(screened.payload):
+                response = dispatcher.dispatch_in_thread(
+                    screened.payload, screened.deadline, screened.meta
+                )
+            else:
+                dispatching = self._dispatch(queue, screened)
+                response = asyncio.run_coroutine_threadsafe(dispatching, self.loop).result()
+            return self.handling.answer(queue, screened, response)
+        except Exception as exc:
+            return self.handling.fault(queue, raw, exc)
 
     def finish_from_thread(self, queue: str, raw: bytes, outcome: Outcome) -> None:
         """:meth:`finish_soon`, from a receiving thread."""
