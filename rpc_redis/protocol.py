@@ -30,6 +30,11 @@ ENVELOPE_VERSION = 1
 DEFAULT_PREFIX = "rpc"
 DEFAULT_REPLY_TTL = 60.0
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A batch's requests and a reply's bytes: each bounds the work and the memory one
+# message can cost, whatever it holds (go-ethereum's JSON-RPC server has a limit of
+# 1,000 requests per batch too).
+DEFAULT_MAX_BATCH = 1000
+DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
 MAX_REPLY_KEY_LENGTH = 1024
 # The envelope's optional ``meta``: an object of strings, for middleware (trace context,
 # tokens), bounded so that it cannot be made to cost more than the request it rides with.
@@ -244,11 +249,15 @@ class Rejected:
     request_id: Any = None
 
 
-def decode_message(raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incoming | Rejected:
+def decode_message(
+    raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = DEFAULT_MAX_BATCH
+) -> Incoming | Rejected:
     """Turn a message popped off a queue into an :class:`Incoming` or a :class:`Rejected`.
 
     An envelope is a JSON object with a ``request`` member and no ``jsonrpc`` member;
-    anything else is taken as a bare JSON-RPC request, whose string id names its reply key.
+    anything else is taken as a bare JSON-RPC request, whose string id names its reply
+    key. A message over ``max_bytes``, or a batch of more than ``max_batch`` requests,
+    is rejected whole, before anything in it runs.
     """
     too_large = len(raw) > max_bytes
     try:
@@ -263,6 +272,15 @@ def decode_message(raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> In
         incoming = Incoming(document, bare_reply_key(document), None, enveloped=False)
     if too_large and isinstance(incoming, Incoming):
         return _too_large(raw, max_bytes, incoming.reply_to, first_request_id(incoming.payload))
+    if (
+        isinstance(incoming, Incoming)
+        and isinstance(incoming.payload, list)
+        and len(incoming.payload) > max_batch
+    ):
+        size = len(incoming.payload)
+        reason = f"batch of {size} requests exceeds the limit of {max_batch}"
+        error = InvalidRequest("Batch too large", data={"size": size, "limit": max_batch})
+        return Rejected(reason, error, incoming.reply_to, None)
     return incoming
 
 
@@ -421,6 +439,29 @@ def encode_response(response: Any) -> bytes:
         if isinstance(response, list):
             return b"[" + b",".join(encode_response(item) for item in response) + b"]"
         return dumps(unserialisable_result_response(response))
+
+
+def reply_within(response: Any, body: bytes, max_bytes: int) -> bytes:
+    """A reply of at most ``max_bytes``, for a response whose encoding (``body``) is
+    larger: a response over the limit becomes an error saying so, and in a batch the
+    largest ones do, until the rest fits, so one huge result spoils nothing else."""
+    if not isinstance(response, list):
+        return dumps(reply_too_large_response(response, len(body), max_bytes))
+    items = [encode_response(item) for item in response]
+    total = sum(len(item) + 1 for item in items) + 1
+    for index in sorted(range(len(items)), key=lambda n: len(items[n]), reverse=True):
+        if total <= max_bytes:
+            break
+        replaced = dumps(reply_too_large_response(response[index], len(items[index]), max_bytes))
+        total += len(replaced) - len(items[index])
+        items[index] = replaced
+    return b"[" + b",".join(items) + b"]"
+
+
+def reply_too_large_response(response: Any, size: int, max_bytes: int) -> dict[str, Any]:
+    request_id = response.get("id") if isinstance(response, dict) else None
+    error = RpcError("Reply too large", {"size": size, "limit": max_bytes}, code=INTERNAL_ERROR)
+    return error_response(request_id if is_valid_id(request_id) else None, error)
 
 
 def unserialisable_result_response(response: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from rpc_redis import RpcError, Service, Worker, protocol
+from rpc_redis import Client, RpcError, Service, Worker, protocol
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import serve_in_thread, wait_until
@@ -331,3 +331,105 @@ def test_a_fault_in_the_worker_still_answers_the_message(
     wait_until(lambda: redis_connection.llen(DEAD) == 1, 5, "the other one dead-lettered")
     [letter] = dead_letters(redis_connection)
     assert letter["reason"] == "request has no usable reply key"
+
+
+# -- bounds on batches and replies (defect 2) ---------------------------------------------
+
+A_CALL = {"jsonrpc": "2.0", "method": "add", "params": [1, 2]}
+
+
+def test_a_batch_over_the_limit_is_rejected_whole_at_once(
+    worker: Worker, redis_connection: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: one 4 MB message holding two million items (it took 2.7 GB, 55 s,
+    a 253 MB reply and two million log lines)."""
+    caplog.set_level(logging.DEBUG, logger="rpc_redis")
+    limit = 1000  # the default
+    first = json.dumps({**A_CALL, "id": "rpc:reply:huge-batch"}).encode()
+    redis_connection.rpush(QUEUE, b"[" + first + b",1" * 2_000_000 + b"]")
+    popped = redis_connection.blpop(["rpc:reply:huge-batch"], 10)
+    assert popped is not None
+    assert json.loads(popped[1]) == {
+        "jsonrpc": "2.0",
+        "error": {
+            "code": -32600,
+            "message": "Batch too large",
+            "data": {"size": 2_000_001, "limit": limit},
+        },
+        "id": None,
+    }
+    lines = [record for record in caplog.records if record.name.startswith("rpc_redis")]
+    assert len(lines) == 1, [record.getMessage() for record in lines]
+    assert "batch of 2000001 requests exceeds the limit of 1000" in lines[0].getMessage()
+
+
+def test_a_batch_at_the_limit_is_served_and_one_over_it_is_not(
+    redis_url: str, redis_connection: redis.Redis
+) -> None:
+    with serve_in_thread(hostile, redis_url, max_batch=3):
+        at_limit = [{**A_CALL, "id": f"rpc:reply:three-{n}"} for n in range(3)]
+        over = [*({**A_CALL, "id": n} for n in range(3)), {**A_CALL, "id": "rpc:reply:four"}]
+        redis_connection.rpush(QUEUE, json.dumps(at_limit), json.dumps(over))
+        redis_connection.rpush(QUEUE, json.dumps([1, 2, 3, 4]))  # no reply key
+        three = redis_connection.blpop(["rpc:reply:three-0"], 5)
+        four = redis_connection.blpop(["rpc:reply:four"], 5)
+        wait_until(lambda: redis_connection.llen(DEAD) == 1, 5, "the unanswerable dead-lettered")
+    assert three is not None and [item["result"] for item in json.loads(three[1])] == [3, 3, 3]
+    assert four is not None and json.loads(four[1])["error"]["message"] == "Batch too large"
+    [letter] = dead_letters(redis_connection)
+    assert letter["reason"] == "batch of 4 requests exceeds the limit of 3"
+
+
+def test_a_reply_over_the_limit_is_an_error_reply_saying_so(redis_url: str) -> None:
+    """88 bytes that make a 100 MB reply: the example calculator's mul("x", 10**8)."""
+    from services.calculator import service as calculator
+
+    with (
+        serve_in_thread(calculator, redis_url),
+        Client(redis_url, timeout=10) as client,
+    ):
+        limit = 16 * 1024 * 1024  # the default
+        with pytest.raises(RpcError) as raised:
+            client.proxy("calculator").mul("x", 10**8)
+        assert raised.value.code == -32603
+        assert raised.value.message == "Reply too large"
+        assert raised.value.data["limit"] == limit and raised.value.data["size"] > 10**8
+        assert client.proxy("calculator").mul("x", 10) == "x" * 10
+
+
+def test_a_batch_reply_over_the_limit_keeps_what_fits(
+    redis_url: str, redis_connection: redis.Redis
+) -> None:
+    with serve_in_thread(hostile, redis_url, max_reply_bytes=2000):
+        batch = [
+            {**A_CALL, "params": ["a" * 800, "b"], "id": "rpc:reply:parts"},
+            {**A_CALL, "params": ["c" * 1400, "d"], "id": 2},
+            {**A_CALL, "params": ["e" * 600, "f"], "id": 3},
+        ]
+        redis_connection.rpush(QUEUE, json.dumps(batch))
+        popped = redis_connection.blpop(["rpc:reply:parts"], 5)
+    assert popped is not None and len(popped[1]) <= 2000
+    first, second, third = json.loads(popped[1])
+    assert first["result"] == "a" * 800 + "b" and third["result"] == "e" * 600 + "f"
+    assert second["id"] == 2 and second["error"]["message"] == "Reply too large"
+    too_large = protocol.dumps({"jsonrpc": "2.0", "result": "c" * 1400 + "d", "id": 2})
+    assert second["error"]["data"] == {"size": len(too_large), "limit": 2000}
+
+
+def test_a_batch_of_failing_calls_costs_a_log_line_not_one_per_call(
+    worker: Worker, redis_connection: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rpc_redis")
+    batch = [
+        *({"jsonrpc": "2.0", "method": "fail", "params": ["no"], "id": n} for n in range(500)),
+        *({"jsonrpc": "2.0", "method": "nope", "id": n} for n in range(500, 998)),
+        {"jsonrpc": "2.0", "method": "afail", "params": ["no"], "id": "rpc:reply:failing"},
+        {"jsonrpc": "2.0", "method": "fail", "params": ["no"]},  # a notification
+    ]
+    redis_connection.rpush(QUEUE, json.dumps(batch))
+    popped = redis_connection.blpop(["rpc:reply:failing"], 10)
+    assert popped is not None and len(json.loads(popped[1])) == 999
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("rpc_redis")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("502 of 1000 calls in a batch to hostile failed; the first: ")
+    assert lines[1].startswith("hostile.nope: error -32601 Method not found (nope) (+497 more")

@@ -638,6 +638,35 @@ def test_error_data_nested_too_deep_is_left_out_of_the_error() -> None:
     assert reply == {"jsonrpc": "2.0", "error": {"code": 1001, "message": "No"}, "id": 7}
 
 
+def test_a_reply_over_the_limit_becomes_an_error_for_its_id() -> None:
+    body = protocol.encode_response(ok("k", "x" * 5000))
+    reply = strict_json(protocol.reply_within(ok("k", "x" * 5000), body, 2000))
+    assert reply["id"] == "k"
+    assert reply["error"] == {
+        "code": INTERNAL_ERROR,
+        "message": "Reply too large",
+        "data": {"size": len(body), "limit": 2000},
+    }
+
+
+@pytest.mark.parametrize("size", [1, 999, 1000])
+def test_a_batch_up_to_the_limit_is_accepted(size: int) -> None:
+    message = json.dumps([{"jsonrpc": "2.0", "method": "m", "id": "k"}] * size).encode()
+    decoded = protocol.decode_message(message, max_batch=1000)
+    assert isinstance(decoded, Incoming) and len(decoded.payload) == size
+
+
+def test_a_batch_over_the_limit_is_rejected_whole_with_its_reply_key() -> None:
+    batch = [{"jsonrpc": "2.0", "method": "m", "id": 1}, {"jsonrpc": "2.0", "id": "rpc:reply:b"}]
+    for message in (batch, {"v": 1, "reply_to": "rpc:reply:b", "request": batch}):
+        decoded = protocol.decode_message(json.dumps(message).encode(), max_batch=1)
+        assert isinstance(decoded, Rejected)
+        assert decoded.reason == "batch of 2 requests exceeds the limit of 1"
+        assert decoded.reply_to == "rpc:reply:b" and decoded.request_id is None
+        assert decoded.error.message == "Batch too large"
+        assert decoded.error.data == {"size": 2, "limit": 1}
+
+
 def test_encode_response_writes_integers_wider_than_64_bits_exactly() -> None:
     encoded = protocol.encode_response(ok(1, [WIDE_INT, -WIDE_INT]))
     assert strict_json(encoded) == ok(1, [WIDE_INT, -WIDE_INT])

@@ -38,6 +38,21 @@ T = TypeVar("T")
 
 logger = logging.getLogger("rpc_redis.service")
 
+# While a batch runs: the failures of its calls, logged in one line once it is done,
+# so that a message costs a bounded number of log lines however large its batch.
+_batch_failures: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "rpc_redis_batch_failures", default=None
+)
+
+
+def log_call_failure(line: str) -> None:
+    """Log a call's failure: at once, or with the others of its batch."""
+    failures = _batch_failures.get()
+    if failures is None:
+        logger.error("%s", line)
+    else:
+        failures.append(line)
+
 
 @dataclass(frozen=True, slots=True)
 class DispatchOptions:
@@ -106,9 +121,22 @@ class Dispatcher:
         if isinstance(payload, list):
             if not payload:
                 return protocol.error_response(None, InvalidRequest(data="empty batch"))
-            responses = await asyncio.gather(
-                *(self._dispatch_one(item, deadline, meta) for item in payload)
-            )
+            failures: list[str] = []
+            token = _batch_failures.set(failures)  # the calls' tasks inherit it
+            try:
+                responses = await asyncio.gather(
+                    *(self._dispatch_one(item, deadline, meta) for item in payload)
+                )
+            finally:
+                _batch_failures.reset(token)
+            if failures:
+                logger.error(
+                    "%d of %d calls in a batch to %s failed; the first: %s",
+                    len(failures),
+                    len(payload),
+                    self.service.name,
+                    failures[0],
+                )
             return [response for response in responses if response is not None] or None
         return await self._dispatch_one(payload, deadline, meta)
 
@@ -164,11 +192,9 @@ class Dispatcher:
 
     def _dispatcher_fault(self, request: Any, exc: Exception) -> dict[str, Any]:
         """A fault in the dispatcher itself, not in a handler: answered, and logged."""
-        logger.error(
-            "dispatching %s.%s failed: %s",
-            self.service.name,
-            printable(request["method"]),
-            printable_exception(exc),
+        log_call_failure(
+            f"dispatching {self.service.name}.{printable(request['method'])} failed: "
+            f"{printable_exception(exc)}"
         )
         error = RpcError("Server error", str(exc), code=SERVER_ERROR)
         return protocol.error_response(request.get("id"), error)
@@ -260,14 +286,14 @@ class Handler:
 
     def _as_rpc_error(self, exc: Exception) -> RpcError:
         if isinstance(exc, TimeLimitReached):
-            logger.error(
-                "%s.%s ran past its time limit of %ss", self.service, self.method, self.limit
+            log_call_failure(
+                f"{self.service}.{self.method} ran past its time limit of {self.limit}s"
             )
             return TimeLimitExceeded(data={"limit": self.limit})
         if isinstance(exc, RpcError):
             return exc
-        logger.error(
-            "%s.%s raised %s: %s", self.service, self.method, type(exc).__name__, printable(exc)
+        log_call_failure(
+            f"{self.service}.{self.method} raised {type(exc).__name__}: {printable(exc)}"
         )
         return InternalError(data=protocol.exception_data(exc, with_traceback=self.debug))
 

@@ -90,6 +90,8 @@ class Handling:
         *,
         prefix: str,
         max_message_bytes: int,
+        max_batch: int,
+        max_reply_bytes: int,
         reply_ttl_ms: int,
         dead_letter_limit: int,
     ) -> None:
@@ -97,13 +99,15 @@ class Handling:
         self.hooks = hooks
         self.prefix = prefix
         self.max_message_bytes = max_message_bytes
+        self.max_batch = max_batch
+        self.max_reply_bytes = max_reply_bytes
         self.reply_ttl_ms = reply_ttl_ms
         self.dead_letter_limit = dead_letter_limit
 
     def screen(self, queue: str, raw: bytes) -> protocol.Incoming | Outcome:
         """The message to dispatch, or the outcome it earns without being dispatched."""
         run_hooks(self.hooks.after_receive, queue)
-        message = protocol.decode_message(raw, self.max_message_bytes)
+        message = protocol.decode_message(raw, self.max_message_bytes, self.max_batch)
         if isinstance(message, protocol.Rejected):
             return self._rejection(queue, message)
         reply_to = message.reply_to
@@ -129,6 +133,14 @@ class Handling:
             return Outcome(deadline=message.deadline)
         self._log_error_responses(queue, message.payload, response)
         body = protocol.encode_response(response)
+        if len(body) > self.max_reply_bytes:
+            logger.warning(
+                "a reply to %s of %d bytes exceeds the limit of %d: replied with error -32603",
+                self.services_by_queue[queue],
+                len(body),
+                self.max_reply_bytes,
+            )
+            body = protocol.reply_within(response, body, self.max_reply_bytes)
         return Outcome(message.reply_to, body, deadline=message.deadline)
 
     def fault(self, queue: str, raw: bytes, error: Exception) -> Outcome:
@@ -140,7 +152,7 @@ class Handling:
             "unexpected error handling a message from %s: %s", queue, printable_exception(error)
         )
         try:
-            message = protocol.decode_message(raw, self.max_message_bytes)
+            message = protocol.decode_message(raw, self.max_message_bytes, self.max_batch)
         except Exception:  # the fault may be in reading it
             message = None
         reply_to = message.reply_to if message is not None else None

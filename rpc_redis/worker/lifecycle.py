@@ -102,6 +102,8 @@ class Worker:
             self.hooks,
             prefix=prefix,
             max_message_bytes=self.settings.max_message_bytes,
+            max_batch=self.settings.max_batch,
+            max_reply_bytes=self.settings.max_reply_bytes,
             reply_ttl_ms=self.settings.reply_ttl_ms,
             dead_letter_limit=self.settings.dead_letter_limit,
         )

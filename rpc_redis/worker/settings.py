@@ -90,6 +90,19 @@ class WorkerSettings:
         minimum=1,
         metavar="N",
     )
+    max_batch: int = setting(
+        protocol.DEFAULT_MAX_BATCH,
+        "a batch of more requests is rejected whole, before any of them runs",
+        minimum=1,
+        metavar="N",
+    )
+    max_reply_bytes: int = setting(
+        protocol.DEFAULT_MAX_REPLY_BYTES,
+        "a larger reply is replaced by error -32603 'Reply too large' (in a batch, its "
+        "largest responses are, until the rest fits)",
+        minimum=1024,
+        metavar="N",
+    )
     dead_letter_limit: int = setting(
         DEFAULT_DEAD_LETTER_LIMIT, "dead letters kept per service", minimum=1, metavar="N"
     )
