@@ -117,8 +117,11 @@ def _is_optional(kind: Any, inner: type) -> bool:
 def _parser_of(item: Any, kind: Any) -> Callable[[str], Any]:
     """Text to the setting's type, checked by the same rule as ``WorkerSettings``."""
     base = next((t for t in (int, float, str) if kind is t or _is_optional(kind, t)), str)
+    optional = base is not str and _is_optional(kind, base)
 
     def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None  # a bound turned off by choice, e.g. --default-time-limit none
         value = base(text)  # argparse says "invalid int value" of a ValueError
         problem = value_problem(item, value)
         if problem is not None:
@@ -171,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Handlers past their time limit: their callers have had an error reply, and
         # interpreter exit would otherwise wait for them to return.
         logger.warning(
-            "leaving %d handler thread(s) that ran past their time limit",
+            "leaving %d handler thread(s) still running past their time limit or deadline",
             worker.busy_handler_threads,
         )
         logging.shutdown()

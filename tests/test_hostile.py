@@ -3,22 +3,27 @@ cannot make a worker do. Each test here pins a defect found by attacking the wor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from rpc_redis import Client, RpcError, Service, Worker, protocol
+from rpc_redis import Client, InvalidParams, RpcError, RpcRedisError, Service, Worker, protocol
 from rpc_redis.embedded import EmbeddedRedis
-from rpc_redis.protocol import decode_dead_letter
-from rpc_redis.testing import serve_in_thread, wait_until
+from rpc_redis.protocol import decode_dead_letter, encode_envelope
+from rpc_redis.testing import WorkerProcess, calls_in_flight, serve_in_thread, wait_until
+from tests.conftest import REPOSITORY
 
 hostile = Service("hostile")
 QUEUE = "rpc:queue:hostile"
+SLOW = "rpc:queue:slow"  # tests/slow_service.py, served by real rpc-worker processes
 DEAD = "rpc:dead:hostile"
 
 
@@ -433,3 +438,137 @@ def test_a_batch_of_failing_calls_costs_a_log_line_not_one_per_call(
     assert len(lines) == 2, lines
     assert lines[0].startswith("502 of 1000 calls in a batch to hostile failed; the first: ")
     assert lines[1].startswith("hostile.nope: error -32601 Method not found (nope) (+497 more")
+
+
+# -- every call is bounded, and so is a stop (defect 5) ------------------------------------
+
+gate = threading.Event()  # stall() returns once it is set
+
+
+@hostile.method
+async def nap(seconds: float) -> float:
+    """Sleeps as long as asked: no cap, unlike the example calculator's sleep."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@hostile.method
+def stall() -> str:
+    """A plain function that returns only when the test lets it (or after 30 s)."""
+    gate.wait(30)
+    return "stalled"
+
+
+def test_notifications_that_never_end_cannot_pin_a_workers_slots(
+    worker: Worker, redis_url: str
+) -> None:
+    """Eight notifications of sleep(1e9) took every slot of a default worker for ever:
+    each is bounded by its deadline now (a second, as its client sent it)."""
+    with Client(redis_url, timeout=1) as client:
+        for _ in range(worker.concurrency):
+            client.proxy("hostile").notify.nap(1e9)
+        wait_until(lambda: worker.in_flight == worker.concurrency, 5, "every slot taken")
+        calls = client.proxy("hostile", timeout=5)
+        assert [calls.add(n, n) for n in range(5)] == [0, 2, 4, 6, 8]
+    assert worker.stats.expired == worker.concurrency
+
+
+def test_a_request_with_no_deadline_gets_the_default_time_limit(
+    redis_url: str, redis_connection: redis.Redis
+) -> None:
+    with serve_in_thread(hostile, redis_url, concurrency=2, default_time_limit=0.3) as worker:
+        for _ in range(2):
+            redis_connection.rpush(
+                QUEUE, json.dumps({"jsonrpc": "2.0", "method": "nap", "params": [1e9]})
+            )
+        redis_connection.rpush(QUEUE, bare("nap", [1e9], "rpc:reply:nap"))
+        popped = redis_connection.blpop(["rpc:reply:nap"], 5)
+        assert popped is not None
+        assert json.loads(popped[1])["error"] == {
+            "code": -32001,
+            "message": "Time limit exceeded",
+            "data": {"limit": 0.3},
+        }
+        wait_until(lambda: worker.in_flight == 0, 5, "the notifications cut short")
+
+
+def test_a_plain_function_past_its_deadline_gives_its_lane_up(
+    redis_url: str, redis_connection: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain function cannot be stopped; the lane it holds is given up to it, and
+    another lane serves in its place."""
+    caplog.set_level(logging.WARNING, logger="rpc_redis")
+    gate.clear()
+    options = {"concurrency": 2, "receive_in_threads": True}
+    try:
+        with serve_in_thread(hostile, redis_url, **options) as worker:
+            request = {"jsonrpc": "2.0", "method": "stall", "id": 1}
+            for n in range(2):
+                message = encode_envelope(request, f"rpc:reply:stalled-{n}", time.time() + 0.2)
+                redis_connection.rpush(QUEUE, message)
+            wait_until(lambda: worker.stats.expired == 2, 10, "both lanes given up")
+            with Client(redis_url, timeout=5) as client:
+                assert client.proxy("hostile").add(1, 2) == 3
+            assert worker.busy_handler_threads == 2  # the stalled calls still run
+            gate.set()
+            wait_until(lambda: worker.busy_handler_threads == 0, 5, "the stalled calls returned")
+        assert redis_connection.keys("rpc:reply:stalled-*") == []  # nothing written for them
+    finally:
+        gate.set()
+    lines = [
+        r.getMessage() for r in caplog.records if "past its caller's deadline" in r.getMessage()
+    ]
+    assert len(lines) == 2
+    assert lines[0].startswith("hostile.stall (id 1) ran past its caller's deadline")
+
+
+def test_the_example_calculator_caps_its_sleep(redis_url: str) -> None:
+    from services.calculator import service as calculator
+
+    with serve_in_thread(calculator, redis_url), Client(redis_url, timeout=5) as client:
+        calc = client.proxy("calculator")
+        for seconds in (1e9, 61, -1, "1"):
+            with pytest.raises(InvalidParams):
+                calc.sleep(seconds)
+        assert calc.sleep(0.01) == 0.01
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["--receive-in-threads", "--no-receive-in-threads", "--reliable"],
+    ids=["threads", "loop", "reliable"],
+)
+def test_a_stopping_worker_waits_at_most_its_drain_timeout(
+    redis_url: str, redis_connection: redis.Redis, mode: str
+) -> None:
+    """SIGTERM waited for ever for a call that never ends; now at most --drain-timeout,
+    then the worker exits naming what it abandoned (in reliable mode, put back)."""
+    args = ["tests.slow_service", "--redis-url", redis_url, "--drain-timeout", "1", mode]
+    failures: list[Exception] = []
+
+    def call(client: Client) -> None:
+        try:
+            client.proxy("slow").sync_sleep(30)
+        except RpcRedisError as exc:  # nobody answers an abandoned call
+            failures.append(exc)
+
+    with WorkerProcess(args, cwd=REPOSITORY) as worker, Client(redis_url, timeout=60) as client:
+        caller = threading.Thread(target=call, args=(client,))
+        caller.start()
+        wait_until(lambda: calls_in_flight(redis_url, client.client_name, SLOW) == 1)
+        worker.signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        assert worker.wait(10) == 0
+        assert time.monotonic() - stopped_at < 4
+    caller.join(10)
+    assert len(failures) == 1
+    [line] = [line for line in worker.lines if "abandoned" in line]
+    assert "abandoned 1 request(s) still running after the drain timeout of 1s: " in line
+    assert "slow.sync_sleep (id " in line
+    left = redis_connection.lrange(SLOW, 0, -1)
+    if mode == "--reliable":
+        assert "they stay in progress, to be recovered" in line
+        assert len(left) == 1 and json.loads(left[0])["request"]["method"] == "sync_sleep"
+        assert redis_connection.keys("rpc:inprogress:*") == []
+    else:
+        assert left == []

@@ -20,6 +20,7 @@ from .. import protocol
 from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, InternalError, refusal_text
 from ..middleware import Hooks, Middleware, run_hooks
 from ..printable import printable, printable_exception
+from .bounds import PAST_DEADLINE
 from .receiving import Command
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -127,7 +128,11 @@ class Handling:
         return message
 
     def answer(self, queue: str, message: protocol.Incoming, response: Any) -> Outcome:
-        """The outcome of a dispatched message, given its response (None: nothing due)."""
+        """The outcome of a dispatched message, given its response (None: nothing due;
+        PAST_DEADLINE: its caller's deadline cut it short, so nobody waits for one)."""
+        if response is PAST_DEADLINE:
+            run_hooks(self.hooks.after_skip, queue, "deadline passed")
+            return Outcome(deadline=message.deadline)
         if response is None:
             run_hooks(self.hooks.after_notification, queue)
             return Outcome(deadline=message.deadline)
@@ -142,6 +147,33 @@ class Handling:
             )
             body = protocol.reply_within(response, body, self.max_reply_bytes)
         return Outcome(message.reply_to, body, deadline=message.deadline)
+
+    def describe(self, queue: str, raw: bytes) -> str:
+        """A message, named for a log line: its service, method and id (for a batch,
+        its size), read afresh from ``raw``, and printable."""
+        service = self.services_by_queue[queue]
+        try:
+            message = protocol.decode_message(raw, self.max_message_bytes, self.max_batch)
+        except Exception:
+            message = None
+        payload = message.payload if isinstance(message, protocol.Incoming) else None
+        if isinstance(payload, list):
+            return f"a batch of {len(payload)} to {service}"
+        if not isinstance(payload, dict):
+            return f"a message to {service}"
+        method, request_id = payload.get("method"), payload.get("id")
+        shown = f"{service}.{printable(method, 64)}"
+        return shown if request_id is None else f"{shown} (id {printable(request_id, 64)})"
+
+    def cut_short(self, queue: str, raw: bytes) -> None:
+        """A call given up after its caller's deadline (on a receiving thread that is
+        left to it): nothing is written, as for a request that expired in the queue."""
+        logger.warning(
+            "%s ran past its caller's deadline: its thread is left to finish it, "
+            "unobserved, and another serves in its place",
+            self.describe(queue, raw),
+        )
+        run_hooks(self.hooks.after_skip, queue, "deadline passed")
 
     def fault(self, queue: str, raw: bytes, error: Exception) -> Outcome:
         """The outcome of a message whose handling raised (a bug, in the worker or its

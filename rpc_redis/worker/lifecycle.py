@@ -91,7 +91,10 @@ class Worker:
         self.hooks = Hooks([self.stats, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
         dispatch_options = DispatchOptions(
-            self.settings.debug, self.settings.time_limit, self.handler_threads
+            debug=self.settings.debug,
+            time_limit=self.settings.time_limit,
+            default_time_limit=self.settings.default_time_limit,
+            threads=self.handler_threads,
         )
         self.dispatchers = {
             queue: Dispatcher(service, dispatch_options, self.hooks)
@@ -109,7 +112,7 @@ class Worker:
         )
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self.stopping = Stopping()
+        self.stopping = Stopping(self.settings.drain_timeout)
         self._busy_receivers: Lanes | None = None
         self._serving: Any = None
 
@@ -183,7 +186,7 @@ class Worker:
         finally:
             receiving_done.set()
             await unblocker
-            await serving.drain()
+            await self._drain(serving)
             if upkeep is not None:
                 upkeep_done.set()
                 await upkeep
@@ -193,6 +196,24 @@ class Worker:
             self.stopped.set()
         if self.stopping.fatal is not None:
             raise self.stopping.fatal
+
+    async def _drain(self, serving: Serving) -> None:
+        """Wait for the requests in flight until the drain timeout, then abandon those
+        left, named in one line: in reliable mode they stay in progress, and retiring
+        puts them back on their queue."""
+        left = self.stopping.drain_left()
+        abandoned = list(self._busy_receivers.abandoned) if self._busy_receivers else []
+        abandoned += await serving.drain(self.settings.drain_timeout if left is None else left)
+        if abandoned:
+            recovered = "; they stay in progress, to be recovered" if self.reliable_queues else ""
+            logger.warning(
+                "stopping: abandoned %d request(s) still running after the drain timeout of "
+                "%gs: %s%s",
+                len(abandoned),
+                self.settings.drain_timeout,
+                protocol.summarize(abandoned),
+                recovered,
+            )
 
     async def _first_beat(self, reliability: Reliability, outages: Outages) -> bool:
         """Register before receiving; False if Redis refuses it for good."""
@@ -310,8 +331,10 @@ class Worker:
 
     @property
     def busy_handler_threads(self) -> int:
-        """Threads running a plain-function handler now: after a stop, those past a limit."""
-        return self.handler_threads.busy
+        """Threads running a plain-function handler now: after a stop, those past a
+        limit or a deadline, and those abandoned at the drain timeout."""
+        lanes = self._busy_receivers.abandoned_running if self._busy_receivers else 0
+        return self.handler_threads.busy + lanes
 
 
 def run_worker(worker: Worker) -> None:

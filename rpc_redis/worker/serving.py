@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,6 +20,9 @@ from .reliable import Reliability
 from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")
+
+# At the end of a drain, how long writes started just then still get.
+LAST_WRITES_SECONDS = 0.2
 
 
 class Serving:
@@ -37,7 +41,7 @@ class Serving:
         self.writer = writer
         self.reliability = reliability
         self.loop = loop
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], tuple[str, bytes]] = {}  # -> queue, raw
 
     @property
     def in_flight(self) -> int:
@@ -48,7 +52,7 @@ class Serving:
 
     def handle_soon(self, queue: str, raw: bytes) -> asyncio.Task[None]:
         """Handle a message in a task of its own, which :meth:`drain` waits for."""
-        return self._start(self.handle(queue, raw))
+        return self._start(queue, raw, self.handle(queue, raw))
 
     async def handle(self, queue: str, raw: bytes) -> None:
         """Handle one message, from its screening to its outcome written."""
@@ -80,7 +84,7 @@ class Serving:
 
     def finish_soon(self, queue: str, raw: bytes, outcome: Outcome) -> None:
         """Write an outcome, without waiting for it."""
-        self._start(self.finish(queue, raw, outcome))
+        self._start(queue, raw, self.finish(queue, raw, outcome))
 
     async def finish(self, queue: str, raw: bytes, outcome: Outcome) -> None:
         """Write the outcome in one round trip, retried through an outage; for a
@@ -119,16 +123,33 @@ class Serving:
                     return None
                 await asyncio.sleep(delay)
 
-    async def drain(self) -> None:
-        """Wait for every message being handled or written on the loop."""
+    async def drain(self, seconds: float) -> list[str]:
+        """Wait for every message being handled or written on the loop, for at most
+        ``seconds`` (and LAST_WRITES_SECONDS, for writes started just now); cancel
+        those still in flight then, and return their names, for the worker's log line.
+        A reliable one stays in its in-progress list, to be recovered."""
+        deadline = time.monotonic() + max(seconds, LAST_WRITES_SECONDS)
         while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            tasks = set(self._in_flight)
+            _, pending = await asyncio.wait(tasks, timeout=deadline - time.monotonic())
+            if pending:
+                abandoned = [self.handling.describe(*self._in_flight[task]) for task in pending]
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+                return abandoned
+        return []
 
-    def _start(self, handling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _start(
+        self, queue: str, raw: bytes, handling: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(handling)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self._in_flight[task] = (queue, raw)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
 
     # -- from a receiving thread -----------------------------------------------------------
 
@@ -153,5 +174,9 @@ class Serving:
             return self.handling.fault(queue, raw, exc)
 
     def finish_from_thread(self, queue: str, raw: bytes, outcome: Outcome) -> None:
-        """:meth:`finish_soon`, from a receiving thread."""
-        self.loop.call_soon_threadsafe(self.finish_soon, queue, raw, outcome)
+        """:meth:`finish_soon`, from a receiving thread (one abandoned at a stop may
+        come back after the worker is gone: then there is nobody to write it)."""
+        try:
+            self.loop.call_soon_threadsafe(self.finish_soon, queue, raw, outcome)
+        except RuntimeError:  # the event loop is closed
+            logger.error("could not write the outcome of a request to %s: stopped", queue)
