@@ -572,3 +572,37 @@ def test_a_stopping_worker_waits_at_most_its_drain_timeout(
         assert redis_connection.keys("rpc:inprogress:*") == []
     else:
         assert left == []
+
+
+# -- one log line and one count per dead letter (defect 7) ---------------------------------
+
+
+@hostile.method
+def slow(n: int) -> int:
+    """Long enough (20 ms) for the lanes' keeper to take the replies a lane kept."""
+    time.sleep(0.02)
+    return n
+
+
+def test_each_dead_letter_is_logged_and_counted_once_among_slow_calls(
+    redis_url: str, redis_connection: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,000 dead letters gave 1,956 log lines and a doubled counter when slow calls
+    were mixed in: the keeper rebuilt the commands of the outcomes it took from a lane."""
+    caplog.set_level(logging.WARNING, logger="rpc_redis")
+    with serve_in_thread(hostile, redis_url, receive_in_threads=True) as worker:
+        messages: list[bytes] = []
+        for n in range(1000):
+            messages.append(f"not json {n}".encode())
+            if n % 20 == 0:
+                messages.append(bare("slow", [n], f"rpc:reply:slow-{n}"))
+        redis_connection.rpush(QUEUE, *messages)
+        for n in range(0, 1000, 20):
+            assert redis_connection.blpop([f"rpc:reply:slow-{n}"], 10) is not None
+        wait_until(lambda: worker.stats.dead_lettered >= 1000, 10, "1,000 dead letters")
+        wait_until(lambda: worker.in_flight == 0, 5, "the worker idle")
+        assert worker.stats.taken_ahead > 0  # the keeper had replies to take
+        assert worker.stats.dead_lettered == 1000
+    assert redis_connection.llen(DEAD) == 1000
+    lines = [r for r in caplog.records if "dead-lettered a message" in r.getMessage()]
+    assert len(lines) == 1000
