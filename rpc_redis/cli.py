@@ -23,6 +23,7 @@ from .errors import RpcConfigurationError
 from .middleware import Middleware, load_middleware
 from .service import Service, load_services
 from .worker import Worker
+from .worker.heap import return_large_blocks
 from .worker.settings import WorkerSettings, settings_fields, value_problem
 from .worker.supervisor import EXIT_CONFIGURATION, Supervisor, child_command
 
@@ -165,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"rpc-worker: error: {exc}\n")
     if args.processes > 1:
         return Supervisor(child_command(arguments), args.processes, redis_url=url).run()
+    return_large_blocks()
     try:
         asyncio.run(serve(worker))
     except RpcConfigurationError as exc:
