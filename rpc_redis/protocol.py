@@ -35,6 +35,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # 1,000 requests per batch too).
 DEFAULT_MAX_BATCH = 1000
 DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
+# A message over its limit is still read, for the reply key its error goes to, and
+# kept whole in its dead letter, to be requeued once the limit is raised, up to this
+# many times the limit; past that it is not even parsed (parsing costs many times a
+# message's size), and its dead letter keeps only its first DEAD_LETTER_HEAD_BYTES.
+UNREAD_FACTOR = 4
+DEAD_LETTER_HEAD_BYTES = 64 * 1024
 MAX_REPLY_KEY_LENGTH = 1024
 # The envelope's optional ``meta``: an object of strings, for middleware (trace context,
 # tokens), bounded so that it cannot be made to cost more than the request it rides with.
@@ -260,6 +266,8 @@ def decode_message(
     is rejected whole, before anything in it runs.
     """
     too_large = len(raw) > max_bytes
+    if len(raw) > UNREAD_FACTOR * max_bytes:
+        return _too_large(raw, max_bytes, None, None)
     try:
         document = loads(raw)
     except ValueError as exc:
@@ -483,9 +491,17 @@ def unserialisable_result_response(response: Any) -> dict[str, Any]:
     return error_response(request_id, unserialisable)
 
 
-def encode_dead_letter(raw: bytes, reason: str, queue: str, at: float) -> bytes:
-    """A dead-letter entry: the message exactly as received, why, where and when."""
+def encode_dead_letter(
+    raw: bytes, reason: str, queue: str, at: float, max_bytes: int | None = None
+) -> bytes:
+    """A dead-letter entry: the message exactly as received, why, where and when. One
+    more than UNREAD_FACTOR times ``max_bytes`` (the worker's limit) keeps only its first
+    DEAD_LETTER_HEAD_BYTES, in base64 (so no requeue takes it), and its size."""
     entry: dict[str, Any] = {"reason": reason, "queue": queue, "time": round(at, 6)}
+    if max_bytes is not None and len(raw) > UNREAD_FACTOR * max_bytes:
+        entry.update(size=len(raw), truncated=True)
+        entry["message_base64"] = base64.b64encode(raw[:DEAD_LETTER_HEAD_BYTES]).decode("ascii")
+        return dumps(entry)
     try:
         entry["message"] = raw.decode("utf-8")
     except UnicodeDecodeError:

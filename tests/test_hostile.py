@@ -606,3 +606,26 @@ def test_each_dead_letter_is_logged_and_counted_once_among_slow_calls(
     assert redis_connection.llen(DEAD) == 1000
     lines = [r for r in caplog.records if "dead-lettered a message" in r.getMessage()]
     assert len(lines) == 1000
+
+
+# -- a message far over the limit costs its reading, no more -------------------------------
+
+
+def test_a_message_far_over_the_limit_is_not_parsed_and_only_its_head_kept(
+    redis_url: str, redis_connection: redis.Redis
+) -> None:
+    """Parsed, a message many times the limit costs many times its size in memory;
+    kept whole, its dead letter would cost its size again in Redis, at every push."""
+    limit = 10_000
+    huge = envelope({**A_CALL, "params": ["x" * 1_000_000, "y"], "id": 1}, "rpc:reply:far")
+    assert len(huge) > protocol.UNREAD_FACTOR * limit
+    with serve_in_thread(hostile, redis_url, max_message_bytes=limit) as worker:
+        redis_connection.rpush(QUEUE, huge)
+        wait_until(lambda: worker.stats.dead_lettered == 1, 5, "the huge message dead-lettered")
+    [entry] = redis_connection.lrange(DEAD, 0, -1)
+    assert len(entry) < 100_000
+    letter = decode_dead_letter(entry)
+    assert letter["reason"] == f"message of {len(huge)} bytes exceeds the limit of {limit}"
+    assert letter["truncated"] is True and letter["size"] == len(huge)
+    assert letter["raw"] == huge[: protocol.DEAD_LETTER_HEAD_BYTES]
+    assert redis_connection.exists("rpc:reply:far") == 0  # not read, so not answered

@@ -217,7 +217,9 @@ class Handling:
             )
         if outcome.dead_letter_reason is not None:
             key = protocol.dead_letter_key(self.services_by_queue[queue], self.prefix)
-            entry = protocol.encode_dead_letter(raw, outcome.dead_letter_reason, queue, time.time())
+            entry = protocol.encode_dead_letter(
+                raw, outcome.dead_letter_reason, queue, time.time(), self.max_message_bytes
+            )
             commands.append(("RPUSH", key, entry))
             commands.append(("LTRIM", key, -self.dead_letter_limit, -1))
         if in_progress is not None:
