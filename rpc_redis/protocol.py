@@ -35,11 +35,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # 1,000 requests per batch too).
 DEFAULT_MAX_BATCH = 1000
 DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
-# A message over its limit is still read, for the reply key its error goes to, and
-# kept whole in its dead letter, to be requeued once the limit is raised, up to this
-# many times the limit; past that it is not even parsed (parsing costs many times a
-# message's size), and its dead letter keeps only its first DEAD_LETTER_HEAD_BYTES.
-UNREAD_FACTOR = 4
+# A message's dead letter keeps only this much of one too large to be read (below).
 DEAD_LETTER_HEAD_BYTES = 64 * 1024
 MAX_REPLY_KEY_LENGTH = 1024
 # The envelope's optional ``meta``: an object of strings, for middleware (trace context,
@@ -266,7 +262,7 @@ def decode_message(
     is rejected whole, before anything in it runs.
     """
     too_large = len(raw) > max_bytes
-    if len(raw) > UNREAD_FACTOR * max_bytes:
+    if len(raw) > unread_above(max_bytes):
         return _too_large(raw, max_bytes, None, None)
     try:
         document = loads(raw)
@@ -290,6 +286,15 @@ def decode_message(
         error = InvalidRequest("Batch too large", data={"size": size, "limit": max_batch})
         return Rejected(reason, error, incoming.reply_to, None)
     return incoming
+
+
+def unread_above(max_bytes: int) -> int:
+    """The size past which a message over its limit is not even parsed: twice the limit,
+    or the limit and 1 MiB if that is more. Below it, a message too large is read, for
+    the reply key its error goes to, and kept whole in its dead letter (to be requeued
+    once the limit is raised); past it, parsing would cost many times its size, and its
+    dead letter keeps its first DEAD_LETTER_HEAD_BYTES."""
+    return max(2 * max_bytes, max_bytes + 1024 * 1024)
 
 
 def _too_large(raw: bytes, max_bytes: int, reply_to: str | None, request_id: Any) -> Rejected:
@@ -495,10 +500,10 @@ def encode_dead_letter(
     raw: bytes, reason: str, queue: str, at: float, max_bytes: int | None = None
 ) -> bytes:
     """A dead-letter entry: the message exactly as received, why, where and when. One
-    more than UNREAD_FACTOR times ``max_bytes`` (the worker's limit) keeps only its first
-    DEAD_LETTER_HEAD_BYTES, in base64 (so no requeue takes it), and its size."""
+    too large to be read under ``max_bytes`` (the worker's limit: see unread_above)
+    keeps only its first DEAD_LETTER_HEAD_BYTES, in base64, so no requeue takes it."""
     entry: dict[str, Any] = {"reason": reason, "queue": queue, "time": round(at, 6)}
-    if max_bytes is not None and len(raw) > UNREAD_FACTOR * max_bytes:
+    if max_bytes is not None and len(raw) > unread_above(max_bytes):
         entry.update(size=len(raw), truncated=True)
         entry["message_base64"] = base64.b64encode(raw[:DEAD_LETTER_HEAD_BYTES]).decode("ascii")
         return dumps(entry)

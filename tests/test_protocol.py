@@ -350,7 +350,7 @@ def test_oversized_non_json_is_rejected_as_too_large_with_no_reply_key() -> None
 
 
 def test_oversized_bare_request_keeps_reply_key_and_id() -> None:
-    raw = json.dumps(request(id="rpc:reply:big", params=["x" * 200])).encode()
+    raw = json.dumps(request(id="rpc:reply:big", params=["x" * 500])).encode()
     rejected = protocol.decode_message(raw, max_bytes=100)
     assert isinstance(rejected, Rejected)
     assert isinstance(rejected.error, InvalidRequest)
@@ -360,7 +360,7 @@ def test_oversized_bare_request_keeps_reply_key_and_id() -> None:
 
 
 def test_oversized_envelope_keeps_reply_key_and_id() -> None:
-    raw = protocol.encode_envelope(request(id=9, params=["x" * 200]), "rpc:reply:k", None)
+    raw = protocol.encode_envelope(request(id=9, params=["x" * 500]), "rpc:reply:k", None)
     rejected = protocol.decode_message(raw, max_bytes=100)
     assert isinstance(rejected, Rejected)
     assert rejected.error.code == INVALID_REQUEST
@@ -370,8 +370,9 @@ def test_oversized_envelope_keeps_reply_key_and_id() -> None:
 
 
 def test_a_message_far_over_the_limit_is_not_even_parsed() -> None:
-    far = protocol.encode_envelope(request(id=9, params=["x" * 500]), "rpc:reply:k", None)
-    assert len(far) > protocol.UNREAD_FACTOR * 100
+    assert protocol.unread_above(100) == 100 + 2**20  # small limits: the 1 MiB
+    assert protocol.unread_above(4 * 2**20) == 8 * 2**20  # the default's: twice
+    far = protocol.encode_envelope(request(id=9, params=["x" * 2**21]), "rpc:reply:k", None)
     rejected = protocol.decode_message(far, max_bytes=100)
     assert isinstance(rejected, Rejected) and rejected.reply_to is None
     assert rejected.reason == f"message of {len(far)} bytes exceeds the limit of 100"
@@ -381,7 +382,7 @@ def test_a_dead_letter_keeps_a_message_whole_unless_far_over_the_limit() -> None
     over = b"x" * 400
     kept = protocol.decode_dead_letter(protocol.encode_dead_letter(over, "r", "q", 1.0, 100))
     assert kept["raw"] == over and "truncated" not in kept
-    far = b"x" * (protocol.DEAD_LETTER_HEAD_BYTES + 1)
+    far = b"x" * (protocol.unread_above(100) + 1)
     cut = protocol.decode_dead_letter(protocol.encode_dead_letter(far, "r", "q", 1.0, 100))
     assert cut["raw"] == far[: protocol.DEAD_LETTER_HEAD_BYTES]
     assert cut["truncated"] is True and cut["size"] == len(far)
