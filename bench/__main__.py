@@ -33,7 +33,7 @@ from rpc_redis import AsyncClient, Client
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.testing import WorkerProcess
 
-from . import floor
+from . import dispatch, floor
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -41,7 +41,9 @@ PAYLOADS = {"100 B": "x" * 100, "100 KB": "x" * 100_000}
 # Rows compared with each other are measured in this many alternating rounds.
 ROUNDS = 5
 # Ways to serve the plain-function service besides the default (receiving in threads).
-SERVING = {"loop": ["--no-receive-in-threads"], "reliable": ["--reliable"]}
+# "validated": the same echo, its params checked against its type hints (validate=True).
+SERVING = {"loop": ["--no-receive-in-threads"], "reliable": ["--reliable"], "validated": []}
+TARGETS = {"bench": "service", "bench_async": "async_service", "bench_validated": "validated"}
 
 
 @dataclass
@@ -61,7 +63,9 @@ class Row:
 
     @property
     def service(self) -> str:
-        return "bench_async" if self.handler == "async def" else "bench"
+        if self.handler == "async def":
+            return "bench_async"
+        return "bench_validated" if self.serving == "validated" else "bench"
 
     calls: int = 0
     seconds: float = 0.0
@@ -141,9 +145,7 @@ class Bench:
                 served.append(Row("", "", 0, count, "", "async def"))
                 served += [Row("", "", 0, count, "", serving=serving) for serving in SERVING]
             for row in served:
-                target = "bench.service:" + (
-                    "async_service" if row.service != "bench" else "service"
-                )
+                target = "bench.service:" + TARGETS[row.service]
                 args = [target, "--redis-url", self.url, "--queue", row.queue]
                 args += ["--concurrency", "64", "--log-level", "WARNING"]
                 args += SERVING.get(row.serving, [])
@@ -470,6 +472,19 @@ def main(argv: list[str] | None = None) -> int:
         speedups["def"] >= 3,
         speedups["async def"] >= 3,
     ]
+    [plain, validated] = [
+        r
+        for serving in ("", "validated")
+        for r in rows
+        if (r.system, r.kind, r.payload, r.handler, r.serving)
+        == ("sync", "latency", "100 B", "def", serving)
+    ]
+    print(
+        "validation (def, validated against def, 100 B, sequential calls): "
+        f"{validated.per_call(validated.worker_cpu) - plain.per_call(plain.worker_cpu):+.0f} µs "
+        f"worker CPU per call, {validated.median_us - plain.median_us:+.0f} µs median latency"
+    )
+    print(dispatch.report(2_000 if quick else 20_000))
     print("targets (ratios from this run):")
     for (name, value, goal), ok in zip(targets, met, strict=True):
         print(f"  {'MET ' if ok else 'MISS'}  {name}: {value} (target {goal})")

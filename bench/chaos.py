@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             for caller in callers:
                 caller.join(CALL_TIMEOUT * 3)
             hung_callers = sum(caller.is_alive() for caller in callers)
+            for worker in workers:  # one started just now is let reach serving first:
+                with contextlib.suppress(AssertionError):  # a SIGTERM while it imports
+                    worker.wait_for_line("rpc-worker serving", timeout=15)  # kills it
             exit_codes = [worker.stop() for worker in workers]
         left = keys_left(server.url)
     counts = tally.counts
@@ -186,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrong: {counts['wrong']}")
     print(f"lost: {lost}")
     print(f"workers' exit codes at the end: {exit_codes}")
+    for worker, code in zip(workers, exit_codes, strict=True):
+        if code:  # what a worker that did not stop cleanly said last
+            print(f"worker {worker.pid} exited {code}; its last lines:")
+            print("\n".join(f"  | {line}" for line in worker.lines[-15:]))
     print(f"keys left without expiry (undocumented): {left or 'none'}")
     unexpected = sum(n for kind, n in errors.items() if kind.startswith("unexpected"))
     failed = lost or counts["wrong"] or unexpected or left or any(exit_codes)

@@ -37,7 +37,7 @@ FOREIGN: dict[str, tuple[str, Callable[[redis.Redis, str], object]]] = {
     "app:todo": ("list", lambda r, k: r.rpush(k, "buy milk", "call mum")),
     "celery": ("list", lambda r, k: (r.rpush(k, '{"task": "x"}'), r.pexpire(k, 3_600_000))),
     "other:queue:jobs": ("list", lambda r, k: r.rpush(k, "a job of another deployment")),
-    "rpc:queue:other": ("list", lambda r, k: r.rpush(k, '{"jsonrpc":"2.0","method":"m"}')),
+    protocol.queue_key("other"): ("list", lambda r, k: r.rpush(k, '{"jsonrpc":"2.0"}')),
     "app:config": ("string", lambda r, k: r.set(k, "precious")),
     "rpc:reply:a-string": ("string", lambda r, k: r.set(k, "not a list")),
     "app:users": ("hash", lambda r, k: r.hset(k, "alice", "admin")),
@@ -46,8 +46,14 @@ FOREIGN: dict[str, tuple[str, Callable[[redis.Redis, str], object]]] = {
     "app:events": ("stream", lambda r, k: r.xadd(k, {"event": "login"})),
 }
 # The library's own keys, and queues: never a reply key.
-OWN = ["rpc:dead:calculator", "rpc:workers", "rpc:inprogress:w:q", "rpc:deliveries:calculator"]
-QUEUES = [QUEUE, "rpc:queue:other", "rpc:queue:", "rpc:queue:\n"]
+OWN = [
+    DEAD,
+    protocol.worker_registry_key(),
+    protocol.in_progress_key("w", QUEUE),
+    protocol.deliveries_key(QUEUE),
+    protocol.heartbeat_key("w"),
+]
+QUEUES = [QUEUE, protocol.queue_key("other"), "rpc:queue:", "rpc:queue:\n"]
 CONTROL = ["\n", "\r", "\x00", "\x1b[2K", "\u2028", "\u202e", "\t", "\x85"]
 
 

@@ -2,7 +2,8 @@
 ``rpc-worker bench.service:async_service``.
 
 One service per kind of handler: a worker receives in threads for a service with
-plain functions and on its event loop for one whose methods are all ``async def``.
+plain functions and on its event loop for one whose methods are all ``async def``;
+``validated`` is the plain one with its params checked against its hints.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from rpc_redis import Service
 
 service = Service("bench")
 async_service = Service("bench_async")
+validated = Service("bench_validated", validate=True)
 
 
 @service.method
@@ -20,4 +22,9 @@ def echo(payload: str) -> str:
 
 @async_service.method(name="echo")
 async def echo_async(payload: str) -> str:
+    return payload
+
+
+@validated.method(name="echo")
+def echo_validated(payload: str) -> str:
     return payload

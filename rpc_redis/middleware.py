@@ -10,13 +10,13 @@ hook raises is logged in one line and the call goes on.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .context import CallContext
 from .errors import RpcError
+from .importing import import_user_module
 from .printable import printable
 
 logger = logging.getLogger("rpc_redis.middleware")
@@ -41,7 +41,8 @@ class Middleware:
         """A message was taken off ``queue``."""
 
     def after_skip(self, queue: str, reason: str) -> None:
-        """A message was dropped unserved because nobody waits for it (its deadline passed)."""
+        """A message was dropped, nothing written, because nobody waits for it: its
+        deadline passed in the queue, or during its call, which was cut short."""
 
     def after_reject(self, queue: str, reason: str) -> None:
         """A message was refused whole before dispatch (malformed, too large...)."""
@@ -118,7 +119,7 @@ def load_middleware(target: str) -> Middleware:
     module_name, colon, attribute = target.partition(":")
     if not colon or not attribute:
         raise LookupError(f"middleware {target!r} must be MODULE:ATTR")
-    found = getattr(importlib.import_module(module_name), attribute, None)
+    found = getattr(import_user_module(module_name), attribute, None)
     if isinstance(found, type) and issubclass(found, Middleware):
         found = found()
     if not isinstance(found, Middleware):

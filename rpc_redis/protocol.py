@@ -48,11 +48,33 @@ JSONRPC = "2.0"
 
 
 # -- keys ---------------------------------------------------------------------------
+#
+# A service's keys carry its name as a Redis Cluster hash tag (``rpc:queue:{calculator}``):
+# only the part in braces is hashed, so the queue, its dead letters and every in-progress
+# list taken from it share one hash slot, and each multi-key step (BLMOVE into an
+# in-progress list, the recovery script) stays on one node. On a single node a tag is
+# just two characters of the name.
+
+
+def hash_tag(service: str) -> str:
+    """``{service}``: the part of a service's keys Redis Cluster hashes."""
+    return f"{{{service}}}"
+
+
+def slot_tag(key: str) -> str:
+    """What Redis Cluster hashes of ``key``: its first non-empty ``{...}``, else all of
+    it. Keys named ``...{slot_tag(key)}...`` share ``key``'s hash slot."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def queue_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The list a service's requests are pushed onto."""
-    return f"{prefix}:queue:{service}"
+    """The list a service's requests are pushed onto: ``rpc:queue:{calculator}``."""
+    return f"{prefix}:queue:{hash_tag(service)}"
 
 
 def queue_namespace(prefix: str = DEFAULT_PREFIX) -> str:
@@ -72,12 +94,13 @@ def reply_namespace(prefix: str = DEFAULT_PREFIX) -> str:
 
 def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The list where a service's undeliverable messages are kept, newest last."""
-    return f"{prefix}:dead:{service}"
+    return f"{prefix}:dead:{hash_tag(service)}"
 
 
 def in_progress_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """A reliable worker's list of the requests it has taken from ``queue`` and not answered."""
-    return f"{prefix}:inprogress:{worker_id}:{queue}"
+    """A reliable worker's list of the requests it has taken from ``queue`` and not
+    answered, in ``queue``'s hash slot (BLMOVE moves between the two)."""
+    return f"{prefix}:inprogress:{hash_tag(slot_tag(queue))}:{worker_id}"
 
 
 def heartbeat_key(worker_id: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -90,9 +113,10 @@ def worker_registry_key(prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:workers"
 
 
-def deliveries_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """Hash counting how often each recovered request was delivered (SHA-1 of its bytes)."""
-    return f"{prefix}:deliveries:{service}"
+def deliveries_key(queue: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Hash counting how often each request recovered to ``queue`` was delivered (by the
+    SHA-1 of its bytes), in ``queue``'s hash slot (the recovery script writes both)."""
+    return f"{prefix}:deliveries:{hash_tag(slot_tag(queue))}"
 
 
 # -- JSON ---------------------------------------------------------------------------
@@ -172,7 +196,7 @@ def meta_problem(meta: Any) -> str | None:
     if len(meta) > MAX_META_MEMBERS:
         return f"envelope meta has more than {MAX_META_MEMBERS} members"
     for key, value in meta.items():
-        if not key or len(key) > MAX_META_KEY_LENGTH:
+        if not isinstance(key, str) or not key or len(key) > MAX_META_KEY_LENGTH:
             return f"envelope meta keys must be 1 to {MAX_META_KEY_LENGTH} characters"
         if not isinstance(value, str):
             return "envelope meta values must be strings"
@@ -380,7 +404,7 @@ def reply_key_problem(
 
 def reply_key_may_exist(reply_to: str, prefix: str = DEFAULT_PREFIX) -> bool:
     """Whether a reply may go onto a list that is already there: only under
-    ``{prefix}:reply:``, where a key shared by many calls lives. Anywhere else a key
+    ``<prefix>:reply:``, where a key shared by many calls lives. Anywhere else a key
     that exists holds someone else's data, and a worker writes only to a key it creates
     (the reply script checks, in the same step as the write)."""
     return reply_to.startswith(reply_namespace(prefix))

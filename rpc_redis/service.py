@@ -6,27 +6,36 @@ A Service only registers; how a request reaches a method is the worker's busines
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from . import protocol
+from .errors import RpcError
+from .importing import import_user_module
+from .validation import require_pydantic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# What ``@service.method(errors=...)`` takes: RpcError classes or instances, for discovery.
+DeclaredErrors = Iterable[type[RpcError] | RpcError]
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
-    """One method as registered: its wire name, its function and its own time limit."""
+    """One method as registered: its wire name, its function, its own time limit,
+    whether its params are checked against its type hints, and the errors it declares."""
 
     name: str
     func: Callable[..., Any]
     time_limit: float | None
     is_async: bool
     params: ParamsShape
+    validate: bool = False
+    errors: tuple[RpcError, ...] = ()
 
 
 class Service:
@@ -38,14 +47,31 @@ class Service:
     ...     return a + b
     """
 
-    def __init__(self, name: str, *, queue: str | None = None, reliable: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        reliable: bool = False,
+        validate: bool = False,
+        version: str = "0.0.0",
+        description: str | None = None,
+    ) -> None:
         """``reliable=True``: recover this service's requests from workers that die
-        mid-call (at-least-once delivery; for idempotent methods, see docs/reliability.md)."""
+        mid-call (at-least-once delivery; for idempotent methods, see docs/reliability.md).
+        ``validate=True``: check and convert every method's params against its type
+        hints (needs pydantic; see rpc_redis/validation.py). ``version`` and
+        ``description`` are what ``rpc.discover`` says of the service."""
         if not name:
             raise ValueError("a service needs a name")
+        if validate:
+            require_pydantic(f"service {name!r}")
         self.name = name
         self.queue = queue
         self.reliable = reliable
+        self.validate = validate
+        self.version = version
+        self.description = description
         self.methods: dict[str, Method] = {}
 
     def __repr__(self) -> str:
@@ -65,22 +91,46 @@ class Service:
         return any(not method.is_async for method in self.methods.values())
 
     @overload
-    def method(self, func: F, *, name: str | None = None, time_limit: float | None = None) -> F: ...
+    def method(
+        self,
+        func: F,
+        *,
+        name: str | None = None,
+        time_limit: float | None = None,
+        validate: bool | None = None,
+        errors: DeclaredErrors = (),
+    ) -> F: ...
 
     @overload
     def method(
-        self, func: None = None, *, name: str | None = None, time_limit: float | None = None
+        self,
+        func: None = None,
+        *,
+        name: str | None = None,
+        time_limit: float | None = None,
+        validate: bool | None = None,
+        errors: DeclaredErrors = (),
     ) -> Callable[[F], F]: ...
 
     def method(
-        self, func: F | None = None, *, name: str | None = None, time_limit: float | None = None
+        self,
+        func: F | None = None,
+        *,
+        name: str | None = None,
+        time_limit: float | None = None,
+        validate: bool | None = None,
+        errors: DeclaredErrors = (),
     ) -> F | Callable[[F], F]:
         """Expose a function (sync or async) as a method.
 
-        ``name`` renames it on the wire; ``time_limit`` (seconds) overrides the worker's.
+        ``name`` renames it on the wire; ``time_limit`` (seconds) overrides the worker's;
+        ``validate`` overrides the service's; ``errors`` (RpcError classes or instances)
+        are the application errors ``rpc.discover`` lists for it.
         """
         if time_limit is not None and time_limit <= 0:
             raise ValueError("time_limit must be a positive number of seconds")
+        validated = self.validate if validate is None else validate
+        declared = tuple(error() if isinstance(error, type) else error for error in errors)
 
         def register(func: F) -> F:
             method_name = name or func.__name__
@@ -88,12 +138,16 @@ class Service:
                 raise ValueError("JSON-RPC reserves method names that start with 'rpc.'")
             if method_name in self.methods:
                 raise ValueError(f"{self.name} already has a method named {method_name!r}")
+            if validated:
+                require_pydantic(f"{self.name}.{method_name}")
             self.methods[method_name] = Method(
                 method_name,
                 func,
                 time_limit,
                 inspect.iscoroutinefunction(func),
                 ParamsShape(func),
+                validated,
+                declared,
             )
             return func
 
@@ -139,7 +193,7 @@ def load_services(target: str) -> list[Service]:
     module_name, _, attribute = target.partition(":")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
-    module = importlib.import_module(module_name)
+    module = import_user_module(module_name)
     if attribute:
         found = getattr(module, attribute, None)
         if not isinstance(found, Service):

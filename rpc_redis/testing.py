@@ -132,6 +132,18 @@ class WorkerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self, ready_timeout: float = 15.0) -> WorkerProcess:
+        """Start the process and wait for its startup line (``ready_timeout`` 0: don't).
+
+        A second start while the first process runs is refused: it would lose track of
+        that process, which nobody would then stop."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(
+                f"rpc-worker (pid {self.process.pid}) is running: stop() it before starting "
+                "again, or make another WorkerProcess"
+            )
+        if self.process is not None:
+            self.wait()  # the last one's output, read to its end
+            self.lines = []
         self.process = subprocess.Popen(
             [*rpc_worker_command(), *self.args],
             cwd=self.cwd,

@@ -31,7 +31,7 @@ def mul(a: float, b: float) -> float:
     return a * b
 
 
-@service.method
+@service.method(errors=[RpcError("Division by zero", code=DIVISION_BY_ZERO)])
 def div(a: float, b: float) -> float:
     """Divide a by b; dividing by zero is an error reply with code 1001."""
     if b == 0:

@@ -14,6 +14,16 @@ from rpc_redis import Client
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.testing import WorkerProcess
 
+NEXT_STEPS = """
+What next, from this directory:
+  source .venv/bin/activate                        # rpc-worker, rpc-admin, redis-cli
+  python -m rpc_redis.embedded --port 6379 &       # a Redis of your own (or use any Redis)
+  rpc-worker services.calculator &                 # serve services/calculator.py
+  rpc-admin call calculator.add 1 2                # call it: prints 3
+  rpc-admin status                                 # what runs, what waits
+  rpc-admin describe calculator                    # its methods, from rpc.discover
+Then README.md (calling from Python, testing your services) and docs/."""
+
 NAMES = ["Tom", "Felix", "Garfield", "Luna", "Simba", "Nala", "Misty", "Oscar", "Cleo", "Milo"]
 
 
@@ -36,6 +46,7 @@ def main(cat_count: int = 5) -> int:
         for line in worker.lines:
             print(f"  | {line}")
     print("stopped redis-server")
+    print(NEXT_STEPS)
     return exit_code
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-pytest_plugins = ["rpc_redis.testing"]
+pytest_plugins = ["rpc_redis.testing", "rpc_redis.topologies.fixtures"]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Subprocesses (rpc-worker, the demo) import services/ from the repository root.

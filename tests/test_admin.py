@@ -29,8 +29,8 @@ from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
 
 SERVICE = "calculator"
-QUEUE = "rpc:queue:calculator"
-DEAD = "rpc:dead:calculator"
+QUEUE = "rpc:queue:{calculator}"
+DEAD = "rpc:dead:{calculator}"
 DOC = REPOSITORY / "docs" / "dead-letters.md"
 
 NOT_JSON = b"not json"
@@ -197,7 +197,7 @@ def test_list_shows_entries_no_worker_wrote_without_failing(
     redis_connection: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Lua's cjson (as a script might use) stores a non-UTF-8 message as raw bytes.
-    cjson_style = b'{"queue":"rpc:queue:calculator","reason":"r","message":"\xff\xfe","time":1}'
+    cjson_style = b'{"queue":"rpc:queue:{calculator}","reason":"r","message":"\xff\xfe","time":1}'
     redis_connection.rpush(DEAD, b"garbage", b"[1,2]", cjson_style)
 
     letters = admin.list_dead_letters(redis_connection, SERVICE)
@@ -263,7 +263,7 @@ def test_requeue_skips_unreadable_entries_and_queues_that_are_not_lists(
 ) -> None:
     entries = [
         b"garbage",
-        b'{"reason":"r","queue":"rpc:queue:calculator","time":1}',  # no message
+        b'{"reason":"r","queue":"rpc:queue:{calculator}","time":1}',  # no message
         protocol.encode_dead_letter(b"to a string key", "r", "not-a-list", 1.0),
         protocol.encode_dead_letter(b"to the dead list itself", "r", DEAD, 1.0),
         protocol.encode_dead_letter(b"fine", "r", QUEUE, 1.0),
@@ -307,7 +307,7 @@ def test_requeue_uses_the_queue_each_entry_names_and_the_prefix_option(
     redis_url: str, redis_connection: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dead_letter(redis_url, redis_connection, [NUMERIC_ID], queue="jobs", prefix="shop")
-    assert redis_connection.llen("shop:dead:calculator") == 1
+    assert redis_connection.llen("shop:dead:{calculator}") == 1
     assert run_admin(capsys, "dead", "count", SERVICE, "--redis-url", redis_url)[1] == "0\n"
 
     status, out, _ = run_admin(
@@ -315,9 +315,9 @@ def test_requeue_uses_the_queue_each_entry_names_and_the_prefix_option(
     )
 
     assert status == 0
-    assert out == "requeued 1 message from shop:dead:calculator; 0 left\n"
+    assert out == "requeued 1 message from shop:dead:{calculator}; 0 left\n"
     assert redis_connection.lrange("jobs", 0, -1) == [NUMERIC_ID]
-    assert redis_connection.exists(QUEUE, "shop:queue:calculator") == 0
+    assert redis_connection.exists(QUEUE, "shop:queue:{calculator}") == 0
 
 
 def test_a_requeued_message_is_served_once_the_cause_is_gone(

@@ -1,10 +1,11 @@
-"""AsyncClient: the same surface as Client, many calls in flight on few connections."""
+"""What only the AsyncClient does: many calls in flight on few connections, one listener
+for their replies, cancellation, one deadline timer per call. What both clients do is
+pinned for both in test_client*.py."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,20 +15,13 @@ import redis
 
 from rpc_redis import (
     AsyncClient,
-    InternalError,
-    InvalidParams,
-    MethodNotFound,
     RpcConnectionError,
-    RpcError,
     RpcRedisError,
-    RpcTimeout,
-    Service,
 )
-from rpc_redis.client.aio import InFlight
+from rpc_redis.client.aio import LISTEN_BLOCK_SECONDS, InFlight
 from rpc_redis.embedded import EmbeddedRedis, free_port
-from rpc_redis.protocol import encode_envelope
+from rpc_redis.errors import RpcConfigurationError
 from rpc_redis.testing import WorkerProcess, serve_in_thread
-from services.calculator import DIVISION_BY_ZERO
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
 
@@ -36,71 +30,6 @@ from tests.conftest import REPOSITORY
 def calculator_worker(redis_url: str) -> Iterator[None]:
     with serve_in_thread(calculator, redis_url):
         yield
-
-
-async def test_calls_errors_and_timeouts(redis_url: str, calculator_worker: None) -> None:
-    async with AsyncClient(redis_url, timeout=5) as client:
-        calc = client.proxy("calculator")
-        assert await calc.add(1, 2) == 3
-        assert await calc.add(a=1.5, b=2) == 3.5
-        assert await client.call("calculator", "mul", [6, 7]) == 42
-        with pytest.raises(RpcError) as caught:
-            await calc.div(1, 0)
-        assert (caught.value.code, caught.value.data) == (DIVISION_BY_ZERO, {"dividend": 1})
-        with pytest.raises(MethodNotFound):
-            await calc.nope()
-        with pytest.raises(InvalidParams):
-            await calc.add(1)
-        with pytest.raises(TypeError):
-            calc.add(1, b=2)
-        started = time.monotonic()
-        with pytest.raises(RpcTimeout, match=r"'calculator' to 'sleep' within 0\.200s"):
-            await client.proxy("calculator", timeout=0.2).sleep(2)
-        assert time.monotonic() - started < 1.0
-        # The client goes on working after a timeout; the late reply is dropped.
-        assert await calc.sub(5, 3) == 2
-
-
-async def test_notifications_and_batches(redis_url: str, calculator_worker: None) -> None:
-    async with AsyncClient(redis_url, timeout=5) as client:
-        assert await client.proxy("calculator").notify.add(1, 1) is None
-        async with client.batch("calculator") as batch:
-            total = batch.add(1, 2)
-            failure = batch.div(1, 0)
-            batch.notify.mul(2, 2)
-        assert total.result() == 3
-        with pytest.raises(RpcError):
-            failure.result()
-        batch = client.batch("calculator")
-        batch.add(2, 2)
-        batch.nope()
-        outcomes = await batch.send()
-        assert outcomes[0] == 4
-        assert isinstance(outcomes[1], MethodNotFound)
-        only_notifications = client.batch("calculator")
-        only_notifications.notify.add(1, 1)
-        assert await only_notifications.send() == []
-
-
-async def test_handler_exception_is_internal_error(redis_url: str, calculator_worker: None) -> None:
-    async with AsyncClient(redis_url, timeout=5) as client:
-        with pytest.raises(InternalError) as caught:
-            await client.proxy("calculator").add("x", 1)
-    assert caught.value.data["type"] == "TypeError"
-
-
-async def test_timeout_against_a_service_nobody_serves(redis_url: str) -> None:
-    async with AsyncClient(redis_url, timeout=0.2) as client:
-        with pytest.raises(RpcTimeout, match="'nobody'"):
-            await client.proxy("nobody").anything()
-
-
-async def test_redis_down_is_a_clear_connection_error() -> None:
-    async with AsyncClient(f"redis://127.0.0.1:{free_port()}/0", timeout=1) as client:
-        started = time.monotonic()
-        with pytest.raises((RpcConnectionError, RpcTimeout)):
-            await client.proxy("calculator").add(1, 2)
-        assert time.monotonic() - started < 1.5
 
 
 def client_connections(url: str, name: str) -> int:
@@ -144,24 +73,6 @@ async def test_connection_bound_is_configurable(redis_url: str, calculator_worke
         AsyncClient(redis_url, max_connections=1)
 
 
-async def test_aclose_releases_every_connection(redis_url: str, calculator_worker: None) -> None:
-    client = AsyncClient(redis_url, timeout=5)
-    assert await client.proxy("calculator").add(1, 1) == 2
-    await client.aclose()
-    assert client_connections(redis_url, client.client_name) == 0
-
-
-async def test_the_first_call_after_a_redis_restart_succeeds(fresh_redis: EmbeddedRedis) -> None:
-    with serve_in_thread(calculator, fresh_redis.url):
-        async with AsyncClient(fresh_redis.url, timeout=5) as client:
-            calc = client.proxy("calculator")
-            assert await calc.add(1, 2) == 3
-            fresh_redis.kill()
-            fresh_redis.start()
-            # The pooled connections died with the old server; none is handed out stale.
-            assert await calc.add(2, 3) == 5
-
-
 def record_deadlines(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.TimerHandle]:
     """The timers calls arm on the running loop from now on, one per call."""
     loop = asyncio.get_running_loop()
@@ -182,8 +93,8 @@ async def test_a_push_redis_refuses_fails_the_call_at_once_and_disarms_its_deadl
     redis_url: str, redis_connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deadlines = record_deadlines(monkeypatch)
-    redis_connection.set("rpc:queue:calculator", "not a list")
-    refused = r"^Redis refused the request on rpc:queue:calculator: WRONGTYPE"
+    redis_connection.set("rpc:queue:{calculator}", "not a list")
+    refused = rf"^Redis at {redis_url} refused the call to rpc:queue:\{{calculator\}}: WRONGTYPE"
     # Far longer than a refusal takes to come back: only the push can fail these calls.
     async with AsyncClient(redis_url, timeout=10) as client:
         calc = client.proxy("calculator")
@@ -205,26 +116,11 @@ async def test_a_push_to_a_redis_that_is_down_fails_with_a_redacted_connection_e
         with pytest.raises(RpcConnectionError) as caught:
             await client.proxy("calculator").add(1, 2)
     assert str(caught.value).startswith(
-        f"Redis at redis://:***@127.0.0.1:{port}/0 failed during the call: "
+        f"Redis at redis://:***@127.0.0.1:{port}/0 failed during the call to "
+        "rpc:queue:{calculator}: "
     )
     assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
     assert len(deadlines) == 1 and deadlines[0].cancelled()
-
-
-async def test_a_notification_redis_does_not_take_in_time_times_out(
-    fresh_redis: EmbeddedRedis,
-) -> None:
-    with redis.Redis.from_url(fresh_redis.url) as connection:
-        connection.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # RPUSH waits
-        try:
-            async with AsyncClient(fresh_redis.url, timeout=60) as client:
-                notify = client.proxy("calculator", timeout=0.2).notify
-                with pytest.raises(
-                    RpcTimeout, match=r"'calculator' to 'notification' within 0\.200s"
-                ):
-                    await notify.add(1, 1)
-        finally:
-            connection.execute_command("CLIENT", "UNPAUSE")
 
 
 async def test_a_cancelled_call_leaves_nothing_behind(
@@ -236,12 +132,12 @@ async def test_a_cancelled_call_leaves_nothing_behind(
     async with AsyncClient(redis_url, timeout=10) as client:
         # Cancelled while its request waits in the queue for a worker.
         waiting = asyncio.create_task(client.proxy("nobody").anything())
-        assert await asyncio.to_thread(redis_connection.blpop, ["rpc:queue:nobody"], 10)
+        assert await asyncio.to_thread(redis_connection.blpop, ["rpc:queue:{nobody}"], 10)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         # Cancelled before its flush, which then fails: the flush still settles the other.
-        redis_connection.set("rpc:queue:calculator", "not a list")
+        redis_connection.set("rpc:queue:{calculator}", "not a list")
         calc = client.proxy("calculator")
         cancelled = asyncio.create_task(calc.add(1, 2))
         refused = asyncio.create_task(calc.add(3, 4))
@@ -257,26 +153,21 @@ async def test_a_cancelled_call_leaves_nothing_behind(
     assert loop_errors == []
 
 
-async def test_a_call_made_inside_a_handler_waits_no_longer_than_its_caller(
-    redis_url: str, redis_connection: redis.Redis
+async def test_a_forbidden_lpop_fails_the_calls_waiting_as_a_configuration_error(
+    fresh_redis: EmbeddedRedis,
 ) -> None:
-    service = Service("outer")
-
-    @service.method
-    async def ask_nobody() -> float:
-        async with AsyncClient(redis_url, timeout=30) as inner:  # its own default is far longer
-            try:
-                await inner.proxy("nobody").anything()
-            except RpcTimeout as exc:
-                return exc.waited
-        raise AssertionError("nobody answered")
-
-    request = {"jsonrpc": "2.0", "method": "ask_nobody", "id": 1}
-    with serve_in_thread(service, redis_url):
-        # The outer caller allows 1 s; the reply is read from the key well after.
-        redis_connection.rpush(
-            "rpc:queue:outer", encode_envelope(request, "rpc:reply:outer", time.time() + 1.0)
-        )
-        popped = await asyncio.to_thread(redis_connection.blpop, ["rpc:reply:outer"], 10)
-    assert popped is not None
-    assert 0.5 < json.loads(popped[1])["result"] <= 1.0  # the outer deadline, not 30 s
+    """The listener takes the replies behind the first with LPOP; an ACL that forbids it
+    fails every call waiting at the listener's next round, not at their timeouts."""
+    with redis.Redis.from_url(fresh_redis.url) as admin:
+        admin.execute_command("ACL", "SETUSER", "no-lpop", "on", ">pw", "~*", "+@all", "-lpop")
+    url = f"redis://no-lpop:pw@{fresh_redis.host}:{fresh_redis.port}/0"
+    async with AsyncClient(url, timeout=30) as client:
+        started = time.monotonic()
+        calls = (client.proxy("nobody").anything() for _ in range(3))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert time.monotonic() - started < LISTEN_BLOCK_SECONDS + 2
+        for outcome in outcomes:
+            assert isinstance(outcome, RpcConfigurationError)
+            assert "no permissions to run the 'lpop' command" in str(outcome)
+            assert str(outcome).startswith("Redis at redis://no-lpop:***@")
+        assert client._pending == {}

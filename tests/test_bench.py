@@ -30,7 +30,10 @@ def test_quick_benchmark_prints_its_table_and_targets() -> None:
     assert re.search(r"^latency\s+sync\s+async def\s+1\s+1\s+100 B", output, re.M)
     assert len(re.findall(r"^  (MET |MISS)  ", output, re.M)) == 7
     assert re.search(r"keys left in Redis: \d+", output)
-    for serving in ("loop", "reliable"):
+    assert re.search(r"^validation \(def, validated against def.*µs median latency$", output, re.M)
+    assert re.search(r"^worker path per call, in process .*µs for validation\)$", output, re.M)
+    for serving in ("loop", "reliable", "validated"):
         assert re.search(rf"^latency\s+sync\s+def, {serving}\s+1\s+1\s+100 B\s+\d+", output, re.M)
-    # floor x1, floor x2, rpc-worker x1, x2, async x1, loop x1 and reliable x1: all stopped
-    assert re.search(r"^workers' exit codes: \[0(, 0){8}\]$", output, re.M)
+    # floor x1, floor x2, rpc-worker x1, x2, async x1, loop x1, reliable x1 and validated
+    # x1: all stopped
+    assert re.search(r"^workers' exit codes: \[0(, 0){9}\]$", output, re.M)

@@ -27,8 +27,8 @@ def test_serves_every_service_in_the_modules(redis_url: str) -> None:
     args = ["services.calculator", "services.cats", "--redis-url", redis_url]
     with WorkerProcess(args, cwd=REPOSITORY) as worker, Client(redis_url, timeout=5) as client:
         startup = worker.wait_for_line("rpc-worker serving")
-        assert "calculator [add, div, mul, sleep, sub] from rpc:queue:calculator" in startup
-        assert "cats [receive] from rpc:queue:cats" in startup
+        assert "calculator [add, div, mul, sleep, sub] from rpc:queue:{calculator}" in startup
+        assert "cats [receive] from rpc:queue:{cats}" in startup
         assert redis_url.split("//")[1] in startup
         assert client.proxy("calculator").add(1, 2) == 3
         assert client.proxy("cats").receive("Tom", 3) == "ok: Tom received"
@@ -66,7 +66,7 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0(redis_url: str) -> Non
 
         caller = threading.Thread(target=call)
         caller.start()
-        queue = "rpc:queue:calculator"
+        queue = "rpc:queue:{calculator}"
         wait_until(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGTERM)
         # 0 if the signal beat the popped request to its task: it is served all the same.
@@ -90,7 +90,7 @@ def test_second_signal_exits_at_once(redis_url: str) -> None:
 
         caller = threading.Thread(target=call, daemon=True)
         caller.start()
-        queue = "rpc:queue:calculator"
+        queue = "rpc:queue:{calculator}"
         wait_until(lambda: calls_in_flight(redis_url, client.client_name, queue) == 1)
         worker.signal(signal.SIGINT)
         # 0 if the signal beat the popped request to its task: it is served all the same.

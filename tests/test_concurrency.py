@@ -63,7 +63,7 @@ def test_a_fast_call_is_not_held_up_by_slow_ones(redis_url: str, receiving: str)
         with ThreadPoolExecutor(2) as pool:
             sleepers = [pool.submit(slow.sync_sleep, 3), pool.submit(slow.async_sleep, 3)]
             wait_until(
-                lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 2
+                lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:{slow}") == 2
             )
             assert slow.fast(7) == 7
             assert not any(sleeper.done() for sleeper in sleepers)
@@ -143,7 +143,7 @@ def test_processes_serve_in_parallel_and_stop_cleanly_with_calls_in_flight(
             with ThreadPoolExecutor(4) as pool:
                 sleepers = [pool.submit(slow.sync_sleep, 1) for _ in range(4)]
                 wait_until(
-                    lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:slow") == 4
+                    lambda: calls_in_flight(redis_url, client.client_name, "rpc:queue:{slow}") == 4
                 )
                 worker.signal(signal.SIGTERM)
                 assert [s.result() for s in sleepers] == ["sync slept 1"] * 4

@@ -72,7 +72,7 @@ def test_error_replies_come_back_in_their_place(redis_url: str) -> None:
     "commands",
     [
         [("PING",)],
-        [("BLPOP", "rpc:queue:a", "rpc:queue:b", 5.0), ("LPOP", "rpc:queue:a", 63)],
+        [("BLPOP", "rpc:queue:{a}", "rpc:queue:{b}", 5.0), ("LPOP", "rpc:queue:{a}", 63)],
         [("EVAL", "return 1", 1, "rpc:reply:é", b"\x00\xff" * 3000, 60000)],
         [("RPUSH", "q", "naïve ☃", 1.5, -2, b"")],
     ],

@@ -1,14 +1,15 @@
-"""Deadlines: handlers see the time left, and calls they make inherit it."""
+"""Deadlines: handlers see the time left, and calls they make inherit it, from either client."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import pytest
 import redis
 
-from rpc_redis import Client, RpcTimeout, Service, current_call
-from rpc_redis.client.sync import effective_timeout
+from rpc_redis import AsyncClient, Client, RpcTimeout, Service, current_call
+from rpc_redis.client.policy import effective_timeout
 from rpc_redis.protocol import encode_envelope
 from rpc_redis.testing import serve_in_thread
 
@@ -34,13 +35,12 @@ def test_a_handler_reads_the_time_its_caller_has_left(redis_url: str) -> None:
     assert current_call() is None  # outside a handler
 
 
-def test_a_call_made_inside_a_handler_waits_no_longer_than_its_caller(
-    redis_url: str, redis_connection: redis.Redis
-) -> None:
+def outer_service(redis_url: str) -> Service:
+    """A handler for each client that calls a service nobody serves, allowing 30 s."""
     service = Service("outer")
 
     @service.method
-    def ask_nobody() -> dict[str, float]:
+    def ask_nobody_sync() -> dict[str, float]:
         inner = Client(redis_url, timeout=30)  # its own default is far longer
         try:
             inner.proxy("nobody").anything()
@@ -50,12 +50,28 @@ def test_a_call_made_inside_a_handler_waits_no_longer_than_its_caller(
             inner.close()
         raise AssertionError("nobody answered")
 
-    request = {"jsonrpc": "2.0", "method": "ask_nobody", "id": 1}
-    with serve_in_thread(service, redis_url):
+    @service.method
+    async def ask_nobody_async() -> dict[str, float]:
+        async with AsyncClient(redis_url, timeout=30) as inner:
+            try:
+                await inner.proxy("nobody").anything()
+            except RpcTimeout as exc:
+                return {"inner_waited": exc.waited, "effective": effective_timeout(30)}
+        raise AssertionError("nobody answered")
+
+    return service
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_call_made_inside_a_handler_waits_no_longer_than_its_caller(
+    redis_url: str, redis_connection: redis.Redis, kind: str
+) -> None:
+    request = {"jsonrpc": "2.0", "method": f"ask_nobody_{kind}", "id": 1}
+    with serve_in_thread(outer_service(redis_url), redis_url):
         started = time.monotonic()
         # The outer caller allows 1 s; the reply is read from the key well after.
         redis_connection.rpush(
-            "rpc:queue:outer", encode_envelope(request, "rpc:reply:outer", time.time() + 1.0)
+            "rpc:queue:{outer}", encode_envelope(request, "rpc:reply:outer", time.time() + 1.0)
         )
         popped = redis_connection.blpop(["rpc:reply:outer"], 10)
         elapsed = time.monotonic() - started

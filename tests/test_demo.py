@@ -24,3 +24,5 @@ def test_demo_sends_cats_and_shows_what_the_worker_logged() -> None:
     assert sorted(sent) == sorted(logged)
     assert "rpc-worker exited with 0" in done.stdout
     assert "stopped redis-server" in done.stdout
+    assert "What next, from this directory:" in done.stdout
+    assert "rpc-admin call calculator.add 1 2" in done.stdout

@@ -35,8 +35,8 @@ from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
 
-QUEUE = "rpc:queue:calculator"
-DEAD = "rpc:dead:calculator"
+QUEUE = "rpc:queue:{calculator}"
+DEAD = "rpc:dead:{calculator}"
 
 
 # -- 1. Redis killed and restarted under a stream of calls ----------------------------
@@ -242,7 +242,7 @@ def test_redis_killed_and_restarted_under_a_stream_of_calls(
 # -- 2. Garbage on the queue ---------------------------------------------------------
 
 REPLY = "reply"  # an error reply on the message's reply key
-DEAD_LETTER = "dead letter"  # an entry in rpc:dead:calculator
+DEAD_LETTER = "dead letter"  # an entry in rpc:dead:{calculator}
 SKIPPED = "skipped"  # a notification (or an expired request): nothing written
 ANY_OUTCOME = frozenset({REPLY, DEAD_LETTER, SKIPPED})
 UNCHECKED = object()
@@ -619,7 +619,7 @@ def string_ids(draw: st.DrawFn) -> Garbage:
 @garbage_settings(25)
 @given(case=string_ids())
 @example(case=with_string_id(request_object("nope", [], QUEUE)))
-@example(case=with_string_id(request_object("nope", [], "rpc:queue:other"), as_batch=True))
+@example(case=with_string_id(request_object("nope", [], "rpc:queue:{other}"), as_batch=True))
 @example(case=with_string_id(request_object("nope", [], "k" * MAX_REPLY_KEY_LENGTH)))
 @example(case=with_string_id(request_object("nope", [], "k" * (MAX_REPLY_KEY_LENGTH + 1))))
 def test_bare_requests_with_string_ids(served: Served, case: Garbage) -> None:

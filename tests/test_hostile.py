@@ -22,9 +22,9 @@ from rpc_redis.testing import WorkerProcess, calls_in_flight, serve_in_thread, w
 from tests.conftest import REPOSITORY
 
 hostile = Service("hostile")
-QUEUE = "rpc:queue:hostile"
-SLOW = "rpc:queue:slow"  # tests/slow_service.py, served by real rpc-worker processes
-DEAD = "rpc:dead:hostile"
+QUEUE = protocol.queue_key("hostile")
+SLOW = protocol.queue_key("slow")  # tests/slow_service.py, served by rpc-worker processes
+DEAD = protocol.dead_letter_key("hostile")
 
 
 @hostile.method

@@ -14,7 +14,7 @@ import redis
 from rpc_redis import AsyncClient, Service, Worker, WorkerThread
 from rpc_redis.testing import wait_until
 
-QUEUE = "rpc:queue:ahead"
+QUEUE = "rpc:queue:{ahead}"
 
 
 class Held:

@@ -59,14 +59,14 @@ def envelope(**members: Any) -> bytes:
 
 
 def test_key_names() -> None:
-    assert protocol.queue_key("calculator") == "rpc:queue:calculator"
-    assert protocol.queue_key("calculator", prefix="app") == "app:queue:calculator"
+    assert protocol.queue_key("calculator") == "rpc:queue:{calculator}"
+    assert protocol.queue_key("calculator", prefix="app") == "app:queue:{calculator}"
     assert protocol.queue_namespace() == "rpc:queue:"
     assert protocol.queue_namespace("app") == "app:queue:"
     assert protocol.reply_key("t0k3n") == "rpc:reply:t0k3n"
     assert protocol.reply_key("t0k3n", prefix="app") == "app:reply:t0k3n"
-    assert protocol.dead_letter_key("calculator") == "rpc:dead:calculator"
-    assert protocol.dead_letter_key("calculator", prefix="app") == "app:dead:calculator"
+    assert protocol.dead_letter_key("calculator") == "rpc:dead:{calculator}"
+    assert protocol.dead_letter_key("calculator", prefix="app") == "app:dead:{calculator}"
 
 
 def test_queue_keys_are_in_the_queue_namespace_and_reply_keys_are_not() -> None:
@@ -163,6 +163,44 @@ def test_envelope_round_trip_without_reply_key_or_deadline() -> None:
     notification = protocol.notification_object("log", ["x"])
     raw = protocol.encode_envelope(notification, None, None)
     assert protocol.decode_message(raw) == Incoming(wire(notification), None, None, enveloped=True)
+
+
+def test_envelope_meta_round_trip_and_is_left_out_when_empty() -> None:
+    meta = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    raw = protocol.encode_envelope(request(id="c1"), "rpc:reply:k", None, meta=meta)
+    assert strict_json(raw)["meta"] == meta
+    assert protocol.decode_message(raw) == Incoming(
+        wire(request(id="c1")), "rpc:reply:k", None, enveloped=True, meta=meta
+    )
+    assert "meta" not in strict_json(protocol.encode_envelope(request(), None, None, meta={}))
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "token",
+        {"k": 1},
+        {"k": None},
+        {"": "v"},
+        {"k" * 65: "v"},
+        {"k": "v" * 1025},
+        {str(n): "v" for n in range(protocol.MAX_META_MEMBERS + 1)},
+    ],
+)
+def test_envelope_meta_out_of_bounds_is_rejected_with_a_reply(meta: Any) -> None:
+    envelope = {"v": 1, "reply_to": "rpc:reply:k", "meta": meta, "request": request(id="c1")}
+    decoded = protocol.decode_message(json.dumps(envelope).encode())
+    assert isinstance(decoded, Rejected)
+    assert decoded.reason.startswith("envelope meta")
+    assert (decoded.reply_to, decoded.request_id) == ("rpc:reply:k", "c1")
+    assert isinstance(decoded.error, InvalidRequest)
+
+
+def test_envelope_meta_at_its_bounds_is_accepted() -> None:
+    meta = {f"{n:064d}": "v" * protocol.MAX_META_VALUE_LENGTH for n in range(32)}
+    envelope = {"v": 1, "reply_to": "rpc:reply:k", "meta": meta, "request": request(id="c1")}
+    decoded = protocol.decode_message(json.dumps(envelope).encode())
+    assert isinstance(decoded, Incoming) and decoded.meta == meta
 
 
 def test_integers_up_to_64_bits_survive_the_request_round_trip() -> None:
@@ -431,25 +469,25 @@ def test_an_oversized_bare_batch_is_answered_as_a_whole() -> None:
 
 
 def test_an_ordinary_reply_key_has_no_problem() -> None:
-    assert protocol.reply_key_problem("rpc:reply:abc", {"rpc:queue:calculator"}) is None
+    assert protocol.reply_key_problem("rpc:reply:abc", {"rpc:queue:{calculator}"}) is None
 
 
 def test_a_served_queue_is_not_a_reply_key() -> None:
-    problem = protocol.reply_key_problem("jobs", {"jobs", "rpc:queue:calculator"})
+    problem = protocol.reply_key_problem("jobs", {"jobs", "rpc:queue:{calculator}"})
     assert problem is not None
     assert "queue" in problem
 
 
 @pytest.mark.parametrize(
     "reply_to, prefix",
-    [("rpc:queue:other", "rpc"), ("rpc:queue:", "rpc"), ("app:queue:cats", "app")],
+    [("rpc:queue:{other}", "rpc"), ("rpc:queue:", "rpc"), ("app:queue:{cats}", "app")],
 )
 def test_the_queue_namespace_is_not_a_reply_key(reply_to: str, prefix: str) -> None:
     assert protocol.reply_key_problem(reply_to, set(), prefix=prefix) is not None
 
 
 def test_another_prefix_queue_namespace_is_allowed() -> None:
-    assert protocol.reply_key_problem("rpc:queue:x", set(), prefix="app") is None
+    assert protocol.reply_key_problem("rpc:queue:{x}", set(), prefix="app") is None
 
 
 def test_a_too_long_reply_key() -> None:
@@ -710,20 +748,20 @@ def test_reply_ids() -> None:
     [b'{"jsonrpc":"2.0","method":"add","id":"k"}', "héllo, 世界 🐈".encode(), b""],
 )
 def test_dead_letter_round_trip_of_utf8(raw: bytes) -> None:
-    entry = protocol.encode_dead_letter(raw, "no reply key", "rpc:queue:cats", 1700000000.1234567)
+    entry = protocol.encode_dead_letter(raw, "no reply key", "rpc:queue:{cats}", 1700000000.1234567)
     stored = strict_json(entry)
     assert stored["message"] == raw.decode("utf-8")
     assert "message_base64" not in stored
     decoded = protocol.decode_dead_letter(entry)
     assert decoded["raw"] == raw
     assert decoded["reason"] == "no reply key"
-    assert decoded["queue"] == "rpc:queue:cats"
+    assert decoded["queue"] == "rpc:queue:{cats}"
     assert decoded["time"] == 1700000000.123457
 
 
 @pytest.mark.parametrize("raw", [b"\xff\xfe\x00garbage", b'{"method":"\xc3\x28"}', b"\x80"])
 def test_dead_letter_round_trip_of_non_utf8_bytes(raw: bytes) -> None:
-    entry = protocol.encode_dead_letter(raw, "not valid JSON", "rpc:queue:cats", 1.0)
+    entry = protocol.encode_dead_letter(raw, "not valid JSON", "rpc:queue:{cats}", 1.0)
     stored = strict_json(entry)
     assert "message" not in stored
     assert isinstance(stored["message_base64"], str)

@@ -113,7 +113,8 @@ def run_session(commands: list[Command], path_directory: Path) -> list[list[str]
 
 def test_the_doc_has_runnable_sessions_for_each_kind_of_message() -> None:
     commands = parse_sessions(DOC.read_text(encoding="utf-8"))
-    pushes = [command.text for command in commands if "RPUSH rpc:queue:calculator" in command.text]
+    queue = "RPUSH rpc:queue:{calculator}"
+    pushes = [command.text for command in commands if queue in command.text]
     assert any('"v":1' not in push and '"jsonrpc"' in push for push in pushes), "no bare request"
     assert any("$envelope" in push or '"v":1' in push for push in pushes), "no envelope"
     for command in commands:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,7 @@ def test_readme_python_examples_run(redis_url: str) -> None:
             source, count = with_checks(block.replace(EXAMPLE_URL, redis_url))
             expected_checks += count
             exec(compile(source, str(README), "exec"), namespace)
-        namespace["test_add"](redis_url)  # the "Testing your services" example
+        namespace["test_hello"](redis_url)  # the "Testing your services" example
     assert expected_checks >= 9  # the README has nine `expr  # value` lines
     assert len(checked) == expected_checks
 
@@ -82,3 +85,27 @@ def test_guide_python_examples_run(page: str) -> None:
         exec(compile(block, f"docs/{page}", "exec"), namespace)
         services = [value for value in namespace.values() if isinstance(value, Service)]
         assert services, "each example defines a Service"
+
+
+def test_the_testing_example_runs_in_a_project_of_its_own(tmp_path: Path) -> None:
+    """The README's "Testing your services" example, as a user's project would hold it:
+    nothing of this repository importable, and no warning in the test output."""
+    [block] = [block for block in python_blocks(README) if "pytest_plugins" in block]
+    conftest, test_module = block.split("# test_greeter.py\n")
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_greeter.py").write_text(test_module)
+    # As the README says: pytest-asyncio asks every project to choose its loop scope.
+    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    (tmp_path / "pytest.ini").write_text(ini)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    assert "warning" not in done.stdout.lower(), done.stdout

@@ -17,7 +17,7 @@ from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
 from tests.conftest import REPOSITORY
 
-QUEUE = "rpc:queue:slow"
+QUEUE = "rpc:queue:{slow}"
 HEARTBEAT = "0.3"  # seconds; a worker silent for three beats is dead
 
 
@@ -38,7 +38,7 @@ def holder_of_the_call(connection: redis.Redis) -> int:
     """The pid of the worker whose in-progress list holds a request."""
     for key in connection.scan_iter("rpc:inprogress:*"):
         if connection.llen(key):
-            worker_id = key.decode().split(":")[2]
+            worker_id = key.decode().rsplit(":", 1)[1]  # rpc:inprogress:{queue tag}:<worker>
             return int(worker_id.split("-")[0])
     raise AssertionError("no request in progress")
 
@@ -132,7 +132,7 @@ def test_a_request_that_kills_every_worker_ends_as_a_dead_letter(
         assert second.wait(15) != 0
     third = workers.enter_context(reliable_worker(redis_url, *options))
     third.wait_for_line(r"recovered 1 request\(s\) .*: 0 requeued, 0 expired, 1 dead-lettered")
-    [entry] = [decode_dead_letter(e) for e in redis_connection.lrange("rpc:dead:slow", 0, -1)]
+    [entry] = [decode_dead_letter(e) for e in redis_connection.lrange("rpc:dead:{slow}", 0, -1)]
     assert entry["reason"] == "delivered 2 times, and every worker died before replying"
     assert '"method":"crash"' in entry["message"]
     assert entry["queue"] == QUEUE
@@ -154,3 +154,33 @@ def test_clean_stop_leaves_no_worker_state(
         for key in redis_connection.keys(pattern)
     ]
     assert leftovers == []
+
+
+def signal_on_a_heartbeat(connection: redis.Redis, worker: WorkerProcess) -> None:
+    """SIGTERM the worker the moment its heartbeat is renewed (its PTTL jumps back up),
+    when its upkeep is between a beat and the scan for dead workers."""
+    [worker_id] = [key.decode() for key in connection.hkeys("rpc:workers")]
+    heartbeat = f"rpc:worker:{worker_id}"
+    last = connection.pttl(heartbeat)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ttl = connection.pttl(heartbeat)
+        if ttl > last:
+            worker.signal(signal.SIGTERM)
+            return
+        last = ttl
+    raise AssertionError("the heartbeat was never renewed")
+
+
+def test_sigterm_on_a_heartbeat_tick_always_exits_0(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    """A reliable worker signalled as a heartbeat lands stops, every time: its upkeep
+    once went on beating, and the worker waited for it, until a second signal."""
+    for _ in range(8):
+        worker = workers.enter_context(reliable_worker(redis_url))
+        wait_until(lambda: redis_connection.hlen("rpc:workers") == 1, 5, "registered")
+        signal_on_a_heartbeat(redis_connection, worker)
+        assert worker.wait(timeout=10) == 0, worker.output
+        assert "stopped" in worker.lines[-1]
+        assert redis_connection.hlen("rpc:workers") == 0

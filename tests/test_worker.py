@@ -18,8 +18,8 @@ from rpc_redis.protocol import decode_dead_letter, encode_envelope
 from rpc_redis.testing import serve_in_thread, wait_until
 from services.calculator import service as calculator
 
-QUEUE = "rpc:queue:calculator"
-DEAD = "rpc:dead:calculator"
+QUEUE = "rpc:queue:{calculator}"
+DEAD = "rpc:dead:{calculator}"
 
 
 @pytest.fixture(params=[True, False], ids=["in-threads", "on-event-loop"])
@@ -139,12 +139,12 @@ def test_reply_key_in_the_queue_namespace_is_dead_lettered(
     worker: Worker, redis_connection: redis.Redis
 ) -> None:
     message = encode_envelope(
-        {"jsonrpc": "2.0", "method": "add", "params": [1, 1], "id": 1}, "rpc:queue:other", None
+        {"jsonrpc": "2.0", "method": "add", "params": [1, 1], "id": 1}, "rpc:queue:{other}", None
     )
     redis_connection.rpush(QUEUE, message)
     [letter] = wait_for_dead_letters(redis_connection, 1)
     assert "names a request queue" in letter["reason"]
-    assert redis_connection.llen("rpc:queue:other") == 0
+    assert redis_connection.llen("rpc:queue:{other}") == 0
 
 
 # -- bad input: an error reply or a dead letter, one log line, the worker goes on -----
@@ -407,7 +407,7 @@ def test_a_reply_key_holding_another_type_is_left_alone_and_the_request_dead_let
 
 
 @pytest.mark.parametrize(
-    "key", ["rpc:dead:calculator", "rpc:workers", "rpc:inprogress:x:y", "rpc:deliveries:z"]
+    "key", ["rpc:dead:{calculator}", "rpc:workers", "rpc:inprogress:x:y", "rpc:deliveries:z"]
 )
 def test_reply_keys_naming_the_librarys_own_keys_are_refused(
     worker: Worker, redis_connection: redis.Redis, key: str

@@ -5,6 +5,7 @@ listener task BLPOPs that key and hands each reply to the call waiting for its i
 a thousand calls in flight hold one blocking connection, not a thousand. Requests go
 out over at most ``max_connections - 1`` pooled connections. Workers see nothing new:
 a reply key is a reply key (docs/protocol.md, "one reply key for many calls").
+The rules (timeouts, errors, middleware) are policy.py's, shared with the sync Client.
 """
 
 from __future__ import annotations
@@ -13,24 +14,34 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio
-import redis.exceptions
 
 from .. import protocol
-from ..connection import REDIS_ERRORS, async_pool, default_url, exchange, redact_url
-from ..errors import InternalError, RpcConnectionError, RpcRedisError, RpcTimeout
-from .proxy import BatchHandle, Params, new_request_id
-from .sync import CallSettings, ProxyMaker, blpop_timeout, effective_timeout
+from ..connection import async_pool, exchange
+from ..errors import REDIS_FAILURES, InternalError, RpcConnectionError, RpcTimeout
+from ..middleware import Middleware
+from .batch import AsyncBatch
+from .policy import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT,
+    ClientHooks,
+    Finish,
+    answer,
+    blpop_timeout,
+    effective_timeout,
+    new_request_id,
+    retrying_helps,
+)
+from .proxy import Params, ProxyMaker
 
 logger = logging.getLogger("rpc_redis.aio")
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_CONNECTIONS = 64
 # The listener's BLPOP returns at least this often to notice it has nothing to wait for.
 LISTEN_BLOCK_SECONDS = 1.0
 # Replies taken in one round trip after the first (LPOP with a count: Redis 6.2+).
@@ -54,16 +65,13 @@ class AsyncClient(ProxyMaker):
         timeout: float = DEFAULT_TIMEOUT,
         prefix: str = protocol.DEFAULT_PREFIX,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        middleware: Sequence[Middleware] = (),
         **redis_options: Any,
     ) -> None:
         if max_connections < 2:
             raise ValueError("an AsyncClient needs two connections: one listens, one sends")
-        self.url = url or default_url()
-        self.settings = CallSettings(prefix, timeout)
+        super().__init__(url, prefix, timeout, middleware, redis_options)
         self.reply_key = self.settings.new_reply_key()
-        # Named, so its connections can be told apart in CLIENT LIST.
-        redis_options.setdefault("client_name", f"rpc-client-{self.reply_key.rsplit(':', 1)[-1]}")
-        self.client_name: str = redis_options["client_name"]
         # No socket timeout: redis-py would wrap every send in a task; every read here
         # passes its own timeout instead.
         self._pool = async_pool(
@@ -88,15 +96,18 @@ class AsyncClient(ProxyMaker):
         timeout: float | None = None,
         queue: str | None = None,
     ) -> Any:
+        """Call one method with params given as a list or a dict; ``timeout`` None
+        means the client's."""
         queue_key = self.settings.queue_for(service, queue)
-        return await self._call(
-            service, queue_key, method, params or [], timeout or self.settings.timeout
-        )
+        call_timeout = self.settings.timeout_for(timeout)
+        return await self._call(service, queue_key, method, params or [], call_timeout)
 
     def batch(
         self, service: str, *, timeout: float | None = None, queue: str | None = None
     ) -> AsyncBatch:
-        return AsyncBatch(self, service, self.settings.queue_for(service, queue), timeout)
+        queue_key = self.settings.queue_for(service, queue)
+        timeout = self.settings.timeout_for(timeout)
+        return AsyncBatch(self._roundtrip, self._notify, service, queue_key, timeout)
 
     async def aclose(self) -> None:
         """Stop listening and close every connection; calls still waiting fail."""
@@ -121,13 +132,15 @@ class AsyncClient(ProxyMaker):
     ) -> Any:
         request_id = new_request_id()
         request = protocol.request_object(method, params, request_id)
-        reply = await self._roundtrip(service, method, queue, request, [request_id], timeout)
-        if not isinstance(reply, dict):
-            raise InternalError("Reply does not answer this call", data=reply)
-        return protocol.result_of(reply)
+        return await self._roundtrip(service, method, queue, request, [request_id], timeout, answer)
 
     async def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
-        await self._send(service, "notification", queue, payload, [], timeout)
+        if self._hooks is None:
+            await self._send(service, "notification", queue, payload, [], timeout)
+        else:
+            await self._send_hooked(
+                self._hooks, service, "notification", queue, payload, [], timeout, None
+            )
 
     async def _roundtrip(
         self,
@@ -137,11 +150,38 @@ class AsyncClient(ProxyMaker):
         payload: Any,
         request_ids: list[Any],
         timeout: float,
+        finish: Finish,
     ) -> Any:
-        """Push a request naming this client's reply key; wait for the listener to route it."""
-        return await self._send(
-            service, method, queue, payload, request_ids, effective_timeout(timeout)
+        """Push a request naming this client's reply key, wait for the listener to route
+        its reply, and finish it."""
+        timeout = effective_timeout(timeout)
+        if self._hooks is None:
+            reply = await self._send(service, method, queue, payload, request_ids, timeout)
+            return finish(payload, reply)
+        return await self._send_hooked(
+            self._hooks, service, method, queue, payload, request_ids, timeout, finish
         )
+
+    async def _send_hooked(
+        self,
+        hooks: ClientHooks,
+        service: str,
+        method: str,
+        queue: str,
+        payload: Any,
+        request_ids: list[Any],
+        timeout: float,
+        finish: Finish | None,
+    ) -> Any:
+        """:meth:`_send` with the middleware around it; what its caller gets (``finish``
+        of its reply; None for notifications, which get none)."""
+        deadline = time.time() + timeout
+        with hooks.before_send(service, payload, deadline) as outgoing:
+            reply = await self._send(
+                service, method, queue, payload, request_ids, timeout, deadline, outgoing.meta
+            )
+            outgoing.outcome = None if finish is None else finish(payload, reply)
+        return outgoing.outcome
 
     async def _send(
         self,
@@ -151,6 +191,8 @@ class AsyncClient(ProxyMaker):
         payload: Any,
         request_ids: list[Any],
         timeout: float,
+        deadline: float | None = None,
+        meta: dict[str, str] | None = None,
     ) -> Any:
         """Queue one message for the next flush and await its one future, settled by
         whichever comes first: a failed push, the reply (or, for a notification, the push),
@@ -160,7 +202,9 @@ class AsyncClient(ProxyMaker):
         (one RPUSH per queue): a thousand gathered calls cost a handful of writes.
         """
         reply_to = self.reply_key if request_ids else None
-        message = protocol.encode_envelope(payload, reply_to, time.time() + timeout)
+        if deadline is None:
+            deadline = time.time() + timeout
+        message = protocol.encode_envelope(payload, reply_to, deadline, meta)
         loop = asyncio.get_running_loop()
         call = InFlight(loop.create_future(), service, method, timeout, bool(request_ids))
         for request_id in request_ids:
@@ -171,11 +215,11 @@ class AsyncClient(ProxyMaker):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
-        deadline = loop.call_later(timeout, call.expire)
+        expiry = loop.call_later(timeout, call.expire)
         try:
             return await call.future
         finally:
-            deadline.cancel()
+            expiry.cancel()
             for request_id in request_ids:
                 self._pending.pop(request_id, None)
 
@@ -199,31 +243,26 @@ class AsyncClient(ProxyMaker):
                 connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
                     responses = await exchange(connection, commands, self.settings.timeout)
+                except BaseException:
+                    # A connection an error (or a cancel) interrupted may hold unread
+                    # responses: it is never handed out again half-read.
+                    await connection.disconnect(nowait=True)
+                    raise
                 finally:
                     await self._pool.release(connection)
-        except (*REDIS_ERRORS, asyncio.CancelledError) as exc:
+        except (*REDIS_FAILURES, asyncio.CancelledError) as exc:
             responses = [exc] * len(chunks)
         for (queue, chunk), response in zip(chunks, responses, strict=True):
             for _, call in chunk:
                 if isinstance(response, BaseException):
-                    call.fail(self._push_error(call, queue, response))
+                    # A cancelled flush (the loop is closing) passes its CancelledError on.
+                    call.fail(
+                        self.settings.exchange_error(
+                            response, call.service, call.method, call.timeout, queue
+                        )
+                    )
                 elif not call.expects_reply:
                     call.settle(None)
-
-    def _push_error(self, call: InFlight, queue: str, error: BaseException) -> BaseException:
-        """What the caller of a message that Redis did not take sees."""
-        if isinstance(error, redis.exceptions.TimeoutError):
-            return RpcTimeout(call.service, call.method, call.timeout)
-        if isinstance(error, redis.exceptions.ResponseError):  # e.g. the queue key holds a string
-            mapped = RpcRedisError(f"Redis refused the request on {queue}: {error}")
-        elif isinstance(error, REDIS_ERRORS):
-            mapped = RpcConnectionError(
-                f"Redis at {redact_url(self.url)} failed during the call: {error}"
-            )
-        else:
-            return error  # the flush was cancelled: the loop is closing
-        mapped.__cause__ = error  # as `raise mapped from error` would
-        return mapped
 
     # -- the listener ------------------------------------------------------------------
 
@@ -249,18 +288,22 @@ class AsyncClient(ProxyMaker):
                         ],
                         read_timeout=LISTEN_BLOCK_SECONDS + 5,
                     )
-                except REDIS_ERRORS as exc:
+                except REDIS_FAILURES as exc:
                     if connection is not None:
                         await connection.disconnect()
-                    await self._back_off(exc)
+                    if retrying_helps(exc):
+                        await self._back_off(exc)
+                    else:
+                        self._fail_waiting(exc)
                     continue
+                except BaseException:  # cancelled: never back to the pool half-read
+                    if connection is not None:
+                        await connection.disconnect(nowait=True)
+                    raise
                 if self._outage_logged:
-                    logger.info("reconnected to Redis at %s", redact_url(self.url))
+                    logger.info("reconnected to Redis at %s", self.settings.where)
                     self._outage_logged = False
-                if popped is not None:
-                    self._route(popped[1])
-                for raw in drained or ():
-                    self._route(raw)
+                self._take(popped, drained)
         finally:
             # Nothing awaits between the check of _pending and this line, so a call
             # added after it starts a new listener.
@@ -269,10 +312,29 @@ class AsyncClient(ProxyMaker):
             if connection is not None:
                 await self._pool.release(connection)
 
+    def _take(self, popped: Any, drained: Any) -> None:
+        """Route what one round popped; an error reply (an ACL that forbids LPOP, a reply
+        key that holds a string) fails every call waiting: no round could do better."""
+        if popped is not None and not isinstance(popped, BaseException):
+            self._route(popped[1])
+        if drained is not None and not isinstance(drained, BaseException):
+            for raw in drained:
+                self._route(raw)
+        for response in (popped, drained):
+            if isinstance(response, BaseException):
+                self._fail_waiting(response)
+                return
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        waiting = list(self._pending.values())
+        self._pending.clear()
+        for call in waiting:
+            call.fail(self.settings.exchange_error(error, call.service, call.method, call.timeout))
+
     async def _back_off(self, error: BaseException) -> None:
         if not self._outage_logged:
             logger.warning(
-                "lost Redis at %s (%s); calls in flight may time out", redact_url(self.url), error
+                "lost Redis at %s (%s); calls in flight may time out", self.settings.where, error
             )
             self._outage_logged = True
         await asyncio.sleep(0.1)
@@ -322,30 +384,3 @@ class InFlight:
 
 def chunked(items: list[T], size: int) -> list[list[T]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-class AsyncBatch(BatchHandle):
-    """Calls and notifications sent as one JSON-RPC batch: ``async with client.batch(...)``."""
-
-    _client: AsyncClient
-
-    async def send(self) -> list[Any]:
-        """Send the batch; return each call's result (or RpcError) in call order."""
-        builder = self.builder
-        if not self._expects_reply():
-            await self._client._notify(
-                builder.service, self._queue, builder.requests, self._timeout
-            )
-            return []
-        request_ids = [result.request_id for result in builder.results]
-        reply = await self._client._roundtrip(
-            builder.service, "batch", self._queue, builder.requests, request_ids, self._timeout
-        )
-        return builder.resolve(reply)
-
-    async def __aenter__(self) -> AsyncBatch:
-        return self
-
-    async def __aexit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None and not self.builder.sent:
-            await self.send()

@@ -1,4 +1,4 @@
-"""Proxies and batches, shared by the sync and the async client.
+"""Proxies, shared by the sync and the async client.
 
 A proxy only turns attribute access into (method, params); the client it was made by
 decides whether a call blocks or returns an awaitable, so neither is written twice.
@@ -6,19 +6,20 @@ decides whether a call blocks or returns an awaitable, so neither is written twi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import protocol
-from ..errors import InternalError, RpcError
+from ..middleware import Middleware
+from .policy import CallSettings, new_client_name
 
 Params = list[Any] | dict[str, Any]
 Caller = Callable[[str, Params], Any]
 
 
 class MethodProxy:
-    """One remote method; calling it makes the remote call."""
+    """One remote method; calling it makes the remote call. Its attributes are the
+    methods below it in a dotted name: ``proxy.math.add(1, 2)`` calls ``math.add``."""
 
     __slots__ = ("_caller", "_name")
 
@@ -28,6 +29,11 @@ class MethodProxy:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._caller(self._name, protocol.params_from(args, kwargs))
+
+    def __getattr__(self, name: str) -> MethodProxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return MethodProxy(self._caller, f"{self._name}.{name}")
 
     def __repr__(self) -> str:
         return f"<remote method {self._name}>"
@@ -61,125 +67,44 @@ class ServiceProxy(MethodNamespace):
         self.notify = MethodNamespace(notifier, f"notifications to service {service!r}")
 
 
-_PENDING = object()
+class ProxyMaker:
+    """What the sync and async clients share: their settings, and proxies made from
+    their own I/O."""
 
+    def __init__(
+        self,
+        url: str | None,
+        prefix: str,
+        timeout: float,
+        middleware: Sequence[Middleware],
+        redis_options: dict[str, Any],
+    ) -> None:
+        self.settings = CallSettings(url, prefix, timeout, middleware)
+        self.url = self.settings.url
+        self._hooks = self.settings.hooks
+        # Named, so its connections can be told apart in CLIENT LIST.
+        redis_options.setdefault("client_name", new_client_name())
+        self.client_name: str = redis_options["client_name"]
 
-class BatchResult:
-    """The outcome of one call in a batch, known once the batch has been sent."""
+    def _call(self, service: str, queue: str, method: str, params: Params, timeout: float) -> Any:
+        raise NotImplementedError
 
-    __slots__ = ("_outcome", "method", "request_id")
+    def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> Any:
+        raise NotImplementedError
 
-    def __init__(self, method: str, request_id: Any) -> None:
-        self.method = method
-        self.request_id = request_id
-        self._outcome: Any = _PENDING
+    def proxy(
+        self, service: str, *, timeout: float | None = None, queue: str | None = None
+    ) -> ServiceProxy:
+        """A proxy whose attributes are the service's methods (awaitable on an AsyncClient).
+        ``timeout`` None means the client's."""
+        queue_key = self.settings.queue_for(service, queue)
+        call_timeout = self.settings.timeout_for(timeout)
 
-    def done(self) -> bool:
-        return self._outcome is not _PENDING
+        def call(method: str, params: Params) -> Any:
+            return self._call(service, queue_key, method, params, call_timeout)
 
-    def result(self) -> Any:
-        """The call's result; raises its RpcError, or RuntimeError before the batch is sent."""
-        if self._outcome is _PENDING:
-            raise RuntimeError(f"the batch holding {self.method!r} has not been sent")
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        return self._outcome
+        def notify(method: str, params: Params) -> Any:
+            payload = protocol.notification_object(method, params)
+            return self._notify(service, queue_key, payload, call_timeout)
 
-    def set_outcome(self, outcome: Any) -> None:
-        self._outcome = outcome
-
-
-class BatchBuilder:
-    """Collects calls and notifications to send as one JSON-RPC batch."""
-
-    def __init__(self, service: str, new_id: Callable[[], str]) -> None:
-        self.service = service
-        self.requests: list[dict[str, Any]] = []
-        self.results: list[BatchResult] = []
-        self.sent = False
-        self._new_id = new_id
-        self.notify = MethodNamespace(self._add_notification, "batch notifications")
-
-    def __getattr__(self, name: str) -> MethodProxy:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return MethodProxy(self._add_call, name)
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> BatchResult:
-        result: BatchResult = self._add_call(method, protocol.params_from(args, kwargs))
-        return result
-
-    def _add_call(self, method: str, params: Params) -> BatchResult:
-        self._check_open()
-        request_id = self._new_id()
-        self.requests.append(protocol.request_object(method, params, request_id))
-        result = BatchResult(method, request_id)
-        self.results.append(result)
-        return result
-
-    def _add_notification(self, method: str, params: Params) -> None:
-        self._check_open()
-        self.requests.append(protocol.notification_object(method, params))
-
-    def _check_open(self) -> None:
-        if self.sent:
-            raise RuntimeError("this batch has been sent; start a new one")
-
-    @property
-    def expects_reply(self) -> bool:
-        return bool(self.results)
-
-    def resolve(self, reply: Any) -> list[Any]:
-        """Hand each call its outcome from the batch reply; return them in call order."""
-        self.sent = True
-        try:
-            outcomes = protocol.outcomes_by_id(reply)
-        except RpcError as whole_batch_error:  # e.g. the batch was too large
-            outcomes = dict.fromkeys(
-                (result.request_id for result in self.results), whole_batch_error
-            )
-        for result in self.results:
-            missing = InternalError("Batch reply has no response for this call", result.request_id)
-            result.set_outcome(outcomes.get(result.request_id, missing))
-        return [result._outcome for result in self.results]
-
-
-class BatchHandle:
-    """What the sync and async batches share: collecting calls, and checking before sending.
-
-    ``client`` is the client the batch will be sent by; its ``settings`` give the timeout.
-    """
-
-    def __init__(self, client: Any, service: str, queue: str, timeout: float | None) -> None:
-        self._client = client
-        self._queue = queue
-        self._timeout = timeout or client.settings.timeout
-        self.builder = BatchBuilder(service, new_request_id)
-        self.notify = self.builder.notify
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.builder, name)
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> BatchResult:
-        return self.builder.call(method, *args, **kwargs)
-
-    def _expects_reply(self) -> bool:
-        """Whether sending waits for a reply; an empty batch is refused, a batch of only
-        notifications is marked sent (nothing will come back to resolve it)."""
-        if not self.builder.requests:
-            raise ValueError("an empty batch cannot be sent")
-        if not self.builder.expects_reply:
-            self.builder.sent = True
-            return False
-        return True
-
-
-def new_request_id() -> str:
-    """A request id unique across clients: the AsyncClient routes replies by it."""
-    return unique_hex()
-
-
-def unique_hex() -> str:
-    """32 random hex digits, unique across clients and (forked) processes. os.urandom
-    costs a quarter of uuid4, and a sync call needs two: its id and its reply key."""
-    return os.urandom(16).hex()
+        return ServiceProxy(service, call, notify)

@@ -2,86 +2,38 @@
 
 Each call pushes its envelope and blocks on its own reply key in one round trip
 (RPUSH and BLPOP pipelined on one pooled connection). Every read is bounded by the
-call's remaining time, so no call outlives its timeout, even if Redis goes away.
+call's remaining time, so no call outlives its timeout, even if Redis goes away. The
+rules (timeouts, errors, middleware) are policy.py's, shared with the AsyncClient.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
-import redis.exceptions
 
 from .. import protocol
-from ..connection import default_url, send_commands_sync, sync_pool
-from ..context import current_call
-from ..errors import InternalError, RpcConnectionError, RpcTimeout
-from .proxy import BatchHandle, Params, ServiceProxy, new_request_id, unique_hex
+from ..connection import send_commands_sync, sync_pool
+from ..errors import REDIS_FAILURES, RpcTimeout
+from ..middleware import Middleware
+from .batch import Batch
+from .policy import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT,
+    ClientHooks,
+    Finish,
+    answer,
+    blpop_timeout,
+    effective_timeout,
+    new_request_id,
+)
+from .proxy import Params, ProxyMaker
 
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_CONNECTIONS = 64
 # How long past a call's timeout a read may wait for Redis's own BLPOP timeout reply.
 READ_GRACE = 0.25
-
-
-def effective_timeout(timeout: float) -> float:
-    """A call made inside a handler waits no longer than that handler's own caller."""
-    if timeout <= 0:
-        raise ValueError("a call's timeout must be a positive number of seconds")
-    call = current_call()
-    remaining = call.remaining() if call is not None else None
-    return timeout if remaining is None else max(min(timeout, remaining), 0.001)
-
-
-def blpop_timeout(seconds: float) -> str:
-    """BLPOP's timeout argument: 0 would block forever, so never less than a millisecond."""
-    return f"{max(seconds, 0.001):.3f}"
-
-
-class CallSettings:
-    """Where and how long: what the sync and async clients both need to place a call."""
-
-    def __init__(self, prefix: str, timeout: float) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
-        self.prefix = prefix
-        self.timeout = timeout
-
-    def queue_for(self, service: str, queue: str | None) -> str:
-        return queue or protocol.queue_key(service, self.prefix)
-
-    def new_reply_key(self) -> str:
-        return protocol.reply_key(unique_hex(), self.prefix)
-
-
-class ProxyMaker:
-    """What the sync and async clients share: proxies made from their own I/O."""
-
-    settings: CallSettings
-
-    def _call(self, service: str, queue: str, method: str, params: Params, timeout: float) -> Any:
-        raise NotImplementedError
-
-    def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> Any:
-        raise NotImplementedError
-
-    def proxy(
-        self, service: str, *, timeout: float | None = None, queue: str | None = None
-    ) -> ServiceProxy:
-        """A proxy whose attributes are the service's methods (awaitable on an AsyncClient)."""
-        queue_key = self.settings.queue_for(service, queue)
-        call_timeout = timeout or self.settings.timeout
-
-        def call(method: str, params: Params) -> Any:
-            return self._call(service, queue_key, method, params, call_timeout)
-
-        def notify(method: str, params: Params) -> Any:
-            payload = protocol.notification_object(method, params)
-            return self._notify(service, queue_key, payload, call_timeout)
-
-        return ServiceProxy(service, call, notify)
 
 
 class Client(ProxyMaker):
@@ -100,16 +52,16 @@ class Client(ProxyMaker):
         timeout: float = DEFAULT_TIMEOUT,
         prefix: str = protocol.DEFAULT_PREFIX,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        middleware: Sequence[Middleware] = (),
         **redis_options: Any,
     ) -> None:
-        self.url = url or default_url()
-        self.settings = CallSettings(prefix, timeout)
+        super().__init__(url, prefix, timeout, middleware, redis_options)
         self._slots = threading.BoundedSemaphore(max_connections)
-        # Named, so its connections can be told apart in CLIENT LIST.
-        redis_options.setdefault("client_name", f"rpc-client-{unique_hex()}")
-        self.client_name: str = redis_options["client_name"]
         self._pool = sync_pool(
-            self.url, max_connections=max_connections, socket_timeout=timeout, **redis_options
+            self.url,
+            max_connections=max_connections,
+            socket_timeout=self.settings.timeout,
+            **redis_options,
         )
 
     # -- public API ------------------------------------------------------------------
@@ -123,17 +75,19 @@ class Client(ProxyMaker):
         timeout: float | None = None,
         queue: str | None = None,
     ) -> Any:
-        """Call one method with params given as a list or a dict."""
+        """Call one method with params given as a list or a dict; ``timeout`` None
+        means the client's."""
         queue_key = self.settings.queue_for(service, queue)
-        return self._call(
-            service, queue_key, method, params or [], timeout or self.settings.timeout
-        )
+        call_timeout = self.settings.timeout_for(timeout)
+        return self._call(service, queue_key, method, params or [], call_timeout)
 
     def batch(
         self, service: str, *, timeout: float | None = None, queue: str | None = None
     ) -> Batch:
         """Collect calls to send as one JSON-RPC batch; see :class:`Batch`."""
-        return Batch(self, service, self.settings.queue_for(service, queue), timeout)
+        queue_key = self.settings.queue_for(service, queue)
+        timeout = self.settings.timeout_for(timeout)
+        return Batch(self._roundtrip, self._notify, service, queue_key, timeout)
 
     def close(self) -> None:
         self._pool.disconnect()
@@ -147,35 +101,90 @@ class Client(ProxyMaker):
     # -- calls -----------------------------------------------------------------------
 
     def _call(self, service: str, queue: str, method: str, params: Params, timeout: float) -> Any:
-        request_id = new_request_id()
-        request = protocol.request_object(method, params, request_id)
-        reply = self._roundtrip(service, method, queue, request, timeout)
-        if not isinstance(reply, dict) or reply.get("id") != request_id:
-            raise InternalError("Reply does not answer this call", data=reply)
-        return protocol.result_of(reply)
+        request = protocol.request_object(method, params, new_request_id())
+        return self._roundtrip(service, method, queue, request, timeout, answer)
 
     def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
-        message = protocol.encode_envelope(payload, None, time.time() + timeout)
-        self._exchange([("RPUSH", queue, message)], service, "notification", timeout)
+        if self._hooks is None:
+            self._send(service, "notification", queue, payload, timeout, expects_reply=False)
+        else:
+            self._send_hooked(self._hooks, service, "notification", queue, payload, timeout, None)
 
     def _roundtrip(
-        self, service: str, method: str, queue: str, payload: Any, timeout: float
+        self, service: str, method: str, queue: str, payload: Any, timeout: float, finish: Finish
     ) -> Any:
-        """Push a request and wait for its reply on a fresh reply key."""
+        """Push a request, wait for its reply on a fresh reply key, and finish it."""
         timeout = effective_timeout(timeout)
+        if self._hooks is None:
+            reply = self._send(service, method, queue, payload, timeout, expects_reply=True)
+            return finish(payload, reply)
+        return self._send_hooked(self._hooks, service, method, queue, payload, timeout, finish)
+
+    def _send_hooked(
+        self,
+        hooks: ClientHooks,
+        service: str,
+        method: str,
+        queue: str,
+        payload: Any,
+        timeout: float,
+        finish: Finish | None,
+    ) -> Any:
+        """:meth:`_send` with the middleware around it; what its caller gets (``finish``
+        of its reply; None for notifications, which get none)."""
+        deadline = time.time() + timeout
+        with hooks.before_send(service, payload, deadline) as outgoing:
+            reply = self._send(
+                service,
+                method,
+                queue,
+                payload,
+                timeout,
+                expects_reply=finish is not None,
+                deadline=deadline,
+                meta=outgoing.meta,
+            )
+            outgoing.outcome = None if finish is None else finish(payload, reply)
+        return outgoing.outcome
+
+    def _send(
+        self,
+        service: str,
+        method: str,
+        queue: str,
+        payload: Any,
+        timeout: float,
+        *,
+        expects_reply: bool,
+        deadline: float | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> Any:
+        """RPUSH the envelope and, for a reply, BLPOP a fresh reply key in the same
+        write; the reply (None for notifications)."""
+        if deadline is None:
+            deadline = time.time() + timeout
+        if not expects_reply:
+            message = protocol.encode_envelope(payload, None, deadline, meta)
+            self._exchange([("RPUSH", queue, message)], service, method, queue, timeout)
+            return None
         reply_to = self.settings.new_reply_key()
-        message = protocol.encode_envelope(payload, reply_to, time.time() + timeout)
+        message = protocol.encode_envelope(payload, reply_to, deadline, meta)
         commands = [("RPUSH", queue, message), ("BLPOP", reply_to, blpop_timeout(timeout))]
-        responses = self._exchange(commands, service, method, timeout)
-        popped = responses[-1]
+        popped = self._exchange(commands, service, method, queue, timeout)
         if popped is None:
             raise RpcTimeout(service, method, timeout)
         return protocol.decode_reply(popped[1])
 
     def _exchange(
-        self, commands: list[tuple[Any, ...]], service: str, method: str, timeout: float
-    ) -> list[Any]:
-        """Send commands in one write on one pooled connection; read every response in time."""
+        self,
+        commands: list[tuple[Any, ...]],
+        service: str,
+        method: str,
+        queue: str,
+        timeout: float,
+    ) -> Any:
+        """Send commands in one write on one pooled connection; read every response in
+        time; the last one. Whatever fails is raised as policy maps it."""
         deadline = time.monotonic() + timeout
         if not self._slots.acquire(timeout=timeout):
             raise RpcTimeout(service, method, timeout)
@@ -183,54 +192,27 @@ class Client(ProxyMaker):
             connection = self._pool.get_connection()
             try:
                 return self._send_and_read(connection, commands, deadline)
+            except BaseException:
+                # Responses may be left unread (a refused RPUSH's BLPOP is still
+                # waiting): a connection is never handed out again half-read.
+                connection.disconnect()  # type: ignore[no-untyped-call]
+                raise
             finally:
                 self._pool.release(connection)
-        except redis.exceptions.TimeoutError:
-            raise RpcTimeout(service, method, timeout) from None
-        except (redis.exceptions.ConnectionError, OSError) as exc:
-            raise RpcConnectionError(f"Redis at {self.url} failed during the call: {exc}") from exc
+        except REDIS_FAILURES as exc:
+            raise self.settings.exchange_error(exc, service, method, timeout, queue) from exc
         finally:
             self._slots.release()
 
     @staticmethod
     def _send_and_read(
         connection: redis.Connection, commands: list[tuple[Any, ...]], deadline: float
-    ) -> list[Any]:
+    ) -> Any:
         send_commands_sync(connection, commands)
-        responses = []
-        for index in range(len(commands)):
-            remaining = deadline - time.monotonic()
-            grace = READ_GRACE if index == len(commands) - 1 else 0.0
-            responses.append(connection.read_response(timeout=max(remaining, 0.001) + grace))
-        return responses
-
-
-class Batch(BatchHandle):
-    """Calls and notifications sent as one JSON-RPC batch, in one message.
-
-    >>> with client.batch("calculator") as batch:
-    ...     total = batch.add(1, 2)
-    ...     batch.notify.log("adding")
-    >>> total.result()
-    3
-    """
-
-    _client: Client
-
-    def send(self) -> list[Any]:
-        """Send the batch; return each call's result (or RpcError) in call order."""
-        builder = self.builder
-        if not self._expects_reply():
-            self._client._notify(builder.service, self._queue, builder.requests, self._timeout)
-            return []
-        reply = self._client._roundtrip(
-            builder.service, "batch", self._queue, builder.requests, self._timeout
+        last = len(commands) - 1
+        for _ in range(last):
+            # An error reply raises here, before a BLPOP behind a refused push is waited out.
+            connection.read_response(timeout=max(deadline - time.monotonic(), 0.001))
+        return connection.read_response(
+            timeout=max(deadline - time.monotonic(), 0.001) + READ_GRACE
         )
-        return builder.resolve(reply)
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None and not self.builder.sent:
-            self.send()

@@ -2,6 +2,7 @@
 writing, reliability and the process supervisor."""
 
 from .handling import WorkerStats
-from .lifecycle import Worker, WorkerThread, run_worker
+from .lifecycle import Worker
+from .thread import WorkerThread, run_worker
 
 __all__ = ["Worker", "WorkerStats", "WorkerThread", "run_worker"]

@@ -15,24 +15,33 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
+import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from jsonrpcserver import JsonRpcError, Success, async_dispatcher, dispatcher
-from jsonrpcserver.dispatcher import create_request, to_response
-from jsonrpcserver.request import Request
-from jsonrpcserver.response import to_serializable_one
-from jsonrpcserver.result import Result
-from jsonrpcserver.sentinels import NODATA, NOID
+with warnings.catch_warnings():
+    # jsonrpcserver 5 reads its schema at import with a deprecated importlib.resources
+    # call: its warning is no concern of ours, nor of our users' test runs.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from jsonrpcserver import JsonRpcError, Success, async_dispatcher, dispatcher
+    from jsonrpcserver.dispatcher import create_request, to_response
+    from jsonrpcserver.request import Request
+    from jsonrpcserver.response import to_serializable_one
+    from jsonrpcserver.result import Result
+    from jsonrpcserver.sentinels import NODATA, NOID
 
 from .. import protocol
 from ..context import CallContext, enter_call, leave_call
+from ..discovery import openrpc_document
 from ..errors import SERVER_ERROR, InternalError, InvalidRequest, RpcError, TimeLimitExceeded
 from ..middleware import Hooks, run_hooks
 from ..printable import printable, printable_exception
-from ..service import Method, Service
+from ..service import Method, ParamsShape, Service
+from ..validation import ParamsValidator
 from .bounds import (
     DEADLINE_GRACE,
     PAST_DEADLINE,
@@ -74,6 +83,7 @@ class DispatchOptions:
     default_time_limit: float | None = None  # for those, when a request has no deadline
     # Where plain functions run when they must leave the caller's thread; None: inline.
     threads: HandlerThreads | None = None
+    worker: str = ""  # the worker's id, which rpc.ping answers with
 
 
 class Dispatcher:
@@ -88,9 +98,11 @@ class Dispatcher:
         self.service = service
         hooks = hooks or Hooks()
         watch = Watch()
+        # The service's methods and the library's own (rpc.discover, rpc.ping).
+        self._registered = {**service.methods, **builtin_methods(service, options.worker)}
         self._methods: dict[str, Callable[..., Any]] = {}  # for the event loop
         self._plain_methods: dict[str, Callable[..., Any]] = {}  # for a thread, plain only
-        for method in service.methods.values():
+        for method in self._registered.values():
             handler = Handler(method, service.name, options, hooks, watch)
             self._methods[method.name] = handler.for_event_loop()
             if not method.is_async:
@@ -206,9 +218,12 @@ class Dispatcher:
     ) -> Callable[..., Any] | None:
         """The method to call at once, if the request's params surely fit it; else None,
         and jsonrpcserver checks them (and answers what does not fit). Its own check
-        binds the whole signature on every call: a fifth of a call's time in the worker."""
-        registered = self.service.methods.get(parsed.method)
-        if registered is None or not registered.params.fits(parsed.params):
+        binds the whole signature on every call: a fifth of a call's time in the worker.
+        A validated method checks its own params, and says more of what does not fit."""
+        registered = self._registered.get(parsed.method)
+        if registered is None:
+            return None
+        if not (registered.validate or registered.params.fits(parsed.params)):
             return None
         return methods.get(parsed.method)
 
@@ -250,6 +265,7 @@ class Handler:
         self.threads = options.threads
         self.before_call = hooks.before_call
         self.after_call = hooks.after_call
+        self.validator = ParamsValidator(method.func) if method.validate else None
 
     def for_event_loop(self) -> Callable[..., Any]:
         async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
@@ -259,6 +275,8 @@ class Handler:
             try:
                 if self.before_call:
                     run_hooks(self.before_call, context, may_refuse=True)
+                if self.validator is not None:
+                    args, kwargs = self.validator.params(args, kwargs)
                 if self.is_async:
                     running = self.func(*args, **kwargs)
                 elif self.threads is not None:
@@ -301,6 +319,8 @@ class Handler:
             try:
                 if self.before_call:
                     run_hooks(self.before_call, context, may_refuse=True)
+                if self.validator is not None:
+                    args, kwargs = self.validator.params(args, kwargs)
                 if bound is None or bound.limit is None or self.threads is None:
                     value = self.func(*args, **kwargs)
                 else:
@@ -338,6 +358,8 @@ class Handler:
         return functools.partial(contextvars.copy_context().run, self.func, *args, **kwargs)
 
     def _succeeded(self, context: CallContext, value: Any) -> Any:
+        if self.validator is not None:
+            value = self.validator.result(value)
         if self.after_call:
             run_hooks(self.after_call, context, value, None)
         return Success(value)
@@ -374,6 +396,28 @@ class Handler:
         call.__name__ = self.method
         call.__doc__ = self.func.__doc__
         return call
+
+
+def builtin_methods(service: Service, worker: str) -> dict[str, Method]:
+    """The library's own methods, which every service answers (JSON-RPC reserves the
+    ``rpc.`` prefix for them): ``rpc.discover``, the service's OpenRPC document, and
+    ``rpc.ping``, which worker answered. They run through the middleware like any
+    other, so a check that refuses strangers refuses them here too."""
+    document = functools.cache(functools.partial(openrpc_document, service))
+    host = socket.gethostname()
+
+    def discover() -> dict[str, Any]:
+        """The service's OpenRPC document."""
+        return document()
+
+    def ping() -> dict[str, Any]:
+        """Which worker answered: its id, host and pid."""
+        return {"service": service.name, "worker": worker, "host": host, "pid": os.getpid()}
+
+    return {
+        name: Method(name, func, None, False, ParamsShape(func))
+        for name, func in (("rpc.discover", discover), ("rpc.ping", ping))
+    }
 
 
 async def _completed(value: T) -> T:

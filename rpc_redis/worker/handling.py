@@ -45,12 +45,24 @@ class WorkerStats(Middleware):
     given_back: int = 0
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()  # not a field: asdict() gives the counters alone
+        # Not fields: asdict() gives the counters alone.
+        self._lock = threading.Lock()
+        self._served: dict[str, int] = {}  # queue -> messages answered or served
 
     def add(self, counter: str, count: int = 1) -> None:
         """Count; safe from the worker's threads and its event loop alike."""
         with self._lock:
             setattr(self, counter, getattr(self, counter) + count)
+
+    def served(self) -> dict[str, int]:
+        """Messages served so far, per queue: replied to, or notifications (the registry's)."""
+        with self._lock:
+            return dict(self._served)
+
+    def _serve(self, counter: str, queue: str) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+            self._served[queue] = self._served.get(queue, 0) + 1
 
     def after_receive(self, queue: str) -> None:
         self.add("received")
@@ -62,13 +74,13 @@ class WorkerStats(Middleware):
         self.add("rejected")
 
     def after_reply_written(self, queue: str) -> None:
-        self.add("replied")
+        self._serve("replied", queue)
 
     def after_dead_letter(self, queue: str, reason: str) -> None:
         self.add("dead_lettered")
 
     def after_notification(self, queue: str) -> None:
-        self.add("notifications")
+        self._serve("notifications", queue)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,21 @@ This module builds the parts and runs them: the receivers are handed what they n
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import socket
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio
 
 from .. import protocol
 from ..connection import async_pool, default_url, redact_url
+from ..metrics import PrometheusMetrics, recording_for_others
 from ..middleware import Hooks, Middleware
 from ..service import Service
 from .connections import ReceivingConnections
@@ -36,6 +40,7 @@ from .lanes import Lanes
 from .loop import LoopReceivers
 from .outage import Outages, Stopping
 from .receiving import AfterFailure, after_receive_failure
+from .registry import Presence, Upkeep
 from .reliable import Reliability
 from .serving import Serving
 from .settings import WorkerSettings
@@ -46,8 +51,9 @@ logger = logging.getLogger("rpc_redis.worker")
 
 # Bound on the worker's occasional commands (PING, heartbeats, CLIENT UNBLOCK).
 ADMIN_TIMEOUT = 10.0
+HOST = socket.gethostname()
 
-__all__ = ["Worker", "WorkerStats", "WorkerThread", "run_worker"]
+__all__ = ["Worker", "WorkerStats"]
 
 
 class Worker:
@@ -88,13 +94,20 @@ class Worker:
         }
         self.uses_lanes = self._receives_in_threads()
         self.stats = WorkerStats()
-        self.hooks = Hooks([self.stats, *middleware])
+        self.metrics = (
+            PrometheusMetrics({queue: service.name for queue, service in self.by_queue.items()})
+            if self.settings.metrics_port is not None
+            else None
+        )
+        own = [self.stats] if self.metrics is None else [self.stats, self.metrics]
+        self.hooks = Hooks([*own, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
         dispatch_options = DispatchOptions(
             debug=self.settings.debug,
             time_limit=self.settings.time_limit,
             default_time_limit=self.settings.default_time_limit,
             threads=self.handler_threads,
+            worker=self.name,
         )
         self.dispatchers = {
             queue: Dispatcher(service, dispatch_options, self.hooks)
@@ -114,7 +127,8 @@ class Worker:
         self.stopped = threading.Event()
         self.stopping = Stopping(self.settings.drain_timeout)
         self._busy_receivers: Lanes | None = None
-        self._serving: Any = None
+        self._serving: Serving | None = None
+        self.started: float | None = None  # when run() began, for the registry
 
     def _receives_in_threads(self) -> bool:
         """Lanes serve plain functions on their own threads; reliable queues (BLMOVE into
@@ -150,6 +164,8 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         self.stopping.bind(loop)
+        self.started = time.time()
+        stop_serving_metrics = self._serve_metrics()
         client = redis.asyncio.Redis.from_pool(
             async_pool(
                 self.redis_url,
@@ -159,16 +175,40 @@ class Worker:
                 socket_timeout=None,
             )
         )
-        outages = Outages(client, self.redis_url, self.stopping, ADMIN_TIMEOUT, loop)
+        metrics = self.metrics
+        outages = Outages(
+            client,
+            self.redis_url,
+            self.stopping,
+            ADMIN_TIMEOUT,
+            loop,
+            on_reconnect=metrics.reconnected if metrics is not None else None,
+        )
         reliability = Reliability(
             client,
             self.name,
             self.reliable_queues,
             prefix=self.settings.prefix,
-            heartbeat_interval=self.settings.heartbeat_interval,
             max_deliveries=self.settings.max_deliveries,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
+        presence = Presence(
+            client,
+            self.name,
+            prefix=self.settings.prefix,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            describe=self.registry_entry,
+            served=self.stats.served,
+        )
+        upkeep_steps: list[Upkeep] = []
+        if self.reliable_queues:
+            upkeep_steps.append(reliability.recover_dead_workers)
+        if metrics is not None:
+            dead_letter_keys = {
+                service.name: protocol.dead_letter_key(service.name, self.settings.prefix)
+                for service in self.services
+            }
+            upkeep_steps.append(functools.partial(metrics.sample, client, dead_letter_keys))
         serving = Serving(
             self.handling, self.dispatchers, Writer(client.connection_pool), reliability, loop
         )
@@ -180,8 +220,10 @@ class Worker:
         upkeep: asyncio.Task[None] | None = None
         try:
             if await outages.wait():
-                if self.reliable_queues and await self._first_beat(reliability, outages):
-                    upkeep = asyncio.create_task(reliability.keep_up(ADMIN_TIMEOUT, upkeep_done))
+                if await self._first_beat(presence, outages):
+                    upkeep = asyncio.create_task(
+                        presence.keep_up(ADMIN_TIMEOUT, upkeep_done, upkeep_steps)
+                    )
                 await self._receive(serving, outages, connections, client)
         finally:
             receiving_done.set()
@@ -190,9 +232,11 @@ class Worker:
             if upkeep is not None:
                 upkeep_done.set()
                 await upkeep
-                await self._retire(reliability)
+                await self._retire(presence, reliability)
             await client.aclose()
             self.handler_threads.shutdown()
+            if stop_serving_metrics is not None:
+                stop_serving_metrics()
             self.stopped.set()
         if self.stopping.fatal is not None:
             raise self.stopping.fatal
@@ -215,17 +259,28 @@ class Worker:
                 recovered,
             )
 
-    async def _first_beat(self, reliability: Reliability, outages: Outages) -> bool:
+    def _serve_metrics(self) -> Callable[[], None] | None:
+        """Serve the metrics, unless another process serves them (``--processes``)."""
+        if self.metrics is None or recording_for_others():
+            return None
+        port = self.settings.metrics_port
+        assert port is not None
+        return self.metrics.serve(self.settings.metrics_host, port)
+
+    async def _first_beat(self, presence: Presence, outages: Outages) -> bool:
         """Register before receiving; False if Redis refuses it for good."""
         try:
-            await asyncio.wait_for(reliability.beat(), ADMIN_TIMEOUT)
+            await asyncio.wait_for(presence.beat(), ADMIN_TIMEOUT)
         except Exception as exc:
-            return outages.ride_out(exc, list(self.reliable_queues)) is not AfterFailure.STOP
+            return outages.ride_out(exc, list(self.by_queue)) is not AfterFailure.STOP
         return True
 
-    async def _retire(self, reliability: Reliability) -> None:
+    async def _retire(self, presence: Presence, reliability: Reliability) -> None:
+        """Leave the registry; a reliable worker then requeues what it still holds."""
         try:
-            await asyncio.wait_for(reliability.retire(), ADMIN_TIMEOUT)
+            await asyncio.wait_for(presence.retire(), ADMIN_TIMEOUT)
+            if self.reliable_queues:
+                await asyncio.wait_for(reliability.retire(), ADMIN_TIMEOUT)
         except Exception as exc:
             if after_receive_failure(exc) is None:
                 raise
@@ -310,7 +365,20 @@ class Worker:
         """Requests being served now, in threads and on the event loop."""
         lanes = self._busy_receivers.busy if self._busy_receivers is not None else 0
         on_loop = self._serving.in_flight if self._serving is not None else 0
-        return int(lanes + on_loop)
+        return lanes + on_loop
+
+    def registry_entry(self) -> dict[str, Any]:
+        """What the worker registry says of this worker (``registry.py``), as of now."""
+        return {
+            "host": HOST,
+            "pid": os.getpid(),
+            "started": round(self.started or time.time(), 3),
+            "queues": {queue: service.name for queue, service in self.by_queue.items()},
+            "reliable": sorted(self.reliable_queues),
+            "concurrency": self.concurrency,
+            "receiving": "threads" if self.uses_lanes else "loop",
+            "in_flight": self.in_flight,
+        }
 
     def describe(self) -> str:
         """The startup line: what is served, from where, how."""
@@ -335,61 +403,3 @@ class Worker:
         limit or a deadline, and those abandoned at the drain timeout."""
         lanes = self._busy_receivers.abandoned_running if self._busy_receivers else 0
         return self.handler_threads.busy + lanes
-
-
-def run_worker(worker: Worker) -> None:
-    """Run a worker on a fresh event loop until it is stopped."""
-    asyncio.run(worker.run())
-
-
-class WorkerThread:
-    """A worker on its own thread and event loop: for tests and embedding in sync apps.
-
-    >>> with WorkerThread(Worker(service, url)) as worker:
-    ...     client.proxy("calculator").add(1, 2)
-    """
-
-    def __init__(self, worker: Worker, start_timeout: float = 10.0) -> None:
-        self.worker = worker
-        self.start_timeout = start_timeout
-        self.error: BaseException | None = None  # what ended the worker's run, if not a stop
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            run_worker(self.worker)
-        except BaseException as exc:
-            self.error = exc
-
-    def start(self) -> WorkerThread:
-        """Start and wait until the worker receives; raise what stopped it, if it failed."""
-        self._thread.start()
-        deadline_reached = not self._wait_ready_or_stopped()
-        if self.error is not None:
-            self._thread.join(self.start_timeout)
-            raise self.error
-        if deadline_reached or not self.worker.ready.is_set():
-            self.stop()
-            raise RuntimeError(f"worker not ready within {self.start_timeout}s")
-        return self
-
-    def _wait_ready_or_stopped(self) -> bool:
-        waited = 0.0
-        while waited < self.start_timeout:
-            if self.worker.ready.wait(0.05) or self.worker.stopped.is_set():
-                return True
-            waited += 0.05
-        return False
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.worker.stop()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"worker did not stop within {timeout}s")
-
-    def __enter__(self) -> Worker:
-        self.start()
-        return self.worker
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import redis.asyncio
 
@@ -84,8 +85,10 @@ class Outages:
         stopping: Stopping,
         ping_timeout: float,
         loop: asyncio.AbstractEventLoop,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_reconnect = on_reconnect  # told once per outage that ends (metrics)
         self.url = redact_url(url)
         self.stopping = stopping
         self.ping_timeout = ping_timeout
@@ -118,6 +121,8 @@ class Outages:
         while not await self.pause(delay * random.uniform(0.5, 1.5)):
             delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
             if await self._ping() is None:
+                if self.on_reconnect is not None:
+                    self.on_reconnect()
                 logger.info("connected to Redis at %s", self.url)
                 return True
         return False

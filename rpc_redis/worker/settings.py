@@ -60,7 +60,8 @@ class WorkerSettings:
 
     queue: str | None = setting(
         None,
-        "serve this Redis list instead of the default queue key (one service only)",
+        "serve this Redis list instead of the default queue key (one service only; "
+        "default: <prefix>:queue:{<service>})",
         metavar="NAME",
     )
     prefix: str = setting(protocol.DEFAULT_PREFIX, "the prefix of every key the worker derives")
@@ -140,9 +141,20 @@ class WorkerSettings:
     )
     heartbeat_interval: float = setting(
         DEFAULT_HEARTBEAT_INTERVAL,
-        "reliable mode: seconds between heartbeats; a worker silent for three is taken for dead",
+        "seconds between heartbeats in the worker registry (and metrics samples); a worker "
+        "silent for three is taken for dead",
         seconds=True,
         metavar="S",
+    )
+    metrics_port: int | None = setting(
+        None,
+        "serve Prometheus metrics at http://<metrics-host>:PORT/metrics, for all --processes "
+        "at once (0: a free port; needs pip install 'rpc-redis[metrics]')",
+        minimum=0,
+        metavar="PORT",
+    )
+    metrics_host: str = setting(
+        "0.0.0.0", "the address --metrics-port listens on", metavar="HOST"
     )
     debug: bool = setting(False, "include tracebacks in internal-error replies")
     block_seconds: float = setting(

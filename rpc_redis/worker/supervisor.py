@@ -7,18 +7,24 @@ exited 0. A child that exits 2 met a configuration error (a wrong password...) t
 a restart cannot mend: the supervisor stops the others and exits 2 too.
 
 The Redis URL reaches the children in their environment, not on their command line,
-where ``ps`` would show its password to anyone on the machine.
+where ``ps`` would show its password to anyone on the machine. With metrics, the
+children write theirs into a directory of the supervisor's, which serves them all at
+one port (``metrics.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from .. import metrics
 
 logger = logging.getLogger("rpc_redis.supervisor")
 
@@ -29,19 +35,45 @@ URL_VARIABLE = "RPC_REDIS_URL"
 
 class Supervisor:
     def __init__(
-        self, child_command: Sequence[str], processes: int, *, redis_url: str | None = None
+        self,
+        child_command: Sequence[str],
+        processes: int,
+        *,
+        redis_url: str | None = None,
+        metrics_address: tuple[str, int] | None = None,
     ) -> None:
+        """``metrics_address``: (host, port) to serve every child's metrics at."""
         self.child_command = list(child_command)
         self.processes = processes
         self.environment = dict(os.environ)
         if redis_url is not None:
             self.environment[URL_VARIABLE] = redis_url
+        self.metrics_address = metrics_address
+        self.metrics_directory: str | None = None
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self._signals_seen = 0
         self._restart_delay = 0.5
 
     def run(self) -> int:
+        stop_serving_metrics = self._serve_metrics()
+        try:
+            return self._supervise()
+        finally:
+            if stop_serving_metrics is not None:
+                stop_serving_metrics()
+            if self.metrics_directory is not None:
+                shutil.rmtree(self.metrics_directory, ignore_errors=True)
+
+    def _serve_metrics(self) -> Callable[[], None] | None:
+        """Serve the children's metrics (written into a directory of ours) at one port."""
+        if self.metrics_address is None:
+            return None
+        self.metrics_directory = tempfile.mkdtemp(prefix="rpc-redis-metrics-")
+        self.environment[metrics.MULTIPROCESS_VARIABLE] = self.metrics_directory
+        return metrics.serve_processes(self.metrics_directory, *self.metrics_address)
+
+    def _supervise(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for _ in range(self.processes):
@@ -62,6 +94,8 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             child.returncode = code
+            if self.metrics_directory is not None:
+                metrics.process_exited(self.metrics_directory, pid)
             if self.stopping:
                 exit_code = exit_code or (1 if code != 0 else 0)
                 continue

@@ -1,7 +1,7 @@
-"""``rpc-admin``: count, list, requeue and purge a service's dead letters.
+"""``rpc-admin dead``: count, list, requeue and purge a service's dead letters.
 
 The functions work on any redis-py client, so the same operations are usable from
-Python; :func:`main` is the command line around them.
+Python; ``add_dead_commands`` puts the command line around them (``cli.py``).
 """
 
 from __future__ import annotations
@@ -11,31 +11,21 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import redis
-import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from . import protocol
-from .connection import default_url, redact_url, sync_pool
-from .printable import printable
+from .. import protocol
+from ..printable import printable
+from .outcome import EXIT_OK, UsageError
 
 # The longest message (in characters) a `dead list` line shows; --json shows it all.
 MESSAGE_WIDTH = 60
 # The longest reason a `dead list` line shows.
 REASON_WIDTH = 100
-# Seconds to wait for any one reply from Redis; requeueing 10,000 entries takes far less.
-SOCKET_TIMEOUT = 60.0
 UNREADABLE_REASON = "unreadable entry (not a dead letter a worker wrote)"
-
-EXIT_OK = 0
-EXIT_REDIS_ERROR = 1
-EXIT_USAGE = 2
 
 # KEYS[1]: the dead-letter list.  ARGV[1]: the most messages to requeue, 0 for no limit.
 # Returns {requeued, skipped, left}.
@@ -280,13 +270,6 @@ def plural(count: int, noun: str) -> str:
 # -- the command line -----------------------------------------------------------------
 
 
-class UsageError(Exception):
-    """A command that cannot run as given: exit status 2."""
-
-
-Action = Callable[[redis.Redis, argparse.Namespace], int]
-
-
 def positive_int(text: str) -> int:
     """An argparse type: a limit of 0 or less would silently do nothing."""
     value = int(text)
@@ -296,41 +279,26 @@ def positive_int(text: str) -> int:
 
 
 def service_name(text: str) -> str:
-    """An argparse type: an empty name would address the key ``{prefix}:dead:``."""
+    """An argparse type: an empty name would address the key ``<prefix>:dead:``."""
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
 
 
-def admin_parser() -> argparse.ArgumentParser:
+def add_dead_commands(
+    groups: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
     """``rpc-admin dead ACTION SERVICE``; the common options are accepted after ACTION."""
-    parser = argparse.ArgumentParser(
-        prog="rpc-admin",
-        description="Look after the Redis side of rpc_redis services.",
-        epilog="Example: rpc-admin dead list calculator --limit 20",
-    )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     dead = groups.add_parser(
         "dead",
         help="a service's dead letters",
-        description="Act on the dead-letter list {prefix}:dead:{service} of a service.",
+        description="Act on the dead-letter list <prefix>:dead:{<service>} of a service.",
     )
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("service", type=service_name, metavar="SERVICE", help="service name")
-    common.add_argument(
-        "--redis-url",
-        metavar="URL",
-        default=None,
-        help="Redis URL (default: $RPC_REDIS_URL, then $REDIS_URL, then redis://localhost:6379/0)",
-    )
-    common.add_argument(
-        "--prefix",
-        metavar="P",
-        default=protocol.DEFAULT_PREFIX,
-        help="key prefix (default: %(default)s)",
-    )
+    service = argparse.ArgumentParser(add_help=False, parents=[common])
+    service.add_argument("service", type=service_name, metavar="SERVICE", help="service name")
+    common = service
 
     count = actions.add_parser("count", parents=[common], help="print how many there are")
     count.set_defaults(action_function=run_count)
@@ -353,7 +321,6 @@ def admin_parser() -> argparse.ArgumentParser:
     purge = actions.add_parser("purge", parents=[common], help="delete them all")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(action_function=run_purge)
-    return parser
 
 
 def run_count(connection: redis.Redis, args: argparse.Namespace) -> int:
@@ -407,58 +374,3 @@ def confirm(question: str, answers: TextIO, prompts: TextIO) -> bool:
     except (EOFError, KeyboardInterrupt):
         answer = ""
     return answer.strip().lower() in ("y", "yes")
-
-
-def connect(url: str) -> redis.Redis:
-    """One connection that fails fast and never resends a command (a requeue runs once)."""
-    pool = sync_pool(
-        url, max_connections=1, socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0)
-    )
-    return redis.Redis.from_pool(pool)  # closing the client closes the pool
-
-
-def shown_url(url: str) -> str:
-    """The URL for an error message: without its password, and never raising."""
-    try:
-        return redact_url(url)
-    except ValueError:
-        return "(an unreadable URL)"
-
-
-def one_line(error: BaseException) -> str:
-    """An error's text on one line, so that stderr gets exactly one line per failure."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``rpc-admin``; the exit status: 0 done, 1 Redis failed or unreachable, 2 usage."""
-    parser = admin_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # argparse has printed the usage or the help
-        return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
-    url = args.redis_url or default_url()
-    action: Action = args.action_function
-    try:
-        connection = connect(url)
-    except ValueError as exc:  # redis-py cannot use the URL
-        return fail(EXIT_USAGE, f"bad Redis URL {shown_url(url)}: {one_line(exc)}")
-    try:
-        with connection:
-            return action(connection, args)
-    except UsageError as exc:
-        return fail(EXIT_USAGE, str(exc))
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url(url)}: {one_line(exc)}")
-    except redis.exceptions.RedisError as exc:
-        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url(url)} said: {one_line(exc)}")
-
-
-def fail(status: int, message: str) -> int:
-    """Report on stderr in argparse's style, and return the exit status."""
-    print(f"rpc-admin: error: {message}", file=sys.stderr)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
