@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -142,3 +143,18 @@ def test_a_short_fuzz_run_breaks_no_rule() -> None:
     ):
         assert line in report, report
     assert " 0 wrong, 0 failed" in report, report
+    for quoted in quoted_figures():  # reliability.md quotes a run: same lines, same rules
+        shape = re.sub(r"\d[\d,.]*", r"[\\d,.]+", re.escape(quoted))
+        assert re.search(f"^{shape}$", report, re.M), f"{quoted!r} is not what it prints"
+
+
+def quoted_figures() -> list[str]:
+    """The figures docs/reliability.md quotes from `python -m bench.fuzz`."""
+    page = (REPOSITORY / "docs" / "reliability.md").read_text()
+    block = re.search(r"^\$ python -m bench\.fuzz\n(.*?)^```", page, re.M | re.S)
+    assert block is not None, "reliability.md quotes no fuzz run"
+    lines = block[1].splitlines()
+    assert len(lines) >= 10
+    for must_be_zero in ("got neither", "ended otherwise", "foreign keys changed"):
+        assert any(line.endswith(": 0") for line in lines if must_be_zero in line), must_be_zero
+    return lines
