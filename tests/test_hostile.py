@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -566,6 +567,12 @@ def test_a_stopping_worker_waits_at_most_its_drain_timeout(
     [line] = [line for line in worker.lines if "abandoned" in line]
     assert "abandoned 1 request(s) still running after the drain timeout of 1s: " in line
     assert "slow.sync_sleep (id " in line
+    # docs/worker.md shows the line: the same shape.
+    shape = r"WARNING +rpc_redis\.worker: stopping: abandoned \d+ request\(s\) still running "
+    shape += r"after the drain timeout of [\d.]+s: \w+\.\w+ \(id [^)]+\)"
+    assert re.search(shape, line), line
+    guide = (REPOSITORY / "docs" / "worker.md").read_text()
+    assert re.search("^" + shape + "$", guide, re.M), "worker.md shows another line"
     left = redis_connection.lrange(SLOW, 0, -1)
     if mode == "--reliable":
         assert "they stay in progress, to be recovered" in line
