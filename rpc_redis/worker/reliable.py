@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio
 
 from .. import protocol
+from ..printable import printable
 from .registry import entry_reliable_queues, parse_entry
 
 logger = logging.getLogger("rpc_redis.reliable")
@@ -108,8 +109,8 @@ class Reliability:
                     "recovered %d request(s) of dead worker %s from %s: %d requeued, "
                     "%d expired, %d dead-lettered",
                     recovered.total,
-                    worker_id,
-                    queue,
+                    printable(worker_id),  # from the registry, as the queue: not ours
+                    printable(queue),
                     recovered.requeued,
                     recovered.expired,
                     recovered.dead_lettered,
