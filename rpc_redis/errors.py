@@ -208,6 +208,14 @@ def classify_redis_error(error: BaseException) -> RedisFailure | None:
     return None
 
 
+def refusal_text(error: BaseException) -> str:
+    """A Redis error reply as text that says what kind it is: redis-py keeps a reply's
+    code (OOM, NOPERM, EXECABORT...) only in the class of the exception it raises."""
+    if type(error) is redis.exceptions.ResponseError:
+        return str(error)  # WRONGTYPE and the like keep their code in the text
+    return f"{type(error).__name__}: {error}"
+
+
 def redis_error(error: BaseException, where: str, doing: str) -> RpcRedisError:
     """The library's own exception for a Redis failure, caused by it.
 

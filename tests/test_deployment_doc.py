@@ -19,7 +19,7 @@ import redis
 
 from rpc_redis import AsyncClient, Client, protocol
 from rpc_redis.embedded import EmbeddedRedis, find_cli_binary
-from rpc_redis.testing import WorkerProcess, serve_in_thread
+from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
 from rpc_redis.topologies import TlsFiles, TlsRedis
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
@@ -109,13 +109,21 @@ def test_the_acl_lines_pasted_into_redis_cli_give_each_role_what_it_needs_and_no
             ):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     refused()
+        # A bare request naming a reply key outside the worker's keys: Redis refuses the
+        # reply (NOPERM), and the request is dead-lettered with that reason.
         with redis.Redis.from_url(fresh_redis.url) as admin_view:
-            entry = protocol.encode_dead_letter(b'{"jsonrpc":"2.0","method":"add"}', "test",
-                                                protocol.queue_key("calculator"), 0.0)
-            admin_view.rpush(protocol.dead_letter_key("calculator"), entry)  # fmt: skip
+            outside = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": "replies:9"}
+            admin_view.rpush(protocol.queue_key("calculator"), json.dumps(outside))
+            dead = protocol.dead_letter_key("calculator")
+            wait_until(lambda: admin_view.llen(dead) == 1, what="the refused reply's dead letter")
+            assert not admin_view.exists("replies:9")
+            [entry] = admin_view.lrange(dead, 0, -1)
+            assert "NoPermissionError" in json.loads(entry)["reason"]
         assert plain.stop() == 0 and reliable.stop() == 0  # CLIENT LIST and UNBLOCK at stop
-    for worker in (plain, reliable):
-        assert "NOPERM" not in worker.output and "refused" not in worker.output, worker.output
+    for worker in (plain, reliable):  # refused nothing but the reply outside its keys
+        refusals = [line for line in worker.lines if "refused" in line or "NOPERM" in line]
+        expected = 1 if worker is plain else 0
+        assert len(refusals) == expected and "replies:9" not in worker.output, worker.output
 
     admin = [sys.executable, "-m", "rpc_redis.admin", "dead"]
 

@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 
 from rpc_redis import AsyncClient, Client, RpcConnectionError, RpcTimeout, Worker
 from rpc_redis.embedded import EmbeddedRedis
-from rpc_redis.protocol import DEFAULT_REPLY_TTL, MAX_REPLY_KEY_LENGTH, decode_dead_letter
+from rpc_redis.protocol import (
+    DEAD_LETTER_HEAD_BYTES,
+    DEFAULT_REPLY_TTL,
+    MAX_REPLY_KEY_LENGTH,
+    decode_dead_letter,
+    unread_above,
+)
 from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
@@ -310,7 +316,11 @@ class Served:
         assert len(entries) == ended[DEAD_LETTER], entries
         if entries:
             result.dead_letter = decode_dead_letter(entries[0])
-            assert result.dead_letter["raw"] == raw
+            if result.dead_letter.get("truncated"):  # far over the limit: its head is kept
+                assert result.dead_letter["size"] == len(raw)
+                assert result.dead_letter["raw"] == raw[:DEAD_LETTER_HEAD_BYTES]
+            else:
+                assert result.dead_letter["raw"] == raw
             assert result.dead_letter["queue"] == QUEUE
             assert result.dead_letter["reason"]
         if outcome == REPLY:
@@ -626,19 +636,22 @@ HUGE = ["id", "reply_to", "method", "params", "string", "bytes"]
 
 def huge(variant: str, size: int, char: str = "x", reply_to: str = "rpc:reply:huge") -> Garbage:
     """A message with a string of ``size`` characters: 100 KB and more, sometimes over
-    the worker's limit (then it is answered with an error if a reply key can be read)."""
+    the worker's limit (then it is answered with an error if a reply key can be read,
+    unless it is too large even to be read: protocol.unread_above)."""
     text = char * size
     if variant == "id":  # a reply key far too long
         return Garbage(dumps(request_object("add", [1, 2], text)), frozenset({DEAD_LETTER}))
     if variant == "reply_to":
         envelope = {"v": 1, "reply_to": text, "request": A_REQUEST}
         return Garbage(dumps(envelope), frozenset({DEAD_LETTER}))
-    if variant == "method":
-        envelope = {"v": 1, "reply_to": reply_to, "request": request_object(text, [], 1)}
-        return Garbage(dumps(envelope), frozenset({REPLY}), reply_to, 1)
-    if variant == "params":
-        envelope = {"v": 1, "reply_to": reply_to, "request": request_object("add", [text], 2)}
-        return Garbage(dumps(envelope), frozenset({REPLY}), reply_to, 2)
+    if variant in ("method", "params"):
+        request = (
+            request_object(text, [], 1) if variant == "method" else request_object("add", [text], 1)
+        )
+        raw = dumps({"v": 1, "reply_to": reply_to, "request": request})
+        if len(raw) > unread_above(HUGE_LIMIT):
+            return Garbage(raw, frozenset({DEAD_LETTER}))
+        return Garbage(raw, frozenset({REPLY}), reply_to, 1)
     if variant == "string":
         return Garbage(dumps(text), frozenset({DEAD_LETTER}))
     return Garbage(b"\xff" * size, frozenset({DEAD_LETTER}))

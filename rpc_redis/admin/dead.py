@@ -19,6 +19,7 @@ import redis
 
 from .. import protocol
 from ..connection import slot_of
+from ..printable import printable
 from .outcome import EXIT_OK, UsageError
 
 # What the operations work on: a client of one node (or of Sentinel's primary), or of a cluster.
@@ -287,14 +288,13 @@ def _check_limit(limit: int | None) -> None:
 
 def format_line(letter: DeadLetter) -> str:
     """One line for a person: when (UTC), where from, why, and the start of the message."""
-    text = letter.text
-    message = text if text is not None else repr(letter.raw)
+    message: str | bytes = letter.text if letter.text is not None else letter.raw
     return "  ".join(
         [
             iso_time(letter.time),
             printable(letter.queue) or "-",
-            shorten(printable(letter.reason), REASON_WIDTH),
-            shorten(printable(message), MESSAGE_WIDTH),
+            printable(letter.reason, REASON_WIDTH),
+            printable(message, MESSAGE_WIDTH),
         ]
     )
 
@@ -313,18 +313,6 @@ def iso_time(at: float | None) -> str:
     except (OverflowError, OSError, ValueError):
         return repr(at)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def printable(text: str) -> str:
-    """Escape newlines and other control characters, so that each entry stays on one line."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def shorten(text: str, width: int) -> str:
-    """Cut to ``width`` characters, marking the cut, so that a line stays readable."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def plural(count: int, noun: str) -> str:

@@ -109,7 +109,11 @@ class Worker:
         self.hooks = Hooks([*own, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
         dispatch_options = DispatchOptions(
-            self.settings.debug, self.settings.time_limit, self.handler_threads, self.name
+            debug=self.settings.debug,
+            time_limit=self.settings.time_limit,
+            default_time_limit=self.settings.default_time_limit,
+            threads=self.handler_threads,
+            worker=self.name,
         )
         self.dispatchers = {
             queue: Dispatcher(service, dispatch_options, self.hooks)
@@ -120,12 +124,14 @@ class Worker:
             self.hooks,
             prefix=prefix,
             max_message_bytes=self.settings.max_message_bytes,
+            max_batch=self.settings.max_batch,
+            max_reply_bytes=self.settings.max_reply_bytes,
             reply_ttl_ms=self.settings.reply_ttl_ms,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self.stopping = Stopping()
+        self.stopping = Stopping(self.settings.drain_timeout)
         self._busy_receivers: Lanes | None = None
         self._serving: Serving | None = None
         self.started: float | None = None  # when run() began, for the registry
@@ -229,7 +235,7 @@ class Worker:
         finally:
             receiving_done.set()
             await unblocker
-            await serving.drain()
+            await self._drain(serving)
             if upkeep is not None:
                 upkeep_done.set()
                 await upkeep
@@ -243,6 +249,24 @@ class Worker:
             self.stopped.set()
         if self.stopping.fatal is not None:
             raise self.stopping.fatal
+
+    async def _drain(self, serving: Serving) -> None:
+        """Wait for the requests in flight until the drain timeout, then abandon those
+        left, named in one line: in reliable mode they stay in progress, and retiring
+        puts them back on their queue."""
+        left = self.stopping.drain_left()
+        abandoned = list(self._busy_receivers.abandoned) if self._busy_receivers else []
+        abandoned += await serving.drain(self.settings.drain_timeout if left is None else left)
+        if abandoned:
+            recovered = "; they stay in progress, to be recovered" if self.reliable_queues else ""
+            logger.warning(
+                "stopping: abandoned %d request(s) still running after the drain timeout of "
+                "%gs: %s%s",
+                len(abandoned),
+                self.settings.drain_timeout,
+                protocol.summarize(abandoned),
+                recovered,
+            )
 
     def _serve_metrics(self) -> Callable[[], None] | None:
         """Serve the metrics, unless another process serves them (``--processes``)."""
@@ -389,5 +413,7 @@ class Worker:
 
     @property
     def busy_handler_threads(self) -> int:
-        """Threads running a plain-function handler now: after a stop, those past a limit."""
-        return self.handler_threads.busy
+        """Threads running a plain-function handler now: after a stop, those past a
+        limit or a deadline, and those abandoned at the drain timeout."""
+        lanes = self._busy_receivers.abandoned_running if self._busy_receivers else 0
+        return self.handler_threads.busy + lanes

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 
 from ..connection import AsyncRoutes
@@ -24,10 +25,13 @@ RECONNECT_BACKOFF_CAP = 5.0
 
 class Stopping:
     """A worker's stop: requested from any thread or a signal handler, waited on, on
-    the event loop; ``fatal`` holds the configuration error that forced it, if any."""
+    the event loop; ``fatal`` holds the configuration error that forced it, if any.
+    Once requested, the requests in flight have ``drain_timeout`` seconds to finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, drain_timeout: float) -> None:
+        self.drain_timeout = drain_timeout
         self.requested = False
+        self.requested_at: float | None = None  # time.monotonic()
         self.fatal: BaseException | None = None
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,11 +51,19 @@ class Stopping:
     def request(self) -> bool:
         """Ask for a stop; safe from any thread. True for the first request."""
         first = not self.requested
+        if first:
+            self.requested_at = time.monotonic()
         self.requested = True
         loop = self._loop
         if first and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.event.set)
         return first
+
+    def drain_left(self) -> float | None:
+        """Seconds left for the requests in flight to finish; None until a stop."""
+        if self.requested_at is None:
+            return None
+        return max(0.0, self.requested_at + self.drain_timeout - time.monotonic())
 
     def fail(self, error: BaseException) -> None:
         """Stop because retrying cannot help; the worker's run raises ``error``."""

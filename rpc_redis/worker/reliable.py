@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import protocol
 from ..connection import AsyncRoutes
+from ..printable import printable
 from .receiving import Command, raise_first_error
 from .registry import HEARTBEAT_LIVES, entry_reliable_queues, parse_entry
 
@@ -137,8 +138,8 @@ class Reliability:
                     "recovered %d request(s) of dead worker %s from %s: %d requeued, "
                     "%d expired, %d dead-lettered",
                     recovered.total,
-                    worker_id,
-                    queue,
+                    printable(worker_id),  # from the registry, as the queue: not ours
+                    printable(queue),
                     recovered.requeued,
                     recovered.expired,
                     recovered.dead_lettered,

@@ -35,13 +35,15 @@ class Writer:
 
     async def write_transaction(self, commands: list[Command]) -> list[Any]:
         """MULTI ... EXEC in one round trip (the commands lie in one hash slot): the
-        results of the commands, as EXEC gives them."""
+        results of the commands, as EXEC gives them (error replies as values). If Redis
+        refused to queue a command (out of memory, no permission), none ran: that
+        command's result is the refusal, and each other's the EXECABORT that followed."""
         responses = await self.routes.transaction(commands, WRITE_READ_TIMEOUT)
-        raise_first_error(responses[:-1])  # a command Redis would not even queue
-        results = responses[-1]
-        if isinstance(results, Exception):
-            raise results
-        return list(results)
+        raise_first_error(responses[:1])  # MULTI itself refused: nothing was queued
+        queued, executed = responses[1:-1], responses[-1]
+        if isinstance(executed, Exception):
+            return [result if isinstance(result, Exception) else executed for result in queued]
+        return list(executed)
 
     def take_pending(self, key: str | None = None) -> Outbox:
         """Hand the writes not yet sent to someone about to write anyway (the receiver,
