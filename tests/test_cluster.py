@@ -178,6 +178,12 @@ def test_the_cluster_acl_lines_of_the_deployment_guide_serve_each_role(
                 return list(await asyncio.gather(*(async_client.proxy(n).echo(1) for n in NAMES)))
 
         assert asyncio.run(gathered()) == [[name, 1] for name in NAMES]
+        status = subprocess.run(
+            [sys.executable, "-m", "rpc_redis.admin", "status", "--redis-url", url("rpc-admin")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert all(f"rpc:queue:{{{name}}}" in status.stdout for name in NAMES), status.stdout
     dead = protocol.dead_letter_key("beta")
     with connect(cluster.node_for_key(dead)) as owner:
         entry = protocol.encode_dead_letter(b'{"x": 1}', "test", "rpc:queue:beta", 0.0)

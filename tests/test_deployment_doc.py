@@ -95,6 +95,11 @@ def test_the_acl_lines_pasted_into_redis_cli_give_each_role_what_it_needs_and_no
                 return await client.proxy("calculator").add(3, 4)
 
         assert asyncio.run(add_async()) == 7
+        admin_ping = subprocess.run(
+            [sys.executable, "-m", "rpc_redis.admin", "ping", "calculator", "--redis-url",
+             user_url(fresh_redis, "rpc-admin")], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert admin_ping.returncode == 0 and "pong" in admin_ping.stdout, admin_ping.stderr
         with redis.Redis.from_url(client_url) as as_client:
             bare_id = "rpc:reply:3f1c9a0e-9b1f-4d43-8a57-0c1a3cf0a2b9"
             request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": bare_id}
@@ -133,13 +138,23 @@ def test_the_acl_lines_pasted_into_redis_cli_give_each_role_what_it_needs_and_no
         )
 
     assert run_admin("count", "calculator").stdout == "1\n"
+    for command in ("status", "workers"):  # the registry, the queues: read, not written
+        shown = subprocess.run(
+            [sys.executable, "-m", "rpc_redis.admin", command, "--redis-url", admin_url],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert shown.returncode in (0, 3) and not shown.stderr, shown.stderr
     assert "add" in run_admin("list", "calculator").stdout
     requeued = run_admin("requeue", "calculator")
     assert requeued.returncode == 0 and "requeued 1 message" in requeued.stdout, requeued.stderr
     assert run_admin("purge", "calculator", "--yes").returncode == 0
     with redis.Redis.from_url(admin_url) as as_admin:
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            as_admin.blpop(["rpc:reply:x"], 1)
+        for refused in (
+            lambda: as_admin.lrange("elsewhere", 0, -1),
+            lambda: as_admin.set(protocol.queue_key("calculator"), "1"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                refused()
     with redis.Redis.from_url(worker_url) as as_worker:
         with pytest.raises(redis.exceptions.NoPermissionError):
             as_worker.set("elsewhere", "1")
