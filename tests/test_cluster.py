@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
+import redis.asyncio
 
 from rpc_redis import AsyncClient, Client, protocol
 from rpc_redis.embedded import EmbeddedRedis
@@ -197,6 +199,31 @@ def test_the_cluster_acl_lines_of_the_deployment_guide_serve_each_role(
         assert done.returncode == 0 and says in done.stdout, done.stderr
     with connect(cluster.node_for_key("rpc:queue:beta")) as queue_owner_connection:
         assert queue_owner_connection.lrange("rpc:queue:beta", 0, -1) == ['{"x": 1}']
+
+
+def test_clients_and_a_worker_take_a_redis_cluster_the_user_built(
+    cluster: EmbeddedCluster,
+) -> None:
+    """Its seed nodes and connection settings; an asyncio RedisCluster not yet connected
+    knows only its seeds, and those are enough."""
+
+    def async_cluster() -> redis.asyncio.RedisCluster:
+        seeds = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster.startup_nodes]
+        return redis.asyncio.RedisCluster(startup_nodes=seeds)
+
+    async def gathered() -> list[object]:
+        given = async_cluster()
+        async with AsyncClient(redis=given, timeout=TIMEOUT) as client:
+            answers = await asyncio.gather(*(client.proxy(n).echo(2) for n in NAMES))
+        await given.aclose()
+        return list(answers)
+
+    with serve_in_thread(echoes, redis=async_cluster(), concurrency=2):
+        with cluster.client(decode_responses=False) as given:
+            with Client(redis=given, timeout=TIMEOUT) as client:
+                assert client.target.is_cluster
+                assert [client.proxy(n).echo(1) for n in NAMES] == [[n, 1] for n in NAMES]
+        assert asyncio.run(gathered()) == [[name, 2] for name in NAMES]
 
 
 def test_a_busy_service_does_not_starve_another_in_another_slot(

@@ -243,7 +243,9 @@ def _from_cluster(cluster: redis.RedisCluster | redis.asyncio.RedisCluster) -> R
         settings = cluster.nodes_manager.connection_kwargs
     else:
         settings = cluster.get_connection_kwargs()
-    seeds = [(str(node.host), int(node.port)) for node in cluster.get_nodes()]
+    # An asyncio RedisCluster knows its nodes only once it has connected: its seeds, then.
+    nodes = cluster.get_nodes() or list(cluster.nodes_manager.startup_nodes.values())
+    seeds = [(str(node.host), int(node.port)) for node in nodes]
     options = _copied(settings)
     for name in ("host", "port", "db", "path"):
         options.pop(name, None)
