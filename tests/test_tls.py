@@ -99,3 +99,17 @@ def test_rediss_to_a_plaintext_port_says_so_at_once(fresh_redis: EmbeddedRedis) 
          url], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert admin.returncode == 2 and "answers in plaintext" in admin.stderr
+
+
+def test_plaintext_to_a_tls_port_says_so_at_once(tls_redis: TlsRedis) -> None:
+    """The proxy drops a connection that does not open with a handshake: an outage to a
+    worker, which would wait for ever; the port is seen to speak TLS, and that is said."""
+    url = f"redis://{tls_redis.proxy.host}:{tls_redis.proxy.port}/0"
+    with Client(url, timeout=10) as client:
+        started = time.monotonic()
+        with pytest.raises(RpcConfigurationError, match="speaks TLS, and this connection"):
+            client.proxy("calculator").add(1, 2)
+        assert time.monotonic() - started < 5
+    worker = WorkerProcess(["services.calculator", "--redis-url", url], cwd=REPOSITORY)
+    assert worker.start(ready_timeout=0).wait(30) == 2
+    assert "use rediss://" in worker.lines[-1]

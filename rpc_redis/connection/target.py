@@ -23,7 +23,12 @@ from redis.backoff import NoBackoff
 
 from .raw import CONNECT_TIMEOUT, pool_options
 from .routes import AsyncRoutes, SlotMap, SyncRoutes
-from .tls import AsyncCheckedSSLConnection, CheckedSSLConnection
+from .tls import (
+    AsyncCheckedConnection,
+    AsyncCheckedSSLConnection,
+    CheckedConnection,
+    CheckedSSLConnection,
+)
 from .urls import Address, Location, default_url, parse_location, redact_url
 
 # What a client or pool the user built says of its connections that ours copy.
@@ -52,7 +57,7 @@ class RedisTarget:
         location: Location,
         *,
         node_options: dict[str, Any],
-        sync_class: type[Any] = redis.Connection,
+        sync_class: type[Any] = CheckedConnection,
         given_sync: redis.ConnectionPool | None = None,
         given_async: redis.asyncio.ConnectionPool | None = None,
     ) -> None:
@@ -189,7 +194,7 @@ def resolve(url: str | None = None, redis_object: Any = None) -> RedisTarget:
     if location.kind != "node":
         return RedisTarget(location, node_options=dict(location.options))
     options = redis.connection.parse_url(location.url)  # type: ignore[no-untyped-call]
-    sync_class = options.pop("connection_class", redis.Connection)
+    sync_class = options.pop("connection_class", CheckedConnection)
     return RedisTarget(location, node_options=options, sync_class=sync_class)
 
 
@@ -249,7 +254,7 @@ def _from_cluster(cluster: redis.RedisCluster | redis.asyncio.RedisCluster) -> R
     options = _copied(settings)
     for name in ("host", "port", "db", "path"):
         options.pop(name, None)
-    sync_class = settings.get("connection_class", redis.Connection)
+    sync_class = settings.get("connection_class", CheckedConnection)
     location = Location("cluster", _described("redis+cluster", seeds, ""), tuple(seeds))
     return RedisTarget(location, node_options=options, sync_class=_twins_of(sync_class)[0])
 
@@ -262,7 +267,7 @@ def _twins_of(connection_class: type[Any]) -> tuple[type[Any], type[Any]]:
     unix = (redis.UnixDomainSocketConnection, redis.asyncio.UnixDomainSocketConnection)
     if issubclass(connection_class, unix):
         return unix
-    return redis.Connection, redis.asyncio.Connection
+    return CheckedConnection, AsyncCheckedConnection
 
 
 def _copied(settings: dict[str, Any]) -> dict[str, Any]:
