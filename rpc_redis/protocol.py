@@ -83,13 +83,20 @@ def queue_namespace(prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def reply_key(token: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """A reply key for one call (or one client); the token makes it unique."""
+    """A reply key for one client's many calls; the token makes it unique."""
     return f"{reply_namespace(prefix)}{token}"
 
 
 def reply_namespace(prefix: str = DEFAULT_PREFIX) -> str:
     """Reply keys under this may be shared by many calls; see :func:`reply_key_may_exist`."""
     return f"{prefix}:reply:"
+
+
+def call_reply_key(queue: str, token: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A reply key for one call to ``queue``, in the queue's hash slot:
+    ``rpc:reply:{calculator}:<token>``. On a cluster the push and the wait then go to one
+    node in one round trip, and the worker's reply to the node it popped from."""
+    return f"{prefix}:reply:{hash_tag(slot_tag(queue))}:{token}"
 
 
 def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -104,8 +111,15 @@ def in_progress_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) ->
 
 
 def heartbeat_key(worker_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """Exists, with a short expiry, while a reliable worker is alive."""
+    """Exists, with a short expiry, while a worker is alive."""
     return f"{prefix}:worker:{worker_id}"
+
+
+def queue_heartbeat_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Exists, with a short expiry, while a reliable worker taking from ``queue`` is
+    alive: one per such queue, in the queue's hash slot, so that the recovery script
+    reads it beside the lists it recovers (on a cluster, keys of one slot only)."""
+    return f"{prefix}:worker:{hash_tag(slot_tag(queue))}:{worker_id}"
 
 
 def worker_registry_key(prefix: str = DEFAULT_PREFIX) -> str:

@@ -2,7 +2,9 @@
 
 See ``lanes.py`` for why lanes exist, and for the keeper and the overseer that watch
 them from the event loop. A lane is handed what it needs (``Serving``, ``Outages``,
-the requests taken ahead, a way to its connection); it never reaches back.
+the requests taken ahead, the receiving connections); it never reaches back. On a
+cluster its connection goes to the node serving its queues' hash slot, and moves when
+a redirection or a failover says so.
 """
 
 from __future__ import annotations
@@ -17,16 +19,28 @@ from typing import Any
 
 import redis
 
-from ..connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
+from ..connection import (
+    REDIS_ERRORS,
+    Redirect,
+    command_key,
+    read_responses_sync,
+    redirect_of,
+    send_commands_sync,
+)
+from ..connection.routes import with_asking, without_asking
 from ..printable import printable_exception
 from .ahead import TakenAhead
+from .connections import ReceivingConnections
+from .elsewhere import WritesElsewhere
 from .handling import Outcome
 from .outage import Outages
 from .receiving import (
+    BUSY_PAUSE_SECONDS,
     READ_GRACE_SECONDS,
     REFUSAL_PAUSE_SECONDS,
     AfterFailure,
     Command,
+    TakenThenFailed,
     WriteRetry,
     parse_received,
     receive_commands,
@@ -63,6 +77,12 @@ class Abandoned:
     kept: list[PendingWrite]
 
 
+def _redirect(error: BaseException) -> Redirect:
+    redirect = redirect_of(error)
+    assert redirect is not None
+    return redirect
+
+
 class Lane:
     """One receiving thread of a worker: see the module's docstring."""
 
@@ -74,17 +94,22 @@ class Lane:
         queues: list[str],
         *,
         block_seconds: float,
-        new_connection: Callable[[], redis.Connection],
+        connections: ReceivingConnections,
         on_connected: Callable[[], None],
     ) -> None:
-        """``on_connected``: called once the lane's connection is up, or failed to be."""
+        """``queues``: those of one hash slot on a cluster; ``on_connected``: called once
+        the lane's connection is up, or failed to be."""
         self.serving = serving
         self.outages = outages
         self.ahead = ahead
         self.block_seconds = block_seconds
+        self.group = queues  # as given, for a lane that takes this one's place
         self.queues = list(queues)
-        self._new_connection = new_connection
+        self._connections = connections
         self._on_connected = on_connected
+        self.connection: redis.Connection | None = None  # to the node serving the queues
+        self.asking = False  # that node imports their slot: ask for each command (ASK)
+        self._elsewhere = WritesElsewhere(connections)  # to the other nodes
         self.serving_since: float | None = None  # time.monotonic(), while in a call
         self.serving_request: tuple[str, bytes] | None = None  # (queue, raw), meanwhile
         # Abandoned (its call outlived its deadline, or the worker's drain): the lane
@@ -124,16 +149,17 @@ class Lane:
     def run(self) -> None:
         """Serve until the worker stops (or the lane is abandoned), then write what is
         still pending (an abandoned lane: what it sent and has not read)."""
-        connection = self._new_connection()
+        self.connection = self._connections.new_sync(self.queues[0])
         try:
             with contextlib.suppress(*REDIS_ERRORS):  # the first BLPOP meets the outage
-                connection.connect()  # type: ignore[no-untyped-call]
+                self.connection.connect()  # type: ignore[no-untyped-call]
             self._on_connected()
-            while self._serve_next(connection):
+            while self._serve_next(self.connection):
                 pass
-            self._flush(connection)
+            self._flush(self.connection)
         finally:
-            connection.disconnect()  # type: ignore[no-untyped-call]
+            self.connection.disconnect()  # type: ignore[no-untyped-call]
+            self._elsewhere.close()
 
     def _serve_next(self, connection: redis.Connection) -> bool:
         """Serve one request, taken ahead or popped; False once the lane should stop."""
@@ -150,6 +176,10 @@ class Lane:
             return False
         try:
             popped = self._pop(connection)
+        except TakenThenFailed as partial:  # the request first, then the error
+            self.serving_since = time.monotonic()
+            self._serve(partial.queue, partial.requests[0])
+            return not self.abandoned and self._after_failure(partial.error)
         except Exception as exc:
             return self._after_failure(exc)
         self.outages.note_refusal(self.queues, None)
@@ -163,10 +193,35 @@ class Lane:
         action = self.outages.ride_out(error, self.queues)
         if action is AfterFailure.STOP:
             return False
+        if action is AfterFailure.REDIRECT:
+            redirect = _redirect(error)
+            self._move(self._connections.following_sync(redirect, self.queues[0]))
+            self.asking = redirect.asking
+            return True
+        if action is AfterFailure.RETRY_SOON:
+            return not self.outages.pause_from_thread(BUSY_PAUSE_SECONDS)
         if action is AfterFailure.PAUSE:
             return not self.outages.pause_from_thread(REFUSAL_PAUSE_SECONDS)
         self._after_lost_connection()
-        return self.outages.wait_from_thread(error)
+        if not self.outages.wait_from_thread(error, self.queues[0]):
+            return False
+        self._rehome()
+        return True
+
+    def _move(self, connection: redis.Connection) -> None:
+        """Receive on ``connection`` from now on: writes sent on the old one go again."""
+        assert self.connection is not None
+        self._after_lost_connection()
+        self.connection.disconnect()  # type: ignore[no-untyped-call]
+        self.connection = connection
+
+    def _rehome(self) -> None:
+        """After an outage: to the node serving the queues now, if another (a failover)."""
+        assert self.connection is not None
+        owner = self._connections.owner(self.queues[0])
+        if owner is not None and owner != (self.connection.host, self.connection.port):
+            self._move(self._connections.new_sync(self.queues[0]))
+            self.asking = False
 
     def _pop(self, connection: redis.Connection) -> tuple[str, bytes] | None:
         """Send the pending writes, a BLPOP and an LPOP of requests waiting behind it, in
@@ -176,11 +231,15 @@ class Lane:
         received = None
         try:
             commands = receive_commands(self.queues, self.block_seconds, room)
-            send_commands_sync(connection, [*self._sending(), *commands])
+            asking = [self.asking] * len(commands) if self.asking else None
+            sent = with_asking(commands, asking) if asking else commands
+            send_commands_sync(connection, [*self._sending(), *sent])
             self._settle(read_responses_sync(connection, self._unread(), WRITE_READ_TIMEOUT))
             responses = read_responses_sync(
-                connection, len(commands), self.block_seconds + READ_GRACE_SECONDS
+                connection, len(sent), self.block_seconds + READ_GRACE_SECONDS
             )
+            if asking:
+                responses = without_asking(responses, asking)
             received = parse_received(responses, self.queues, room)
         finally:
             more = received.more if received is not None else []
@@ -222,6 +281,9 @@ class Lane:
         written, self._sent = self._sent, []
         for write in written:
             mine, results = results[: len(write.commands)], results[len(write.commands) :]
+            if any(redirect_of(result) for result in mine):  # the slot moved: routed
+                self.serving.finish_from_thread(write.queue, write.raw, write.outcome)
+                continue
             follow_up = self.serving.handling.written(write.queue, write.outcome, mine)
             if follow_up is not None:
                 self.serving.finish_from_thread(write.queue, write.raw, follow_up)
@@ -235,7 +297,10 @@ class Lane:
         try:
             outcome = self.serving.outcome_in_thread(queue, raw)
             commands = self.serving.handling.commands(queue, raw, outcome)
-            if commands:
+            if commands and not self.serving.writer.routes.same_slot(commands, queue):
+                if not self.abandoned:
+                    self._write_elsewhere(queue, raw, outcome, commands)
+            elif commands:
                 retry = WriteRetry(outcome.deadline)
                 write = PendingWrite(queue, raw, outcome, commands, retry, time.monotonic())
         except Exception as exc:  # The last line of defence: log it, keep serving.
@@ -251,6 +316,22 @@ class Lane:
                 self.serving_since = None
                 self.serving_request = None
             self._last_call_seconds = time.monotonic() - started
+
+    def _write_elsewhere(
+        self, queue: str, raw: bytes, outcome: Outcome, commands: list[Command]
+    ) -> None:
+        """On a cluster, an outcome for another node than this lane's (an AsyncClient's
+        reply key): written from here at once, else by the event loop's writer."""
+        key = command_key(commands[0])
+        results = None
+        if key is not None and self.serving.writer.routes.same_slot(commands, key):
+            results = self._elsewhere.write(key, commands)
+        if results is None:
+            self.serving.finish_from_thread(queue, raw, outcome)
+            return
+        follow_up = self.serving.handling.written(queue, outcome, results)
+        if follow_up is not None:
+            self.serving.finish_from_thread(queue, raw, follow_up)
 
     def _after_lost_connection(self) -> None:
         """Writes sent without an answer go out again (a reply written twice is read

@@ -37,9 +37,8 @@ import threading
 import time
 from typing import Any
 
-import redis.asyncio
-
 from .. import protocol
+from ..connection import AsyncRoutes
 from .ahead import TakenAhead
 from .bounds import DEADLINE_GRACE
 from .connections import ReceivingConnections
@@ -69,23 +68,26 @@ class Lanes:
         serving: Serving,
         outages: Outages,
         connections: ReceivingConnections,
-        queues: list[str],
+        groups: list[list[str]],
         *,
         count: int,
         prefetch: int,
         block_seconds: float,
         stats: WorkerStats,
-        pool: redis.asyncio.ConnectionPool,
+        routes: AsyncRoutes,
     ) -> None:
-        """``pool``: the worker's, for giving requests taken ahead back to their queue."""
+        """``groups``: the queues each BLPOP waits on together (one group on a single
+        node, one per hash slot on a cluster), shared out among the lanes, each group
+        served by one lane at least; ``routes``: the worker's, for giving requests taken
+        ahead back to their queue."""
         self.serving = serving
         self.outages = outages
         self.connections = connections
-        self.queues = queues
-        self.count = count
+        self.count = count = max(count, len(groups))
         self.block_seconds = block_seconds
-        self.ahead = TakenAhead(prefetch, count, pool, stats, self._call_keeper)
-        self.lanes = [self._new_lane() for _ in range(count)]  # those not abandoned
+        self.ahead = TakenAhead(prefetch, count, routes, stats, self._call_keeper)
+        # Those not abandoned.
+        self.lanes = [self._new_lane(groups[n % len(groups)]) for n in range(count)]
         self.connected = asyncio.Event()  # every lane's connection is up, or met an outage
         self.abandoned: list[str] = []  # the requests left running at the drain timeout
         self.abandoned_running = 0  # abandoned lanes whose call has not returned
@@ -104,14 +106,14 @@ class Lanes:
         """Lanes in a call now (not counting those abandoned)."""
         return sum(lane.busy for lane in self.lanes)
 
-    def _new_lane(self) -> Lane:
+    def _new_lane(self, queues: list[str]) -> Lane:
         return Lane(
             self.serving,
             self.outages,
             self.ahead,
-            self.queues,
+            queues,
             block_seconds=self.block_seconds,
-            new_connection=self.connections.new_sync,
+            connections=self.connections,
             on_connected=self._lane_connected,
         )
 
@@ -253,7 +255,7 @@ class Lanes:
         if at_stop or self.outages.stop_requested:
             return
         if self.abandoned_running <= self.count:
-            replacement = self._new_lane()
+            replacement = self._new_lane(lane.group)
             self.lanes.append(replacement)
             self._start(replacement)
         else:

@@ -98,12 +98,29 @@ class Serving:
         # One command (an acknowledgement alone) is atomic by itself; Redis refuses a
         # transaction when out of memory, even one that only removes.
         transaction = reliable and len(commands) > 1
-        results = await self._write(queue, commands, outcome, transaction=transaction)
+        if transaction and not self.writer.routes.same_slot(commands):
+            results = await self._write_then_acknowledge(queue, commands, outcome)
+        else:
+            results = await self._write(queue, commands, outcome, transaction=transaction)
         if results is None:
             return
         follow_up = self.handling.written(queue, outcome, results)
         if follow_up is not None:  # a refused reply's dead letter, or its acknowledgement
             await self.finish(queue, raw, follow_up)
+
+    async def _write_then_acknowledge(
+        self, queue: str, commands: list[Command], outcome: Outcome
+    ) -> list[Any] | None:
+        """On a cluster, a reply key of the caller's choosing may lie in another slot than
+        the in-progress list: the reply goes first, the removal once the reply is in. A
+        crash between leaves the request in progress, recovered and answered again: at
+        least once, as in one transaction."""
+        *writes, acknowledgement = commands
+        results = await self._write(queue, writes, outcome, transaction=False)
+        if results is None or any(isinstance(result, Exception) for result in results):
+            return None if results is None else [*results, None]
+        acknowledged = await self._write(queue, [acknowledgement], outcome, transaction=False)
+        return None if acknowledged is None else [*results, *acknowledged]
 
     async def _write(
         self, queue: str, commands: list[Command], outcome: Outcome, *, transaction: bool
