@@ -6,6 +6,7 @@ primary acknowledged; rpc-worker and rpc-admin given a redis+sentinel:// URL."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -17,9 +18,12 @@ from collections.abc import Iterator
 import pytest
 
 from rpc_redis import AsyncClient, protocol
+from rpc_redis.connection import resolve
+from rpc_redis.embedded import free_port
 from rpc_redis.testing import WorkerProcess, pid_alive, serve_in_thread, wait_until
 from rpc_redis.topologies import SentinelSet
-from rpc_redis.topologies.nodes import connect
+from rpc_redis.topologies.nodes import connect, multi_host_url
+from rpc_redis.topologies.sentinel import MASTER_NAME
 from tests.call_streams import CallStream, assert_answered_or_typed_within_timeout
 from tests.conftest import REPOSITORY
 from tests.production_services import alpha, beta
@@ -40,6 +44,35 @@ def sentinels() -> Iterator[SentinelSet]:
 
 def primary_connection(sentinels: SentinelSet) -> object:
     return connect(sentinels.node_at(sentinels.primary_address()), PASSWORD)
+
+
+def test_discoveries_at_once_keep_every_sentinel(sentinels: SentinelSet) -> None:
+    """Many connections asking where the primary is at once (as a pool's do after a
+    failover), the first sentinel listed not answering: each sentinel stays listed once.
+    redis-py's discovery swapped by a stale index, listing one twice and dropping another
+    with its connections, which were then never closed."""
+    addresses = [("127.0.0.1", free_port()), *sentinels.sentinel_addresses]
+    path = f"/{sentinels.master_name}/0?sentinel_password={SENTINEL_PASSWORD}"
+    target = resolve(multi_host_url("redis+sentinel", addresses, PASSWORD, path))
+    primary = sentinels.primary_address()
+
+    async def discover_at_once() -> list[int]:
+        manager = target.async_pool().sentinel_manager
+        listed = [id(sentinel) for sentinel in manager.sentinels]
+        found = await asyncio.gather(*(manager.discover_master(MASTER_NAME) for _ in range(20)))
+        assert {tuple(address) for address in found} == {primary}
+        kept = [id(sentinel) for sentinel in manager.sentinels]
+        await target.aclose()
+        return sorted(listed) == sorted(kept)
+
+    assert asyncio.run(discover_at_once())
+    manager = target.sync_pool().sentinel_manager
+    listed = sorted(id(sentinel) for sentinel in manager.sentinels)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: manager.discover_master(MASTER_NAME), range(40)))
+    assert {tuple(address) for address in found} == {primary}
+    assert sorted(id(sentinel) for sentinel in manager.sentinels) == listed
+    target.close()
 
 
 def test_the_primary_killed_mid_stream_of_sync_and_async_calls(sentinels: SentinelSet) -> None:

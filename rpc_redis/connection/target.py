@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 
 from .raw import CONNECT_TIMEOUT, pool_options
 from .routes import AsyncRoutes, SlotMap, SyncRoutes
+from .sentinels import AsyncSentinels, SyncSentinels
 from .tls import (
     AsyncCheckedConnection,
     AsyncCheckedSSLConnection,
@@ -155,12 +156,12 @@ class RedisTarget:
         with self._lock:
             manager = self._sentinels.get(asynchronous)
             if manager is None:
-                module: Any = redis.asyncio.sentinel if asynchronous else redis.sentinel
+                manager_class = AsyncSentinels if asynchronous else SyncSentinels
                 settings = pool_options({**SENTINEL_OPTIONS, **self.location.sentinel_options})
                 # One sentinel not answering is asked no more: the next one is.
                 retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
                 settings["retry"] = retry_class(NoBackoff(), 0)
-                manager = module.Sentinel(list(self.location.addresses), sentinel_kwargs=settings)
+                manager = manager_class(list(self.location.addresses), sentinel_kwargs=settings)
                 self._sentinels[asynchronous] = manager
             return manager
 
