@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,8 @@ from rpc_redis import AsyncClient, Client
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.testing import WorkerProcess
 
-from . import dispatch, floor
+from . import dispatch, floor, topologies
+from .topologies import Topology
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -116,22 +117,32 @@ def command_count(connection: redis.Redis) -> int:
 
 
 class Bench:
-    def __init__(self, server: EmbeddedRedis, duration: float) -> None:
-        self.server = server
-        self.url = server.url
+    def __init__(self, topology: Topology, duration: float) -> None:
+        self.topology = topology
+        self.url = topology.url
+        self.floor_url = topology.floor_url
         self.duration = duration
-        self.admin = redis.Redis.from_url(self.url)
+        self.admins = [redis.Redis.from_url(url) for url in topology.node_urls]
         self.floor_workers: dict[int, list[subprocess.Popen[bytes]]] = {}
         self.rpc_workers: dict[str, list[WorkerProcess]] = {}  # by queue
+        # Connected once, before the first round measures: a TLS handshake costs the
+        # caller milliseconds of CPU, which would be counted against a row's calls.
+        self._floor_connections: dict[int, list[redis.Redis]] = {}
+        self._clients: dict[int, Client] = {}
+        self._stop_at = 0.0
 
     # -- processes -------------------------------------------------------------------
 
-    def start_workers(self) -> None:
-        for count in (1, 2):
+    def start_workers(
+        self, counts: tuple[int, ...] = (1, 2), every_way: bool = True, concurrency: int = 64
+    ) -> None:
+        """Floor and rpc-worker processes, ``counts`` of each; ``every_way``: also the
+        async def service and the other ways of serving (SERVING)."""
+        for count in counts:
             queue = f"floor:{count}"
             self.floor_workers[count] = [
                 subprocess.Popen(
-                    [sys.executable, "-m", "bench.floor", self.url, queue],
+                    [sys.executable, "-m", "bench.floor", self.floor_url, queue],
                     cwd=REPOSITORY,
                     stdout=subprocess.PIPE,
                 )
@@ -141,19 +152,19 @@ class Bench:
                 assert process.stdout is not None
                 process.stdout.readline()  # "floor worker ready"
             served = [Row("", "", 0, count, "")]
-            if count == 1:
+            if count == 1 and every_way:
                 served.append(Row("", "", 0, count, "", "async def"))
                 served += [Row("", "", 0, count, "", serving=serving) for serving in SERVING]
             for row in served:
                 target = "bench.service:" + TARGETS[row.service]
                 args = [target, "--redis-url", self.url, "--queue", row.queue]
-                args += ["--concurrency", "64", "--log-level", "WARNING"]
+                args += ["--concurrency", str(concurrency), "--log-level", "WARNING"]
                 args += SERVING.get(row.serving, [])
                 self.rpc_workers[row.queue] = [
                     WorkerProcess(args, cwd=REPOSITORY).start(ready_timeout=0) for _ in range(count)
                 ]
         # A warm-up call through each path also proves each worker is serving.
-        for count in (1, 2):
+        for count in counts:
             for _ in range(count * 4):
                 self.floor_call(count, "warm")
         with Client(self.url) as client:
@@ -181,38 +192,44 @@ class Bench:
     # -- one measurement -------------------------------------------------------------
 
     def floor_call(self, workers: int, payload: str, connection: redis.Redis | None = None) -> None:
-        own = connection or redis.Redis.from_url(self.url, socket_timeout=None)
-        reply_key = f"floor:reply:{uuid.uuid4().hex}".encode()
+        own = connection or redis.Redis.from_url(self.floor_url, socket_timeout=None)
+        # In the queue's hash slot, as rpc-redis's sync client does: one node on a cluster.
+        reply_key = f"floor:reply:{{floor:{workers}}}:{uuid.uuid4().hex}".encode()
         assert floor.call(own, f"floor:{workers}", reply_key, payload.encode()) == payload.encode()
 
     @contextmanager
     def measuring(self, row: Row) -> Iterator[None]:
         pids = self.worker_pids(row)
+        self._stop_at = time.perf_counter() + self.duration
         worker_cpu = sum(cpu_seconds(pid) for pid in pids)
-        redis_cpu = cpu_seconds(self.server.pid or 0)
-        commands = command_count(self.admin)
+        redis_cpu = self.redis_cpu()
+        commands = self.commands()
         client_cpu = time.process_time()
         started = time.perf_counter()
         yield
         # Added, not set: a row is measured in several rounds (see run_rounds).
         row.seconds += time.perf_counter() - started
         row.client_cpu += time.process_time() - client_cpu
-        row.commands += command_count(self.admin) - commands
-        row.redis_cpu += cpu_seconds(self.server.pid or 0) - redis_cpu
+        row.commands += self.commands() - commands
+        row.redis_cpu += self.redis_cpu() - redis_cpu
         row.worker_cpu += sum(cpu_seconds(pid) for pid in pids) - worker_cpu
+
+    def redis_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.topology.redis_pids)
+
+    def commands(self) -> int:
+        return sum(command_count(admin) for admin in self.admins)
 
     def run(self, row: Row, calls: int | None = None) -> Row:
         """Run ``row.callers`` callers for the duration (or ``calls`` calls each)."""
         payload = PAYLOADS[row.payload]
-        stop_at = time.perf_counter() + self.duration
         latencies: list[list[float]] = [[] for _ in range(row.callers)]
 
         def keep_going(done: int) -> bool:
-            return done < calls if calls is not None else time.perf_counter() < stop_at
+            return done < calls if calls is not None else time.perf_counter() < self._stop_at
 
         if row.system == "async":
-            with self.measuring(row):
-                asyncio.run(self._async_callers(row, payload, latencies, keep_going))
+            asyncio.run(self._async_callers(row, payload, latencies, keep_going))
         else:
             callers = self._sync_callers(row, payload, latencies, keep_going)
             with self.measuring(row):
@@ -244,9 +261,15 @@ class Bench:
         keep_going: Callable[[int], bool],
     ) -> list[Callable[[], None]]:
         if row.system == "floor":
-            connections = [
-                redis.Redis.from_url(self.url, socket_timeout=None) for _ in range(row.callers)
-            ]
+            connections = self._floor_connections.get(row.callers)
+            if connections is None:
+                connections = [
+                    redis.Redis.from_url(self.floor_url, socket_timeout=None)
+                    for _ in range(row.callers)
+                ]
+                for connection in connections:
+                    connection.ping()
+                self._floor_connections[row.callers] = connections
 
             def floor_caller(n: int) -> None:
                 while keep_going(len(latencies[n])):
@@ -255,7 +278,7 @@ class Bench:
                     latencies[n].append(time.perf_counter() - started)
 
             return [lambda n=n: floor_caller(n) for n in range(row.callers)]
-        client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
+        client = self._client(row)
         echo = client.proxy(row.service, queue=row.queue).echo
 
         def rpc_caller(n: int) -> None:
@@ -282,7 +305,23 @@ class Bench:
                     assert await echo(payload) == payload
                     latencies[n].append(time.perf_counter() - started)
 
-            await asyncio.gather(*(caller(n) for n in range(row.callers)))
+            await asyncio.gather(*(echo("warm") for _ in range(row.callers)))  # connected
+            with self.measuring(row):
+                await asyncio.gather(*(caller(n) for n in range(row.callers)))
+
+    def _client(self, row: Row) -> Client:
+        """One sync Client per number of callers, its connections made before it is used."""
+        client = self._clients.get(row.callers)
+        if client is None:
+            client = Client(self.url, timeout=30, max_connections=max(row.callers, 1))
+            echo = client.proxy(row.service, queue=row.queue).echo
+            warming = [threading.Thread(target=echo, args=("warm",)) for _ in range(row.callers)]
+            for thread in warming:
+                thread.start()
+            for thread in warming:
+                thread.join()
+            self._clients[row.callers] = client
+        return client
 
     # -- the other measurements ------------------------------------------------------
 
@@ -323,7 +362,16 @@ class Bench:
         return before, rss_mb(pid)
 
     def keys_left(self) -> int:
-        return int(self.admin.dbsize())
+        return sum(int(admin.dbsize()) for admin in self.admins)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        for connections in self._floor_connections.values():
+            for connection in connections:
+                connection.close()
+        for admin in self.admins:
+            admin.close()
 
 
 def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
@@ -353,6 +401,33 @@ def table(rows: list[Row], floors: dict[tuple[str, int, int, str], Row]) -> str:
     return "\n".join(lines)
 
 
+def floors_of(rows: list[Row]) -> dict[tuple[str, int, int, str], Row]:
+    return {(r.kind, r.callers, r.workers, r.payload): r for r in rows if r.system == "floor"}
+
+
+def topology_rows(
+    make: Callable[[], AbstractContextManager[Topology]], duration: float, calls: int
+) -> tuple[str, str, list[Row], list[int]]:
+    """The floor, the sync and the async client on another topology, in one run: one by
+    one, and 8 callers against one worker. Its note, its table, its rows, exit codes."""
+    with make() as topology:
+        bench = Bench(topology, duration)
+        try:
+            # As many receivers as callers: each one's connection costs a handshake here.
+            bench.start_workers(counts=(1,), every_way=False, concurrency=8)
+            systems = ("floor", "sync", "async")
+            rows = bench.run_rounds(
+                [Row("latency", system, 1, 1, "100 B") for system in systems], ROUNDS, calls
+            )
+            rows += bench.run_rounds(
+                [Row("throughput", system, 8, 1, "100 B") for system in systems], ROUNDS
+            )
+        finally:
+            codes = bench.stop_workers()
+            bench.close()
+    return topology.note, table(rows, floors_of(rows)), rows, codes
+
+
 def machine(server: EmbeddedRedis) -> str:
     with redis.Redis.from_url(server.url) as connection:
         redis_version = connection.info("server")["redis_version"]
@@ -378,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     with EmbeddedRedis() as server:
-        bench = Bench(server, duration / ROUNDS)
+        bench = Bench(topologies.node(server), duration / ROUNDS)
         print(f"machine: {machine(server)}")
         print(
             "note: shared, noisy machines; compare the ratios (measured in the same run), "
@@ -421,10 +496,19 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             exit_codes = bench.stop_workers()
         keys_left = bench.keys_left()
-    floors = {(r.kind, r.callers, r.workers, r.payload): r for r in rows if r.system == "floor"}
+        bench.close()
+    elsewhere = {
+        name: topology_rows(make, duration / ROUNDS, sequential_calls["100 B"])
+        for name, make in (("tls", topologies.tls), ("cluster", topologies.cluster))
+    }
+    floors = floors_of(rows)
     print()
     print(table(rows, floors))
     print()
+    for name, (note, topology_table, _, _) in elsewhere.items():
+        print(f"topology: {name} ({note})")
+        print(topology_table)
+        print()
 
     def ratio(
         system: str, kind: str, callers: int, workers: int, payload: str, handler: str = "def"
@@ -489,15 +573,21 @@ def main(argv: list[str] | None = None) -> int:
     for (name, value, goal), ok in zip(targets, met, strict=True):
         print(f"  {'MET ' if ok else 'MISS'}  {name}: {value} (target {goal})")
     print(f"workers' exit codes: {exit_codes}")
+    topology_codes = [code for _, _, _, codes in elsewhere.values() for code in codes]
+    print(f"workers' exit codes on the other topologies: {topology_codes}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = [
-            {**asdict(row), "latencies": None, "median_us": row.median_us, "p99_us": row.p99_us}
-            for row in rows
-        ]
+            {**asdict(row), "latencies": None, "median_us": row.median_us, "p99_us": row.p99_us,
+             "topology": topology}
+            for topology, measured in [("node", rows)] + [
+                (name, found) for name, (_, _, found, _) in elsewhere.items()
+            ]
+            for row in measured
+        ]  # fmt: skip
         results = {"rows": payload, "targets": targets, "met": met}
         args.json.write_text(json.dumps(results, indent=2))
-    return 0 if all(code == 0 for code in exit_codes) else 1
+    return 0 if all(code == 0 for code in exit_codes + topology_codes) else 1
 
 
 if __name__ == "__main__":

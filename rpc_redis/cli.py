@@ -23,6 +23,7 @@ from .errors import RpcConfigurationError
 from .middleware import Middleware, load_middleware
 from .service import Service, load_services
 from .worker import Worker
+from .worker.heap import return_large_blocks
 from .worker.settings import WorkerSettings, settings_fields, value_problem
 from .worker.supervisor import EXIT_CONFIGURATION, Supervisor, child_command
 
@@ -117,8 +118,11 @@ def _is_optional(kind: Any, inner: type) -> bool:
 def _parser_of(item: Any, kind: Any) -> Callable[[str], Any]:
     """Text to the setting's type, checked by the same rule as ``WorkerSettings``."""
     base = next((t for t in (int, float, str) if kind is t or _is_optional(kind, t)), str)
+    optional = base is not str and _is_optional(kind, base)
 
     def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None  # a bound turned off by choice, e.g. --default-time-limit none
         value = base(text)  # argparse says "invalid int value" of a ValueError
         problem = value_problem(item, value)
         if problem is not None:
@@ -172,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RpcConfigurationError as exc:
             print(f"rpc-worker: error: {exc}", file=sys.stderr, flush=True)
             return EXIT_CONFIGURATION
+    return_large_blocks()
     try:
         asyncio.run(serve(worker))
     except RpcConfigurationError as exc:
@@ -181,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Handlers past their time limit: their callers have had an error reply, and
         # interpreter exit would otherwise wait for them to return.
         logger.warning(
-            "leaving %d handler thread(s) that ran past their time limit",
+            "leaving %d handler thread(s) still running past their time limit or deadline",
             worker.busy_handler_threads,
         )
         logging.shutdown()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -88,10 +90,15 @@ class EmbeddedRedis:
         executable: str | None = None,
         extra_args: tuple[str, ...] = (),
         config_file: Path | None = None,
+        password: str | None = None,
     ) -> None:
+        """``password``: the server's ``--requirepass`` (one in ``extra_args`` works too);
+        :attr:`url` carries it."""
         self.host = host
         self.port = port or free_port(host)
         self.executable = executable or find_server_binary()
+        if password is not None:
+            extra_args = (*extra_args, "--requirepass", password)
         self.extra_args = extra_args
         # redis-server reads a config file only as its first argument (a sentinel needs one).
         self.config_file = config_file
@@ -100,8 +107,15 @@ class EmbeddedRedis:
         self.directory = Path(self._directory.name)
 
     @property
+    def password(self) -> str | None:
+        """The password the server requires (its last ``--requirepass``), if any."""
+        return _required_password(self.extra_args)
+
+    @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """The server's URL, with its password if it requires one."""
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{credentials}{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -140,7 +154,9 @@ class EmbeddedRedis:
     def _wait_until_ready(self, timeout: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        probe = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=1)
+        probe = redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_connect_timeout=1
+        )
         try:
             while True:
                 if self.process.poll() is not None:
@@ -150,6 +166,8 @@ class EmbeddedRedis:
                 try:
                     if probe.ping():
                         return
+                except redis.exceptions.AuthenticationError:
+                    return  # refused, but an answer: the server is up
                 except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                     pass
                 if time.monotonic() > deadline:
@@ -200,6 +218,15 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _required_password(args: tuple[str, ...]) -> str | None:
+    """The value of the last ``--requirepass`` among redis-server's arguments."""
+    password = None
+    for flag, value in itertools.pairwise(args):
+        if flag == "--requirepass":
+            password = value or None
+    return password
 
 
 def run_cli(arguments: list[str]) -> int:

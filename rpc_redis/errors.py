@@ -11,7 +11,9 @@ import enum
 import ssl
 from typing import Any
 
+import redis.asyncio.sentinel
 import redis.exceptions
+import redis.sentinel
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -153,6 +155,11 @@ class RpcConfigurationError(RpcConnectionError):
     handshake, a malformed URL."""
 
 
+class TlsMismatchError(redis.exceptions.RedisError):
+    """TLS was asked for (``rediss://``) and the server speaks plaintext. Not a
+    ConnectionError, so that no retry schedule waits it out."""
+
+
 # -- what a Redis failure means ------------------------------------------------------
 
 
@@ -173,6 +180,16 @@ _CONFIGURATION_ERRORS = (
 )
 # Error replies that say the server will not serve this client at all.
 _CONFIGURATION_REPLIES = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS")
+# How redis-py's MasterNotFoundError names a sentinel that refused the credentials.
+_REFUSED = "AuthenticationError"
+_NO_PRIMARY = (redis.sentinel.MasterNotFoundError, redis.asyncio.sentinel.MasterNotFoundError)
+# A cluster between two states (a failover, a slot half-migrated, a node loading):
+# it passes by itself, as an outage does.
+_CLUSTER_PASSING = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.BusyLoadingError,
+)
 # Everything a Redis command can fail with, from redis-py or the socket beneath it:
 # classify_redis_error gives each a meaning, so none needs to leave the library raw.
 REDIS_FAILURES = (redis.exceptions.RedisError, OSError)
@@ -183,6 +200,12 @@ def classify_redis_error(error: BaseException) -> RedisFailure | None:
     a Redis failure at all (a bug, a cancellation), which callers must not swallow."""
     if isinstance(error, _CONFIGURATION_ERRORS):
         return RedisFailure.CONFIGURATION
+    if isinstance(error, TlsMismatchError) or isinstance(error.__cause__, TlsMismatchError):
+        return RedisFailure.CONFIGURATION  # redis-py's asyncio connect wraps it
+    if isinstance(error, _NO_PRIMARY) and _REFUSED in str(error):
+        return RedisFailure.CONFIGURATION  # the sentinels refused our credentials
+    if isinstance(error, _CLUSTER_PASSING):
+        return RedisFailure.OUTAGE
     if isinstance(error, (ssl.SSLError, ssl.CertificateError)) or isinstance(
         error.__context__, (ssl.SSLError, ssl.CertificateError)
     ):
@@ -203,6 +226,14 @@ def classify_redis_error(error: BaseException) -> RedisFailure | None:
     return None
 
 
+def refusal_text(error: BaseException) -> str:
+    """A Redis error reply as text that says what kind it is: redis-py keeps a reply's
+    code (OOM, NOPERM, EXECABORT...) only in the class of the exception it raises."""
+    if type(error) is redis.exceptions.ResponseError:
+        return str(error)  # WRONGTYPE and the like keep their code in the text
+    return f"{type(error).__name__}: {error}"
+
+
 def redis_error(error: BaseException, where: str, doing: str) -> RpcRedisError:
     """The library's own exception for a Redis failure, caused by it.
 
@@ -212,14 +243,30 @@ def redis_error(error: BaseException, where: str, doing: str) -> RpcRedisError:
     method raises RpcTimeout instead.
     """
     failure = classify_redis_error(error)
+    said = describe_redis_error(error)
     mapped: RpcRedisError
     if failure is RedisFailure.CONFIGURATION:
-        mapped = RpcConfigurationError(f"Redis at {where} refused {doing}: {error}")
+        mapped = RpcConfigurationError(f"Redis at {where} refused {doing}: {said}")
     elif failure is RedisFailure.REFUSED:
-        mapped = RpcRedisError(f"Redis at {where} refused {doing}: {error}")
+        mapped = RpcRedisError(f"Redis at {where} refused {doing}: {said}")
     elif failure is RedisFailure.TIMEOUT:
-        mapped = RpcConnectionError(f"Redis at {where} did not answer {doing} in time: {error}")
+        mapped = RpcConnectionError(f"Redis at {where} did not answer {doing} in time: {said}")
     else:
-        mapped = RpcConnectionError(f"Redis at {where} failed during {doing}: {error}")
+        mapped = RpcConnectionError(f"Redis at {where} failed during {doing}: {said}")
     mapped.__cause__ = error
     return mapped
+
+
+def describe_redis_error(error: BaseException) -> str:
+    """What a Redis failure says, short: redis-py's "no master found" carries the repr
+    of every sentinel's client; it is told here by what each sentinel answered."""
+    text = str(error)
+    if not isinstance(error, _NO_PRIMARY):
+        return text
+    found, _, answers = text.partition(" : ")
+    kinds = [answer.rsplit(" - ", 1)[-1].rsplit(":", 1)[-1] for answer in answers.split(", <")]
+    if not answers:
+        return f"{found} (no sentinel monitors a primary of that name, or it is down)"
+    if all(kind.startswith(_REFUSED) for kind in kinds):
+        return f"{found}: every sentinel refused the credentials (see ?sentinel_password=)"
+    return f"{found}: the sentinels answered {', '.join(kinds)}"

@@ -17,8 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import redis.asyncio
-
+from .connection import AsyncRoutes
 from .context import CallContext
 from .errors import RpcConfigurationError, RpcError
 from .middleware import Middleware
@@ -27,6 +26,8 @@ logger = logging.getLogger("rpc_redis.metrics")
 
 INSTALL_HINT = "pip install 'rpc-redis[metrics]'"
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Bound on the sampling of queue depths and dead letters, a few LLENs.
+SAMPLE_TIMEOUT = 10.0
 # RPC calls take from a fraction of a millisecond to the time limit: seconds.
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -148,16 +149,15 @@ class PrometheusMetrics(Middleware):
 
     # -- from the worker's upkeep -----------------------------------------------------------
 
-    async def sample(
-        self, client: redis.asyncio.Redis, dead_letter_keys: Mapping[str, str]
-    ) -> None:
+    async def sample(self, routes: AsyncRoutes, dead_letter_keys: Mapping[str, str]) -> None:
         """Read each queue's depth and each service's dead letters (service -> key), in
-        one round trip of single-key commands."""
+        one round trip of single-key commands (on a cluster, one per node)."""
         queues = list(self.services_by_queue)
-        async with client.pipeline(transaction=False) as pipe:
-            for key in [*queues, *dead_letter_keys.values()]:
-                pipe.llen(key)
-            counts = await pipe.execute()
+        keys = [*queues, *dead_letter_keys.values()]
+        counts = await routes.exchange([("LLEN", key) for key in keys], SAMPLE_TIMEOUT)
+        for count in counts:
+            if isinstance(count, Exception):
+                raise count
         for queue, depth in zip(queues, counts, strict=False):
             self.queue_depth.labels(self.services_by_queue[queue], queue).set(depth)
         for service, count in zip(dead_letter_keys, counts[len(queues) :], strict=True):

@@ -17,6 +17,7 @@ from typing import Any
 from .context import CallContext
 from .errors import RpcError
 from .importing import import_user_module
+from .printable import printable
 
 logger = logging.getLogger("rpc_redis.middleware")
 
@@ -40,7 +41,8 @@ class Middleware:
         """A message was taken off ``queue``."""
 
     def after_skip(self, queue: str, reason: str) -> None:
-        """A message was dropped unserved because nobody waits for it (its deadline passed)."""
+        """A message was dropped, nothing written, because nobody waits for it: its
+        deadline passed in the queue, or during its call, which was cut short."""
 
     def after_reject(self, queue: str, reason: str) -> None:
         """A message was refused whole before dispatch (malformed, too large...)."""
@@ -108,7 +110,7 @@ def run_hooks(hooks: list[Hook], *args: Any, may_refuse: bool = False) -> None:
                 "middleware %s raised %s: %s; the call goes on",
                 getattr(hook, "__qualname__", hook),
                 type(exc).__name__,
-                exc,
+                printable(exc),
             )
 
 

@@ -30,6 +30,13 @@ ENVELOPE_VERSION = 1
 DEFAULT_PREFIX = "rpc"
 DEFAULT_REPLY_TTL = 60.0
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A batch's requests and a reply's bytes: each bounds the work and the memory one
+# message can cost, whatever it holds (go-ethereum's JSON-RPC server has a limit of
+# 1,000 requests per batch too).
+DEFAULT_MAX_BATCH = 1000
+DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
+# A message's dead letter keeps only this much of one too large to be read (below).
+DEAD_LETTER_HEAD_BYTES = 64 * 1024
 MAX_REPLY_KEY_LENGTH = 1024
 # The envelope's optional ``meta``: an object of strings, for middleware (trace context,
 # tokens), bounded so that it cannot be made to cost more than the request it rides with.
@@ -76,8 +83,20 @@ def queue_namespace(prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def reply_key(token: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """A reply key for one call (or one client); the token makes it unique."""
-    return f"{prefix}:reply:{token}"
+    """A reply key for one client's many calls; the token makes it unique."""
+    return f"{reply_namespace(prefix)}{token}"
+
+
+def reply_namespace(prefix: str = DEFAULT_PREFIX) -> str:
+    """Reply keys under this may be shared by many calls; see :func:`reply_key_may_exist`."""
+    return f"{prefix}:reply:"
+
+
+def call_reply_key(queue: str, token: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A reply key for one call to ``queue``, in the queue's hash slot:
+    ``rpc:reply:{calculator}:<token>``. On a cluster the push and the wait then go to one
+    node in one round trip, and the worker's reply to the node it popped from."""
+    return f"{prefix}:reply:{hash_tag(slot_tag(queue))}:{token}"
 
 
 def dead_letter_key(service: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -92,8 +111,15 @@ def in_progress_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) ->
 
 
 def heartbeat_key(worker_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """Exists, with a short expiry, while a reliable worker is alive."""
+    """Exists, with a short expiry, while a worker is alive."""
     return f"{prefix}:worker:{worker_id}"
+
+
+def queue_heartbeat_key(worker_id: str, queue: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Exists, with a short expiry, while a reliable worker taking from ``queue`` is
+    alive: one per such queue, in the queue's hash slot, so that the recovery script
+    reads it beside the lists it recovers (on a cluster, keys of one slot only)."""
+    return f"{prefix}:worker:{hash_tag(slot_tag(queue))}:{worker_id}"
 
 
 def worker_registry_key(prefix: str = DEFAULT_PREFIX) -> str:
@@ -111,11 +137,16 @@ def deliveries_key(queue: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """Serialise to compact UTF-8 JSON; stdlib fallback for integers wider than 64 bits."""
+    """Serialise to compact UTF-8 JSON; stdlib fallback for integers wider than 64 bits
+    (and for nesting deeper than orjson's 255 levels). Raises TypeError or ValueError
+    for what cannot be serialised, a value nested past the recursion limit included."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise ValueError("nested too deeply to serialise") from None
 
 
 def loads(data: bytes | str) -> Any:
@@ -265,13 +296,19 @@ class Rejected:
     request_id: Any = None
 
 
-def decode_message(raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incoming | Rejected:
+def decode_message(
+    raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = DEFAULT_MAX_BATCH
+) -> Incoming | Rejected:
     """Turn a message popped off a queue into an :class:`Incoming` or a :class:`Rejected`.
 
     An envelope is a JSON object with a ``request`` member and no ``jsonrpc`` member;
-    anything else is taken as a bare JSON-RPC request, whose string id names its reply key.
+    anything else is taken as a bare JSON-RPC request, whose string id names its reply
+    key. A message over ``max_bytes``, or a batch of more than ``max_batch`` requests,
+    is rejected whole, before anything in it runs.
     """
     too_large = len(raw) > max_bytes
+    if len(raw) > unread_above(max_bytes):
+        return _too_large(raw, max_bytes, None, None)
     try:
         document = loads(raw)
     except ValueError as exc:
@@ -284,7 +321,25 @@ def decode_message(raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> In
         incoming = Incoming(document, bare_reply_key(document), None, enveloped=False)
     if too_large and isinstance(incoming, Incoming):
         return _too_large(raw, max_bytes, incoming.reply_to, first_request_id(incoming.payload))
+    if (
+        isinstance(incoming, Incoming)
+        and isinstance(incoming.payload, list)
+        and len(incoming.payload) > max_batch
+    ):
+        size = len(incoming.payload)
+        reason = f"batch of {size} requests exceeds the limit of {max_batch}"
+        error = InvalidRequest("Batch too large", data={"size": size, "limit": max_batch})
+        return Rejected(reason, error, incoming.reply_to, None)
     return incoming
+
+
+def unread_above(max_bytes: int) -> int:
+    """The size past which a message over its limit is not even parsed: twice the limit,
+    or the limit and 1 MiB if that is more. Below it, a message too large is read, for
+    the reply key its error goes to, and kept whole in its dead letter (to be requeued
+    once the limit is raised); past it, parsing would cost many times its size, and its
+    dead letter keeps its first DEAD_LETTER_HEAD_BYTES."""
+    return max(2 * max_bytes, max_bytes + 1024 * 1024)
 
 
 def _too_large(raw: bytes, max_bytes: int, reply_to: str | None, request_id: Any) -> Rejected:
@@ -366,9 +421,28 @@ def reply_key_problem(
         return f"reply key longer than {MAX_REPLY_KEY_LENGTH} characters"
     if reply_to in served_queues or reply_to.startswith(queue_namespace(prefix)):
         return f"reply key {reply_to!r} names a request queue"
-    if reply_to.startswith(f"{prefix}:") and not reply_to.startswith(f"{prefix}:reply:"):
+    if reply_to.startswith(f"{prefix}:") and not reply_to.startswith(reply_namespace(prefix)):
         return f"reply key {reply_to!r} is one of the library's own keys"
     return None
+
+
+def reply_key_may_exist(reply_to: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether a reply may go onto a list that is already there: only under
+    ``<prefix>:reply:``, where a key shared by many calls lives. Anywhere else a key
+    that exists holds someone else's data, and a worker writes only to a key it creates
+    (the reply script checks, in the same step as the write)."""
+    return reply_to.startswith(reply_namespace(prefix))
+
+
+def refused_reply_reason(reply_to: str, found: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The dead-letter reason of a reply the reply script would not write: ``found`` is
+    the Redis type of the key it found there, and left exactly as it was."""
+    if reply_key_may_exist(reply_to, prefix):
+        return f"reply key {reply_to!r} holds a {found}, not a list"
+    return (
+        f"reply key {reply_to!r} holds a {found} and is not under {reply_namespace(prefix)!r}: "
+        "outside it a worker writes only to keys that do not exist"
+    )
 
 
 def is_valid_id(value: Any) -> bool:
@@ -428,20 +502,59 @@ def encode_response(response: Any) -> bytes:
         return dumps(unserialisable_result_response(response))
 
 
-def unserialisable_result_response(response: Any) -> dict[str, Any]:
+def reply_within(response: Any, body: bytes, max_bytes: int) -> bytes:
+    """A reply of at most ``max_bytes``, for a response whose encoding (``body``) is
+    larger: a response over the limit becomes an error saying so, and in a batch the
+    largest ones do, until the rest fits, so one huge result spoils nothing else."""
+    if not isinstance(response, list):
+        return dumps(reply_too_large_response(response, len(body), max_bytes))
+    items = [encode_response(item) for item in response]
+    total = sum(len(item) + 1 for item in items) + 1
+    for index in sorted(range(len(items)), key=lambda n: len(items[n]), reverse=True):
+        if total <= max_bytes:
+            break
+        replaced = dumps(reply_too_large_response(response[index], len(items[index]), max_bytes))
+        total += len(replaced) - len(items[index])
+        items[index] = replaced
+    return b"[" + b",".join(items) + b"]"
+
+
+def reply_too_large_response(response: Any, size: int, max_bytes: int) -> dict[str, Any]:
     request_id = response.get("id") if isinstance(response, dict) else None
+    error = RpcError("Reply too large", {"size": size, "limit": max_bytes}, code=INTERNAL_ERROR)
+    return error_response(request_id if is_valid_id(request_id) else None, error)
+
+
+def unserialisable_result_response(response: Any) -> dict[str, Any]:
+    """What replaces a response that cannot be serialised: an error keeps its code and
+    message and loses the data that could not be written; a result becomes an internal
+    error naming the result's type."""
+    request_id = response.get("id") if isinstance(response, dict) else None
+    request_id = request_id if is_valid_id(request_id) else None
+    error = response.get("error") if isinstance(response, dict) else None
+    if isinstance(error, dict):
+        kept = {name: error[name] for name in ("code", "message") if name in error}
+        return {"jsonrpc": JSONRPC, "error": kept, "id": request_id}
     result = response.get("result") if isinstance(response, dict) else response
-    error = RpcError(
+    unserialisable = RpcError(
         "Result is not JSON serialisable",
         {"type": type(result).__name__},
         code=INTERNAL_ERROR,
     )
-    return error_response(request_id if is_valid_id(request_id) else None, error)
+    return error_response(request_id, unserialisable)
 
 
-def encode_dead_letter(raw: bytes, reason: str, queue: str, at: float) -> bytes:
-    """A dead-letter entry: the message exactly as received, why, where and when."""
+def encode_dead_letter(
+    raw: bytes, reason: str, queue: str, at: float, max_bytes: int | None = None
+) -> bytes:
+    """A dead-letter entry: the message exactly as received, why, where and when. One
+    too large to be read under ``max_bytes`` (the worker's limit: see unread_above)
+    keeps only its first DEAD_LETTER_HEAD_BYTES, in base64, so no requeue takes it."""
     entry: dict[str, Any] = {"reason": reason, "queue": queue, "time": round(at, 6)}
+    if max_bytes is not None and len(raw) > unread_above(max_bytes):
+        entry.update(size=len(raw), truncated=True)
+        entry["message_base64"] = base64.b64encode(raw[:DEAD_LETTER_HEAD_BYTES]).decode("ascii")
+        return dumps(entry)
     try:
         entry["message"] = raw.decode("utf-8")
     except UnicodeDecodeError:

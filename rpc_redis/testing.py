@@ -76,9 +76,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def serve_in_thread(
-    service: Service | Sequence[Service], url: str, **options: object
+    service: Service | Sequence[Service], url: str | None = None, **options: object
 ) -> WorkerThread:
-    """A started in-process worker; use as ``with serve_in_thread(...) as worker:``."""
+    """A started in-process worker; use as ``with serve_in_thread(...) as worker:``.
+    ``url`` or ``redis=`` (a client or pool you built) says where Redis is."""
     return WorkerThread(Worker(service, url, **options))  # type: ignore[arg-type]
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from rpc_redis import RpcError, Service
+from rpc_redis import InvalidParams, RpcError, Service
 
 service = Service("calculator")
 
 DIVISION_BY_ZERO = 1001
+# Whatever its callers ask, a service bounds the work it takes on.
+MAX_SLEEP_SECONDS = 60.0
 
 
 @service.method
@@ -39,6 +41,9 @@ def div(a: float, b: float) -> float:
 
 @service.method
 async def sleep(seconds: float) -> float:
-    """Wait, then return the seconds waited: for trying timeouts and shutdown."""
+    """Wait, then return the seconds waited: for trying timeouts and shutdown. At most
+    MAX_SLEEP_SECONDS: more is error -32602."""
+    if not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_SLEEP_SECONDS:
+        raise InvalidParams(f"seconds must be a number from 0 to {MAX_SLEEP_SECONDS:g}")
     await asyncio.sleep(seconds)
     return seconds

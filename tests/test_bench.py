@@ -37,3 +37,11 @@ def test_quick_benchmark_prints_its_table_and_targets() -> None:
     # floor x1, floor x2, rpc-worker x1, x2, async x1, loop x1, reliable x1 and validated
     # x1: all stopped
     assert re.search(r"^workers' exit codes: \[0(, 0){9}\]$", output, re.M)
+    # Beside each, the floor on the same topology: through the TLS proxy, on a cluster.
+    for topology in ("tls", "cluster"):
+        section = output.split(f"topology: {topology} (", 1)[1].split("\n\n", 1)[0]
+        for kind, callers in (("latency", 1), ("throughput", 8)):
+            for system in ("floor", "sync", "async"):
+                line = rf"^{kind}\s+{system}\s+\S+\s+{callers}\s+1\s+100 B\s+\d+"
+                assert re.search(line, section, re.M), section
+    assert re.search(r"^workers' exit codes on the other topologies: \[0(, 0){3}\]$", output, re.M)

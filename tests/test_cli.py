@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -166,3 +167,39 @@ def test_debug_log_level_and_debug_tracebacks(redis_url: str) -> None:
             client.proxy("calculator").nope()
         worker.wait_for_line(r"WARNING .*calculator\.nope: error -32601")
         assert any(" DEBUG " in line for line in worker.lines) or worker.wait_for_line(" DEBUG ")
+
+
+def test_a_bound_with_no_default_of_none_can_be_turned_off_by_choice() -> None:
+    from rpc_redis.cli import settings_from, worker_parser
+
+    parse = worker_parser().parse_args
+    defaults = settings_from(parse(["services.calculator"]))
+    assert defaults.default_time_limit == 60 and defaults.time_limit is None
+    assert defaults.drain_timeout == 8 and defaults.max_batch == 1000
+    assert defaults.max_reply_bytes == 16 * 1024 * 1024
+    turned_off = settings_from(parse(["services.calculator", "--default-time-limit", "none"]))
+    assert turned_off.default_time_limit is None
+    with pytest.raises(SystemExit):
+        parse(["services.calculator", "--drain-timeout", "none"])  # a stop is always bounded
+
+
+def test_every_option_is_in_the_guide_with_its_default() -> None:
+    """docs/worker.md's table lists each option rpc-worker offers, with its default."""
+    from rpc_redis.cli import worker_parser
+
+    rows = (REPOSITORY / "docs" / "worker.md").read_text().splitlines()
+    table = {
+        re.findall(r"--[a-z-]+", row.split("|")[1])[0]: row.split("|")[2]
+        for row in rows
+        if row.startswith("| `--")
+    }
+    for action in worker_parser()._actions:
+        for flag in action.option_strings:
+            if not flag.startswith("--") or flag in ("--help", "--version"):
+                continue
+            if flag.startswith("--no-"):
+                continue  # shown with its positive form: `--x` / `--no-x`
+            assert flag in table, f"docs/worker.md's option table lacks {flag}"
+            if isinstance(action.default, (int, float)) and not isinstance(action.default, bool):
+                shown = str(action.default).removesuffix(".0")
+                assert shown in table[flag].replace(",", ""), (flag, table[flag])

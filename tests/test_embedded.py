@@ -55,3 +55,22 @@ def test_a_server_that_cannot_start_reports_why() -> None:
         assert server.pid is None or not pid_alive(server.pid)
     finally:
         server.close()
+
+
+def test_a_server_with_a_password_becomes_ready_and_its_url_carries_it() -> None:
+    """It never became ready: its readiness probe, refused for want of the password,
+    took the refusal for a server still starting."""
+    with EmbeddedRedis(extra_args=("--requirepass", "s3cret w/ symbols")) as server:
+        assert server.password == "s3cret w/ symbols"
+        with redis.Redis.from_url(server.url) as connection:
+            assert connection.ping()
+        bare = f"redis://{server.host}:{server.port}/0"
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(bare).ping()
+
+
+def test_a_password_can_be_given_by_name() -> None:
+    with EmbeddedRedis(password="s3cret") as server:
+        assert ":s3cret@" in server.url
+        with redis.Redis.from_url(server.url) as connection:
+            assert connection.config_get("requirepass") == {"requirepass": "s3cret"}

@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 
 from rpc_redis import AsyncClient, Client, RpcConnectionError, RpcTimeout, Worker
 from rpc_redis.embedded import EmbeddedRedis
-from rpc_redis.protocol import DEFAULT_REPLY_TTL, MAX_REPLY_KEY_LENGTH, decode_dead_letter
+from rpc_redis.protocol import (
+    DEAD_LETTER_HEAD_BYTES,
+    DEFAULT_REPLY_TTL,
+    MAX_REPLY_KEY_LENGTH,
+    decode_dead_letter,
+    unread_above,
+)
 from rpc_redis.testing import WorkerProcess, serve_in_thread, wait_until
 from services.calculator import service as calculator
 from tests.conftest import REPOSITORY
@@ -292,7 +298,7 @@ class Served:
             return {name: value - before[name] for name, value in asdict(worker.stats).items()}
 
         # The call's own reply is counted just after it is written.
-        wait_until(lambda: delta()["replied"] >= 1 + len(new_keys), 2, "the call's reply counted")
+        wait_until(lambda: delta()["replied"] >= 1 + len(new_keys), 10, "the call's reply counted")
         counts = delta()
         assert counts["received"] == 2, counts
         ended = {
@@ -310,7 +316,11 @@ class Served:
         assert len(entries) == ended[DEAD_LETTER], entries
         if entries:
             result.dead_letter = decode_dead_letter(entries[0])
-            assert result.dead_letter["raw"] == raw
+            if result.dead_letter.get("truncated"):  # far over the limit: its head is kept
+                assert result.dead_letter["size"] == len(raw)
+                assert result.dead_letter["raw"] == raw[:DEAD_LETTER_HEAD_BYTES]
+            else:
+                assert result.dead_letter["raw"] == raw
             assert result.dead_letter["queue"] == QUEUE
             assert result.dead_letter["reason"]
         if outcome == REPLY:
@@ -392,6 +402,9 @@ def request_object(method: object, params: object, request_id: object) -> dict[s
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=16)
 TOKENS = st.text(string.ascii_letters + string.digits, min_size=1, max_size=12)
+# Ids a worker reads exactly: wider integers arrive as doubles (protocol.md §2), so an
+# error reply's id could not be compared with the one sent.
+EXACT_IDS = st.integers(-(2**63), 2**64 - 1)
 REPLY_KEYS = TOKENS.map(lambda token: f"rpc:reply:garbage-{token}")
 SCALARS = (
     st.none()
@@ -487,7 +500,7 @@ A_REQUEST = request_object("add", [1, 2], 1)
 def wrong_types(draw: st.DrawFn) -> Garbage:
     """Not an object, envelopes with bad members, requests nobody can run or answer."""
     reply_to = draw(REPLY_KEYS)
-    request = request_object("add", [1, 2], draw(st.integers()))
+    request = request_object("add", [1, 2], draw(EXACT_IDS))
     variant = draw(
         st.sampled_from(
             [
@@ -623,19 +636,22 @@ HUGE = ["id", "reply_to", "method", "params", "string", "bytes"]
 
 def huge(variant: str, size: int, char: str = "x", reply_to: str = "rpc:reply:huge") -> Garbage:
     """A message with a string of ``size`` characters: 100 KB and more, sometimes over
-    the worker's limit (then it is answered with an error if a reply key can be read)."""
+    the worker's limit (then it is answered with an error if a reply key can be read,
+    unless it is too large even to be read: protocol.unread_above)."""
     text = char * size
     if variant == "id":  # a reply key far too long
         return Garbage(dumps(request_object("add", [1, 2], text)), frozenset({DEAD_LETTER}))
     if variant == "reply_to":
         envelope = {"v": 1, "reply_to": text, "request": A_REQUEST}
         return Garbage(dumps(envelope), frozenset({DEAD_LETTER}))
-    if variant == "method":
-        envelope = {"v": 1, "reply_to": reply_to, "request": request_object(text, [], 1)}
-        return Garbage(dumps(envelope), frozenset({REPLY}), reply_to, 1)
-    if variant == "params":
-        envelope = {"v": 1, "reply_to": reply_to, "request": request_object("add", [text], 2)}
-        return Garbage(dumps(envelope), frozenset({REPLY}), reply_to, 2)
+    if variant in ("method", "params"):
+        request = (
+            request_object(text, [], 1) if variant == "method" else request_object("add", [text], 1)
+        )
+        raw = dumps({"v": 1, "reply_to": reply_to, "request": request})
+        if len(raw) > unread_above(HUGE_LIMIT):
+            return Garbage(raw, frozenset({DEAD_LETTER}))
+        return Garbage(raw, frozenset({REPLY}), reply_to, 1)
     if variant == "string":
         return Garbage(dumps(text), frozenset({DEAD_LETTER}))
     return Garbage(b"\xff" * size, frozenset({DEAD_LETTER}))

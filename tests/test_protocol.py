@@ -407,6 +407,25 @@ def test_oversized_envelope_keeps_reply_key_and_id() -> None:
     assert rejected.request_id == 9
 
 
+def test_a_message_far_over_the_limit_is_not_even_parsed() -> None:
+    assert protocol.unread_above(100) == 100 + 2**20  # small limits: the 1 MiB
+    assert protocol.unread_above(4 * 2**20) == 8 * 2**20  # the default's: twice
+    far = protocol.encode_envelope(request(id=9, params=["x" * 2**21]), "rpc:reply:k", None)
+    rejected = protocol.decode_message(far, max_bytes=100)
+    assert isinstance(rejected, Rejected) and rejected.reply_to is None
+    assert rejected.reason == f"message of {len(far)} bytes exceeds the limit of 100"
+
+
+def test_a_dead_letter_keeps_a_message_whole_unless_far_over_the_limit() -> None:
+    over = b"x" * 400
+    kept = protocol.decode_dead_letter(protocol.encode_dead_letter(over, "r", "q", 1.0, 100))
+    assert kept["raw"] == over and "truncated" not in kept
+    far = b"x" * (protocol.unread_above(100) + 1)
+    cut = protocol.decode_dead_letter(protocol.encode_dead_letter(far, "r", "q", 1.0, 100))
+    assert cut["raw"] == far[: protocol.DEAD_LETTER_HEAD_BYTES]
+    assert cut["truncated"] is True and cut["size"] == len(far)
+
+
 def test_a_message_exactly_at_the_limit_is_accepted() -> None:
     raw = protocol.encode_envelope(request(id=9), "rpc:reply:k", None)
     assert isinstance(protocol.decode_message(raw, max_bytes=len(raw)), Incoming)
@@ -477,6 +496,35 @@ def test_a_too_long_reply_key() -> None:
     problem = protocol.reply_key_problem(longest + "r", set())
     assert problem is not None
     assert "longer" in problem
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "prefix", "may_exist"),
+    [
+        ("rpc:reply:abc", "rpc", True),  # a key many calls may share
+        ("rpc:reply:", "rpc", True),
+        ("app:reply:abc", "app", True),
+        ("app:reply:abc", "rpc", False),  # another deployment's reply namespace
+        ("0b6c7f1e-4e38-4c3a-9d0b-52f3b2a1c9e4", "rpc", False),  # a bare request's UUID
+        ("app:todo", "rpc", False),
+        ("rpc:replyx", "rpc", False),
+    ],
+)
+def test_only_keys_under_the_reply_namespace_may_already_hold_replies(
+    reply_to: str, prefix: str, may_exist: bool
+) -> None:
+    assert protocol.reply_key_may_exist(reply_to, prefix) is may_exist
+    assert protocol.reply_key(reply_to, prefix).startswith(protocol.reply_namespace(prefix))
+
+
+def test_a_refused_reply_says_what_it_found() -> None:
+    assert protocol.refused_reply_reason("rpc:reply:x", "hash") == (
+        "reply key 'rpc:reply:x' holds a hash, not a list"
+    )
+    assert protocol.refused_reply_reason("app:todo", "list") == (
+        "reply key 'app:todo' holds a list and is not under 'rpc:reply:': outside it a "
+        "worker writes only to keys that do not exist"
+    )
 
 
 # -- request validation -------------------------------------------------------------------
@@ -617,6 +665,63 @@ def test_an_unserialisable_result_does_not_spoil_the_rest_of_a_batch() -> None:
     assert reply[1]["error"]["data"] == {"type": "set"}
     assert reply[2] == ok(3, "three")
     assert reply[3] == ok(4, WIDE_INT)
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [254, 256, 990, 1024, 5000])
+def test_a_result_nested_however_deep_gets_a_reply(depth: int) -> None:
+    """orjson stops at 255 levels, and json.dumps at the recursion limit (RecursionError)."""
+    reply = strict_json(protocol.encode_response(ok("rpc:reply:k", nested(depth))))
+    if "result" in reply:
+        assert reply == ok("rpc:reply:k", nested(depth))
+    else:
+        assert depth > 255 and reply["id"] == "rpc:reply:k"
+        assert reply["error"] == {
+            "code": INTERNAL_ERROR,
+            "message": "Result is not JSON serialisable",
+            "data": {"type": "list"},
+        }
+
+
+def test_error_data_nested_too_deep_is_left_out_of_the_error() -> None:
+    response = {"jsonrpc": "2.0", "error": {"code": 1001, "message": "No", "data": nested(5000)}}
+    reply = strict_json(protocol.encode_response({**response, "id": 7}))
+    assert reply == {"jsonrpc": "2.0", "error": {"code": 1001, "message": "No"}, "id": 7}
+
+
+def test_a_reply_over_the_limit_becomes_an_error_for_its_id() -> None:
+    body = protocol.encode_response(ok("k", "x" * 5000))
+    reply = strict_json(protocol.reply_within(ok("k", "x" * 5000), body, 2000))
+    assert reply["id"] == "k"
+    assert reply["error"] == {
+        "code": INTERNAL_ERROR,
+        "message": "Reply too large",
+        "data": {"size": len(body), "limit": 2000},
+    }
+
+
+@pytest.mark.parametrize("size", [1, 999, 1000])
+def test_a_batch_up_to_the_limit_is_accepted(size: int) -> None:
+    message = json.dumps([{"jsonrpc": "2.0", "method": "m", "id": "k"}] * size).encode()
+    decoded = protocol.decode_message(message, max_batch=1000)
+    assert isinstance(decoded, Incoming) and len(decoded.payload) == size
+
+
+def test_a_batch_over_the_limit_is_rejected_whole_with_its_reply_key() -> None:
+    batch = [{"jsonrpc": "2.0", "method": "m", "id": 1}, {"jsonrpc": "2.0", "id": "rpc:reply:b"}]
+    for message in (batch, {"v": 1, "reply_to": "rpc:reply:b", "request": batch}):
+        decoded = protocol.decode_message(json.dumps(message).encode(), max_batch=1)
+        assert isinstance(decoded, Rejected)
+        assert decoded.reason == "batch of 2 requests exceeds the limit of 1"
+        assert decoded.reply_to == "rpc:reply:b" and decoded.request_id is None
+        assert decoded.error.message == "Batch too large"
+        assert decoded.error.data == {"size": 2, "limit": 1}
 
 
 def test_encode_response_writes_integers_wider_than_64_bits_exactly() -> None:

@@ -23,7 +23,11 @@ import pytest
 from rpc_redis import protocol
 from rpc_redis.embedded import find_cli_binary
 from rpc_redis.testing import WorkerProcess
-from rpc_redis.worker.settings import DEFAULT_CONCURRENCY, DEFAULT_DEAD_LETTER_LIMIT
+from rpc_redis.worker.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEAD_LETTER_LIMIT,
+    DEFAULT_TIME_LIMIT,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DOC = REPOSITORY / "docs" / "protocol.md"
@@ -164,6 +168,17 @@ def test_redis_cli_sessions_print_what_the_doc_shows(redis_url: str, tmp_path: P
         (f"newest **{DEFAULT_DEAD_LETTER_LIMIT:,}** entries", DEFAULT_DEAD_LETTER_LIMIT, 10_000),
         (f"`--concurrency` (default {DEFAULT_CONCURRENCY})", DEFAULT_CONCURRENCY, 8),
         (f'carries `"v": {protocol.ENVELOPE_VERSION}`', protocol.ENVELOPE_VERSION, 1),
+        (
+            f"more than **{protocol.DEFAULT_MAX_BATCH:,}** requests",
+            protocol.DEFAULT_MAX_BATCH,
+            1000,
+        ),
+        (
+            f"larger than **{protocol.DEFAULT_MAX_REPLY_BYTES // 2**20} MiB**",
+            protocol.DEFAULT_MAX_REPLY_BYTES,
+            16 * 2**20,
+        ),
+        (f"default time limit, **{DEFAULT_TIME_LIMIT:g} s**", DEFAULT_TIME_LIMIT, 60),
     ],
 )
 def test_the_defaults_the_doc_quotes_are_the_code_s(

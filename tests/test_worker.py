@@ -179,6 +179,8 @@ def test_messages_without_a_reply_key_are_dead_lettered(
     assert letter["raw"] == raw
     assert letter["queue"] == QUEUE
     assert abs(letter["time"] - time.time()) < 60
+    # Logged, then counted, once Redis has answered: a moment after the entry is in.
+    wait_until(lambda: worker.stats.dead_lettered == 1, 5, "the dead letter counted")
     lines = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
     assert len(lines) == 1
     assert_still_serving(redis_url)
@@ -391,10 +393,14 @@ def test_a_reply_key_holding_another_type_is_left_alone_and_the_request_dead_let
     request = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": "a-string-key"}
     redis_connection.rpush(QUEUE, json.dumps(request))
     [letter] = wait_for_dead_letters(redis_connection, 1)
-    assert letter["reason"] == "reply key 'a-string-key' holds a string, not a list"
+    assert letter["reason"] == (
+        "reply key 'a-string-key' holds a string and is not under 'rpc:reply:': outside it a "
+        "worker writes only to keys that do not exist"
+    )
     assert json.loads(letter["message"]) == request
     assert redis_connection.get("a-string-key") == b"not a list"
     assert redis_connection.pttl("a-string-key") == -1  # no expiry was put on it
+    wait_until(lambda: worker.stats.dead_lettered == 1, 5, "the dead letter counted")
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("rpc_redis")]
     assert len(lines) == 1 and "dead-lettered" in lines[0]
     assert_still_serving(redis_url)

@@ -17,12 +17,12 @@ from redis.retry import Retry
 
 from .. import protocol
 from ..client import Client
-from ..connection import check_url, default_url, redact_url, sync_pool
+from ..connection import check_url, default_url, redact_url, resolve
 from ..discovery import summary_lines
 from ..errors import RpcConfigurationError, RpcConnectionError, RpcError, RpcRedisError, RpcTimeout
 from ..middleware import load_middleware
 from . import calls, status
-from .dead import add_dead_commands, service_name
+from .dead import RedisClient, add_dead_commands, service_name
 from .outcome import (
     EXIT_FAILED,
     EXIT_FLAGGED,
@@ -39,7 +39,7 @@ from .outcome import (
 SOCKET_TIMEOUT = 60.0
 DEFAULT_CALL_TIMEOUT = 10.0
 
-Action = Callable[[redis.Redis, argparse.Namespace], int]
+Action = Callable[[RedisClient, argparse.Namespace], int]
 ClientAction = Callable[[Client, argparse.Namespace], int]
 
 EPILOG = """\
@@ -259,10 +259,14 @@ def run_describe(client: Client, args: argparse.Namespace) -> int:
 # -- running ------------------------------------------------------------------------------
 
 
-def connect(url: str) -> redis.Redis:
-    """One connection that fails fast and never resends a command (a requeue runs once)."""
-    pool = sync_pool(
-        url, max_connections=1, socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0)
+def connect(url: str) -> RedisClient:
+    """One connection that fails fast and never resends a command (a requeue runs once);
+    on a cluster, redis-py's RedisCluster, which follows its redirections."""
+    target = resolve(url)
+    if target.is_cluster:
+        return target.cluster_client(socket_timeout=SOCKET_TIMEOUT)
+    pool = target.sync_pool(
+        max_connections=1, socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0)
     )
     return redis.Redis.from_pool(pool)  # closing the client closes the pool
 

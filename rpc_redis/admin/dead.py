@@ -18,8 +18,13 @@ from typing import Any, TextIO
 import redis
 
 from .. import protocol
+from ..connection import slot_of
 from ..events import wire
+from ..printable import printable
 from .outcome import EXIT_OK, UsageError
+
+# What the operations work on: a client of one node (or of Sentinel's primary), or of a cluster.
+RedisClient = redis.Redis | redis.RedisCluster
 
 # The longest message (in characters) a `dead list` line shows; --json shows it all.
 MESSAGE_WIDTH = 60
@@ -27,36 +32,41 @@ MESSAGE_WIDTH = 60
 REASON_WIDTH = 100
 UNREADABLE_REASON = "unreadable entry (not a dead letter a worker wrote)"
 
-# KEYS[1]: the dead-letter list.  ARGV[1]: the most messages to requeue, 0 for no limit.
-# Returns {requeued, skipped, left, events}.
+# KEYS[1]: the dead-letter list; KEYS[2...]: the queues its entries name that share its
+# hash slot (all of them, on a single node). ARGV[1]: the most messages to requeue, 0
+# for no limit. Returns {requeued, skipped, left, events}.
 #
 # Entries are examined from the head (oldest first). One that holds its message as text
 # is moved: its `message` goes, unchanged, to the tail of its `queue`, and the entry
 # leaves the list. A durable event's entry (it names a `stream`) stays, counted in
 # `events`: it goes back to its stream afterwards (see requeue_dead_events). Any other
 # entry (binary, unreadable, or naming a key that is not a list) is skipped and stays,
-# in its place. The scan is bounded by the list's length, all reads come before the
-# first write, and Redis runs the script atomically: each entry ends up either
-# requeued or still here, never both, never neither.
+# in its place; so does one naming a queue not in KEYS (on a cluster, in another slot:
+# requeue_dead_letters moves those), uncounted. The scan is bounded by the list's
+# length, all reads come before the first write, and Redis runs the script atomically:
+# each entry ends up either requeued or still here, never both, never neither.
 REQUEUE_SCRIPT = """
 local dead = KEYS[1]
 local limit = tonumber(ARGV[1])
 local total = redis.call('LLEN', dead)
-local moves, kept, queue_usable = {}, {}, {}
-local scanned, events = 0, 0
+local moves, kept, queue_usable, declared = {}, {}, {}, {}
+local scanned, skipped, events = 0, 0, 0
+for index = 2, #KEYS do declared[KEYS[index]] = true end
 
+-- The entry's queue and message; or nil and whether it can never be requeued.
 local function destination(entry)
   local ok, decoded = pcall(cjson.decode, entry)
-  if not ok or type(decoded) ~= 'table' then return nil end
+  if not ok or type(decoded) ~= 'table' then return nil, true end
   if type(decoded['stream']) == 'string' then return 'stream' end
   local queue, message = decoded['queue'], decoded['message']
-  if type(queue) ~= 'string' or queue == '' or queue == dead then return nil end
-  if type(message) ~= 'string' then return nil end
+  if type(queue) ~= 'string' or queue == '' or queue == dead then return nil, true end
+  if type(message) ~= 'string' then return nil, true end
+  if not declared[queue] then return nil, false end
   if queue_usable[queue] == nil then
     local kind = redis.call('TYPE', queue)['ok']
     queue_usable[queue] = (kind == 'list' or kind == 'none')
   end
-  if not queue_usable[queue] then return nil end
+  if not queue_usable[queue] then return nil, true end
   return queue, message
 end
 
@@ -73,6 +83,7 @@ while scanned < total and (limit == 0 or #moves < limit) do
     elseif queue then
       moves[#moves + 1] = {queue, message}
     else
+      if message then skipped = skipped + 1 end
       kept[#kept + 1] = entry
     end
   end
@@ -88,7 +99,7 @@ if #moves > 0 then
     redis.call('LPUSH', dead, kept[index])
   end
 end
-return {#moves, #kept - events, redis.call('LLEN', dead), events}
+return {#moves, skipped, redis.call('LLEN', dead), events}
 """
 
 
@@ -177,14 +188,14 @@ class RequeueResult:
 
 
 def count_dead_letters(
-    connection: redis.Redis, service: str, prefix: str = protocol.DEFAULT_PREFIX
+    connection: RedisClient, service: str, prefix: str = protocol.DEFAULT_PREFIX
 ) -> int:
     """How many dead letters the service has."""
     return connection.llen(protocol.dead_letter_key(service, prefix))
 
 
 def list_dead_letters(
-    connection: redis.Redis,
+    connection: RedisClient,
     service: str,
     prefix: str = protocol.DEFAULT_PREFIX,
     limit: int | None = None,
@@ -193,15 +204,11 @@ def list_dead_letters(
     _check_limit(limit)
     start = -limit if limit is not None else 0
     entries = connection.lrange(protocol.dead_letter_key(service, prefix), start, -1)
-    # A client made with decode_responses=True hands back text.
-    return [
-        DeadLetter.from_entry(entry if isinstance(entry, bytes) else entry.encode("utf-8"))
-        for entry in entries
-    ]
+    return [DeadLetter.from_entry(_as_bytes(entry)) for entry in entries]
 
 
 def requeue_dead_letters(
-    connection: redis.Redis,
+    connection: RedisClient,
     service: str,
     prefix: str = protocol.DEFAULT_PREFIX,
     limit: int | None = None,
@@ -212,23 +219,73 @@ def requeue_dead_letters(
     Each message goes back exactly as it was first received, to the tail of the queue
     it was popped from. Binary and unreadable entries stay in the list, in order. With
     ``limit``, at most that many messages are requeued.
+
+    On a Redis Cluster, a queue in another hash slot than the list (one named without
+    the service's hash tag) cannot be written by the same script: its messages are
+    requeued after the others, each pushed and then removed from the list, so that a
+    crash between the two repeats a message and never loses one.
     """
     _check_limit(limit)
-    key = protocol.dead_letter_key(service, prefix)
-    script = connection.register_script(REQUEUE_SCRIPT)
-    requeued, skipped, left, events = script(keys=[key], args=[limit or 0])
-    result = RequeueResult(int(requeued), int(skipped), int(left))
-    room = None if limit is None else limit - result.requeued
-    if not int(events) or room == 0:
-        return result
-    moved, unusable = requeue_dead_events(connection, key, room)
-    return RequeueResult(
-        result.requeued + moved, result.skipped + unusable, int(connection.llen(key))
+    dead = protocol.dead_letter_key(service, prefix)
+    letters = [DeadLetter.from_entry(_as_bytes(entry)) for entry in connection.lrange(dead, 0, -1)]
+    queues = list(
+        dict.fromkeys(
+            letter.queue
+            for letter in letters
+            if letter.requeueable and not isinstance(letter.members.get("stream"), str)
+        )
     )
+    elsewhere = [queue for queue in queues if not _same_slot(connection, queue, dead)]
+    local = [queue for queue in queues if queue not in elsewhere]
+    script = connection.register_script(REQUEUE_SCRIPT)
+    requeued, skipped, left, events = map(int, script(keys=[dead, *local], args=[limit or 0]))
+    if elsewhere and (limit is None or requeued < limit):
+        room = None if limit is None else limit - requeued
+        more, refused = _requeue_one_by_one(connection, dead, set(elsewhere), room)
+        requeued, skipped, left = requeued + more, skipped + refused, int(connection.llen(dead))
+    if events and (limit is None or requeued < limit):
+        room = None if limit is None else limit - requeued
+        more, refused = requeue_dead_events(connection, dead, room)
+        requeued, skipped, left = requeued + more, skipped + refused, int(connection.llen(dead))
+    return RequeueResult(requeued, skipped, left)
+
+
+def _requeue_one_by_one(
+    connection: RedisClient, dead: str, queues: set[str], limit: int | None
+) -> tuple[int, int]:
+    """Requeue the entries naming ``queues`` (in other slots than ``dead``): push, then
+    remove. How many were requeued, and how many skipped (a queue that is not a list)."""
+    requeued = skipped = 0
+    usable: dict[str, bool] = {}
+    for entry in connection.lrange(dead, 0, -1):
+        letter = DeadLetter.from_entry(_as_bytes(entry))
+        if not letter.requeueable or letter.queue not in queues:
+            continue
+        if limit is not None and requeued >= limit:
+            break
+        if letter.queue not in usable:
+            usable[letter.queue] = _as_bytes(connection.type(letter.queue)) in (b"list", b"none")
+        if not usable[letter.queue]:
+            skipped += 1
+            continue
+        connection.rpush(letter.queue, letter.raw)
+        connection.lrem(dead, 1, entry)  # type: ignore[arg-type]
+        requeued += 1
+    return requeued, skipped
+
+
+def _same_slot(connection: RedisClient, key: str, other: str) -> bool:
+    """Whether a script may touch both keys: always, unless on a cluster."""
+    return not isinstance(connection, redis.RedisCluster) or slot_of(key) == slot_of(other)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    """What a client made with decode_responses=True hands back as text, as bytes."""
+    return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
 def requeue_dead_events(
-    connection: redis.Redis, dead_key: str, limit: int | None = None
+    connection: RedisClient, dead_key: str, limit: int | None = None
 ) -> tuple[int, int]:
     """Put dead durable events back into the streams they came from, oldest first, each
     addressed to its service alone (the entry's ``for`` field: the stream's other
@@ -261,7 +318,7 @@ def requeue_dead_events(
 
 
 def purge_dead_letters(
-    connection: redis.Redis, service: str, prefix: str = protocol.DEFAULT_PREFIX
+    connection: RedisClient, service: str, prefix: str = protocol.DEFAULT_PREFIX
 ) -> int:
     """Delete the service's dead letters; how many there were, counted atomically with it."""
     key = protocol.dead_letter_key(service, prefix)
@@ -282,14 +339,13 @@ def _check_limit(limit: int | None) -> None:
 
 def format_line(letter: DeadLetter) -> str:
     """One line for a person: when (UTC), where from, why, and the start of the message."""
-    text = letter.text
-    message = text if text is not None else repr(letter.raw)
+    message: str | bytes = letter.text if letter.text is not None else letter.raw
     return "  ".join(
         [
             iso_time(letter.time),
             printable(letter.queue) or "-",
-            shorten(printable(letter.reason), REASON_WIDTH),
-            shorten(printable(message), MESSAGE_WIDTH),
+            printable(letter.reason, REASON_WIDTH),
+            printable(message, MESSAGE_WIDTH),
         ]
     )
 
@@ -308,18 +364,6 @@ def iso_time(at: float | None) -> str:
     except (OverflowError, OSError, ValueError):
         return repr(at)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def printable(text: str) -> str:
-    """Escape newlines and other control characters, so that each entry stays on one line."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def shorten(text: str, width: int) -> str:
-    """Cut to ``width`` characters, marking the cut, so that a line stays readable."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def plural(count: int, noun: str) -> str:
@@ -383,13 +427,13 @@ def add_dead_commands(
     purge.set_defaults(action_function=run_purge)
 
 
-def run_count(connection: redis.Redis, args: argparse.Namespace) -> int:
+def run_count(connection: RedisClient, args: argparse.Namespace) -> int:
     """Print the bare number, for scripts and monitoring checks."""
     print(count_dead_letters(connection, args.service, args.prefix))
     return EXIT_OK
 
 
-def run_list(connection: redis.Redis, args: argparse.Namespace) -> int:
+def run_list(connection: RedisClient, args: argparse.Namespace) -> int:
     """Print one line per entry, oldest first: for people, or JSON for tools."""
     letters = list_dead_letters(connection, args.service, args.prefix, args.limit)
     present = format_json if args.json else format_line
@@ -398,7 +442,7 @@ def run_list(connection: redis.Redis, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_requeue(connection: redis.Redis, args: argparse.Namespace) -> int:
+def run_requeue(connection: RedisClient, args: argparse.Namespace) -> int:
     """Requeue, then say what moved and what stayed behind."""
     result = requeue_dead_letters(connection, args.service, args.prefix, args.limit)
     key = protocol.dead_letter_key(args.service, args.prefix)
@@ -409,7 +453,7 @@ def run_requeue(connection: redis.Redis, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_purge(connection: redis.Redis, args: argparse.Namespace) -> int:
+def run_purge(connection: RedisClient, args: argparse.Namespace) -> int:
     """Delete the list, but only when the user has said so (--yes or on the terminal)."""
     key = protocol.dead_letter_key(args.service, args.prefix)
     if not args.yes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import RedisFailure, classify_redis_error, redis_error
+from ..errors import RedisFailure, classify_redis_error, describe_redis_error, redis_error
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a remote error, or Redis failed or is unreachable
@@ -41,6 +41,7 @@ def fail_on_redis(error: BaseException, shown_url: str) -> int:
     failure = classify_redis_error(error)
     if failure is RedisFailure.CONFIGURATION:
         return fail(EXIT_USAGE, one_line(redis_error(error, shown_url, "rpc-admin")))
+    said = " ".join(describe_redis_error(error).split())
     if failure is RedisFailure.REFUSED:
-        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url} said: {one_line(error)}")
-    return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url}: {one_line(error)}")
+        return fail(EXIT_REDIS_ERROR, f"Redis at {shown_url} said: {said}")
+    return fail(EXIT_REDIS_ERROR, f"cannot reach Redis at {shown_url}: {said}")

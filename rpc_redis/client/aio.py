@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio
+import redis.asyncio.retry
 import redis.exceptions
+from redis.backoff import NoBackoff
 
 from .. import protocol
-from ..connection import async_pool, exchange
+from ..connection import NotSentError, exchange, redirect_of
+from ..connection.routes import BUSY_RETRY_SECONDS, is_busy, with_asking, without_asking
 from ..errors import REDIS_FAILURES, InternalError, RpcConnectionError, RpcTimeout
 from ..events import streams, wire
 from ..middleware import Middleware
@@ -55,6 +58,8 @@ DRAIN_COUNT = 128
 PUSH_CHUNK = 256
 # How long past its wait a stream's read may take for Redis's own BLPOP timeout reply.
 READ_GRACE = 0.25
+# While a failover is under way, how long before a push Redis never got goes again.
+FAILOVER_RETRY_SECONDS = 0.1
 
 
 class AsyncClient(ProxyMaker):
@@ -63,12 +68,16 @@ class AsyncClient(ProxyMaker):
     >>> async with AsyncClient("redis://localhost:6379/0") as client:
     ...     await client.proxy("calculator").add(1, 2)
     3
+
+    ``redis=`` takes a ``redis.asyncio.Redis``, ``redis.asyncio.RedisCluster`` or
+    asyncio connection pool you built, used as it is.
     """
 
     def __init__(
         self,
         url: str | None = None,
         *,
+        redis: Any = None,
         timeout: float = DEFAULT_TIMEOUT,
         prefix: str = protocol.DEFAULT_PREFIX,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -77,17 +86,19 @@ class AsyncClient(ProxyMaker):
     ) -> None:
         if max_connections < 2:
             raise ValueError("an AsyncClient needs two connections: one listens, one sends")
-        super().__init__(url, prefix, timeout, middleware, redis_options)
+        # No retries of redis-py's own: the listener rides out an outage itself.
+        redis_options.setdefault("retry", no_retries())
+        super().__init__(url, prefix, timeout, middleware, redis_options, redis)
         self.reply_key = self.settings.new_reply_key()
         # No socket timeout: redis-py would wrap every send in a task; every read here
         # passes its own timeout instead.
-        self._pool = async_pool(
-            self.url, max_connections=max_connections, socket_timeout=None, **redis_options
+        self._routes = self.target.async_routes(
+            shared=True, max_connections=max_connections, socket_timeout=None, **redis_options
         )
         self._send_slots = asyncio.Semaphore(max_connections - 1)
         # A stream waiting for its next item holds a connection: streams have their own.
-        self._stream_pool = async_pool(
-            self.url, max_connections=max_connections, socket_timeout=None, **redis_options
+        self._stream_routes = self.target.async_routes(
+            max_connections=max_connections, socket_timeout=None, **redis_options
         )
         self._stream_slots = asyncio.Semaphore(max_connections)
         self._background: set[asyncio.Future[Any]] = set()
@@ -166,8 +177,9 @@ class AsyncClient(ProxyMaker):
             call.fail(RpcConnectionError("the client was closed"))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        await self._pool.disconnect()
-        await self._stream_pool.disconnect()
+        await self._routes.disconnect()
+        await self._stream_routes.disconnect()
+        await self.target.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -217,11 +229,14 @@ class AsyncClient(ProxyMaker):
     ) -> list[Any]:
         """Commands in one round trip on a pooled connection (a stream's own pool, for a
         stream's blocking reads): their answers, or what fails, mapped as policy says."""
-        pool, slots = (
-            (self._stream_pool, self._stream_slots) if streaming else (self._pool, self._send_slots)
+        routes, slots = (
+            (self._stream_routes, self._stream_slots)
+            if streaming
+            else (self._routes, self._send_slots)
         )
         try:
-            responses = await self._exchange_on(pool, slots, commands, timeout + READ_GRACE)
+            async with slots:
+                responses = await routes.exchange(commands, timeout + READ_GRACE)
             for response in responses:
                 if isinstance(response, redis.exceptions.ResponseError):
                     raise response
@@ -239,25 +254,6 @@ class AsyncClient(ProxyMaker):
         future = asyncio.ensure_future(work)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
-
-    async def _exchange_on(
-        self,
-        pool: redis.asyncio.ConnectionPool,
-        slots: asyncio.Semaphore,
-        commands: list[tuple[Any, ...]],
-        read_timeout: float,
-    ) -> list[Any]:
-        async with slots:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                return await exchange(connection, commands, read_timeout)
-            except BaseException:
-                # A connection an error (or a cancel) interrupted may hold unread
-                # responses: it is never handed out again half-read.
-                await connection.disconnect(nowait=True)
-                raise
-            finally:
-                await pool.release(connection)
 
     async def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
         if self._hooks is None:
@@ -356,7 +352,8 @@ class AsyncClient(ProxyMaker):
         flush.add_done_callback(self._flushes.discard)
 
     async def _flush(self, outbox: dict[str, list[tuple[bytes, InFlight]]]) -> None:
-        """RPUSH everything in the outbox on one pooled connection, in one round trip."""
+        """RPUSH everything in the outbox on one pooled connection, in one round trip (on
+        a cluster, one per node, together)."""
         chunks = [
             (queue, chunk)
             for queue, messages in outbox.items()
@@ -364,12 +361,18 @@ class AsyncClient(ProxyMaker):
         ]
         commands = [("RPUSH", queue, *(message for message, _ in chunk)) for queue, chunk in chunks]
         try:
-            responses = await self._exchange_on(
-                self._pool, self._send_slots, commands, self.settings.timeout
-            )
+            async with self._send_slots:
+                responses = await self._routes.exchange(
+                    commands, self.settings.timeout, errors_in_place=True
+                )
         except (*REDIS_FAILURES, asyncio.CancelledError) as exc:
             responses = [exc] * len(chunks)
         for (queue, chunk), response in zip(chunks, responses, strict=True):
+            if isinstance(response, NotSentError):
+                if self.settings.waits_through_failover(response):
+                    self._push_again(queue, chunk)  # its calls' timers still run
+                    continue
+                response = response.__cause__ or response
             for _, call in chunk:
                 if isinstance(response, BaseException):
                     # A cancelled flush (the loop is closing) passes its CancelledError on.
@@ -381,6 +384,21 @@ class AsyncClient(ProxyMaker):
                 elif not call.expects_reply:
                     call.settle(None)
 
+    def _push_again(self, queue: str, chunk: list[tuple[bytes, InFlight]]) -> None:
+        """Under Sentinel or Cluster, a push Redis never got (its primary lost) goes out
+        again shortly, to the primary that replaces it, while its calls wait."""
+        waiting = [(message, call) for message, call in chunk if not call.future.done()]
+        if not waiting:
+            return
+
+        def requeue() -> None:
+            self._outbox.setdefault(queue, []).extend(waiting)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
+
+        asyncio.get_running_loop().call_later(FAILOVER_RETRY_SECONDS, requeue)
+
     # -- the listener ------------------------------------------------------------------
 
     def _ensure_listener(self) -> None:
@@ -388,28 +406,38 @@ class AsyncClient(ProxyMaker):
             self._listener = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
-        """BLPOP this client's reply key while calls wait; route each reply by its ids."""
+        """BLPOP this client's reply key while calls wait; route each reply by its ids.
+        A redirection (the key's slot moved) takes the listener to the key's new node."""
+        pool = self._routes.pool_for(self.reply_key)
+        asking = [False, False]
         connection: redis.asyncio.Connection | None = None
         try:
             while self._pending:
                 try:
                     if connection is None:
-                        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
                     # BLPOP waits for a reply; the LPOP after it, in the same round trip,
                     # takes every other reply already waiting.
-                    popped, drained = await exchange(
+                    commands = [
+                        ("BLPOP", self.reply_key, blpop_timeout(LISTEN_BLOCK_SECONDS)),
+                        ("LPOP", self.reply_key, DRAIN_COUNT),
+                    ]
+                    responses = await exchange(
                         connection,
-                        [
-                            ("BLPOP", self.reply_key, blpop_timeout(LISTEN_BLOCK_SECONDS)),
-                            ("LPOP", self.reply_key, DRAIN_COUNT),
-                        ],
+                        with_asking(commands, asking),
                         read_timeout=LISTEN_BLOCK_SECONDS + 5,
                     )
+                    popped, drained = without_asking(responses, asking)
                 except REDIS_FAILURES as exc:
                     if connection is not None:
                         await connection.disconnect()
                     if retrying_helps(exc):
                         await self._back_off(exc)
+                        if self._routes.is_cluster:  # the key's node may have been replaced
+                            if connection is not None:
+                                await pool.release(connection)
+                                connection = None
+                            pool = await self._reply_pool()
                     else:
                         self._fail_waiting(exc)
                     continue
@@ -417,6 +445,16 @@ class AsyncClient(ProxyMaker):
                     if connection is not None:
                         await connection.disconnect(nowait=True)
                     raise
+                if is_busy(popped) or is_busy(drained):  # a failover under way
+                    await asyncio.sleep(BUSY_RETRY_SECONDS)
+                    continue
+                redirect = redirect_of(popped) or redirect_of(drained)
+                if redirect is not None:
+                    await pool.release(connection)
+                    connection = None
+                    pool = self._routes.follow(redirect, self.reply_key)
+                    asking = [redirect.asking, redirect.asking]
+                    continue
                 if self._outage_logged:
                     logger.info("reconnected to Redis at %s", self.settings.where)
                     self._outage_logged = False
@@ -427,7 +465,13 @@ class AsyncClient(ProxyMaker):
             if self._listener is asyncio.current_task():
                 self._listener = None
             if connection is not None:
-                await self._pool.release(connection)
+                await pool.release(connection)
+
+    async def _reply_pool(self) -> redis.asyncio.ConnectionPool:
+        """The pool of the reply key's node, as the cluster says after an outage."""
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self._routes.refresh()
+        return self._routes.pool_for(self.reply_key)
 
     def _take(self, popped: Any, drained: Any) -> None:
         """Route what one round popped; an error reply (an ACL that forbids LPOP, a reply
@@ -497,6 +541,10 @@ class InFlight:
     def expire(self) -> None:
         """The deadline's timer: no outcome in time."""
         self.fail(RpcTimeout(self.service, self.method, self.timeout))
+
+
+def no_retries() -> redis.asyncio.retry.Retry:
+    return redis.asyncio.retry.Retry(NoBackoff(), 0)
 
 
 def chunked(items: list[T], size: int) -> list[list[T]]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import protocol
-from ..connection import check_url, default_url, redact_url
+from ..connection import RedisTarget
 from ..context import CallContext, current_call
 from ..errors import (
     InternalError,
@@ -99,13 +99,13 @@ class CallSettings:
 
     def __init__(
         self,
-        url: str | None,
+        target: RedisTarget,
         prefix: str,
         timeout: float,
         middleware: Sequence[Middleware] = (),
     ) -> None:
-        self.url = check_url(url or default_url())
-        self.where = redact_url(self.url)  # Redis, named in every message
+        self.target = target
+        self.where = target.where  # Redis, named in every message, without passwords
         self.prefix = prefix
         self.timeout = resolve_timeout(timeout)
         self.hooks = ClientHooks.of(middleware)
@@ -113,8 +113,18 @@ class CallSettings:
     def queue_for(self, service: str, queue: str | None) -> str:
         return queue or protocol.queue_key(service, self.prefix)
 
-    def new_reply_key(self) -> str:
-        return protocol.reply_key(unique_hex(), self.prefix)
+    def new_reply_key(self, queue: str | None = None) -> str:
+        """A reply key for one call to ``queue``, in its hash slot; with no queue, one
+        for a client's many calls."""
+        if queue is None:
+            return protocol.reply_key(unique_hex(), self.prefix)
+        return protocol.call_reply_key(queue, unique_hex(), self.prefix)
+
+    def waits_through_failover(self, error: BaseException) -> bool:
+        """Whether the wait for a reply already pushed may go on after ``error``: when
+        Redis is lost under Sentinel or Cluster, whose replica takes over; the push
+        replicated there is served, and its reply written to the new primary."""
+        return self.target.follows_failover and retrying_helps(error)
 
     def timeout_for(self, timeout: float | None) -> float:
         """A proxy's, a call's or a batch's timeout: None means the client's."""

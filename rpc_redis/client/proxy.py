@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import protocol
+from ..connection import resolve
 from ..middleware import Middleware
 from .policy import CallSettings, new_client_name
 
@@ -80,9 +81,11 @@ class ProxyMaker:
         timeout: float,
         middleware: Sequence[Middleware],
         redis_options: dict[str, Any],
+        redis_object: Any = None,
     ) -> None:
-        self.settings = CallSettings(url, prefix, timeout, middleware)
-        self.url = self.settings.url
+        self.target = resolve(url, redis_object)
+        self.settings = CallSettings(self.target, prefix, timeout, middleware)
+        self.url = self.target.location.url
         self._hooks = self.settings.hooks
         # Named, so its connections can be told apart in CLIENT LIST.
         redis_options.setdefault("client_name", new_client_name())

@@ -72,12 +72,15 @@ class StreamCall:
         wait = effective_timeout(settings.timeout_for(timeout))
         total = None if total_timeout is None else resolve_timeout(total_timeout)
         streams.stream_member(window)  # a bad window is refused now
+        queue_key = settings.queue_for(service, queue)
         return cls(
             service,
             method,
-            settings.queue_for(service, queue),
+            queue_key,
             protocol.request_object(method, params or [], new_request_id()),
-            settings.new_reply_key(),
+            # In the queue's hash slot: the request and the reads of its items go to one
+            # node on a cluster, in one round trip.
+            settings.new_reply_key(queue_key),
             wait,
             None if total is None else time.monotonic() + total,
             time.time() + min(wait, total or wait),

@@ -1,22 +1,35 @@
 """The sync Client: call remote methods as if they were local functions.
 
 Each call pushes its envelope and blocks on its own reply key in one round trip
-(RPUSH and BLPOP pipelined on one pooled connection). Every read is bounded by the
-call's remaining time, so no call outlives its timeout, even if Redis goes away. The
-rules (timeouts, errors, middleware) are policy.py's, shared with the AsyncClient.
+(RPUSH and BLPOP pipelined on one pooled connection; on a cluster, the reply key is in
+the queue's hash slot, so both go to one node). Every read is bounded by the call's
+remaining time, so no call outlives its timeout, even if Redis goes away. A redirection
+(MOVED, ASK) is followed, never surfaced; under Sentinel or Cluster, the wait for a
+reply already pushed rides out the primary's failover. The rules (timeouts, errors,
+middleware) are policy.py's, shared with the AsyncClient.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
+import redis.retry
+from redis.backoff import NoBackoff
 
 from .. import protocol
-from ..connection import send_commands_sync, sync_pool
+from ..connection import (
+    REDIS_ERRORS,
+    command_key,
+    read_responses_sync,
+    redirect_of,
+    send_commands_sync,
+)
+from ..connection.routes import MAX_REDIRECTS
 from ..errors import REDIS_FAILURES, RpcTimeout
 from ..events import streams, wire
 from ..middleware import Middleware
@@ -38,6 +51,21 @@ from .streams import Stream, StreamCall
 
 # How long past a call's timeout a read may wait for Redis's own BLPOP timeout reply.
 READ_GRACE = 0.25
+# While a failover is under way, how long between attempts to wait on the new primary.
+FAILOVER_RETRY_SECONDS = 0.1
+
+
+class _Unsent(Exception):
+    """Redis was lost where sending ``commands`` again is safe: before they were sent,
+    or, once the push was answered (``pushed``), during the wait for the reply."""
+
+    def __init__(
+        self, error: BaseException, commands: list[tuple[Any, ...]], pushed: bool
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.commands = commands
+        self.pushed = pushed
 
 
 class Client(ProxyMaker):
@@ -47,22 +75,30 @@ class Client(ProxyMaker):
     >>> calc = client.proxy("calculator")
     >>> calc.add(1, 2)
     3
+
+    ``url`` is any form docs/deployment.md lists (TLS, unix socket, Sentinel, Cluster);
+    for what no URL says, ``redis=`` takes a ``redis.Redis``, ``redis.RedisCluster`` or
+    connection pool you built, used as it is.
     """
 
     def __init__(
         self,
         url: str | None = None,
         *,
+        redis: Any = None,
         timeout: float = DEFAULT_TIMEOUT,
         prefix: str = protocol.DEFAULT_PREFIX,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         middleware: Sequence[Middleware] = (),
         **redis_options: Any,
     ) -> None:
-        super().__init__(url, prefix, timeout, middleware, redis_options)
+        # No retries of redis-py's own (3.7 s against a refused port): the call's
+        # deadline bounds every attempt, and rides out a failover itself.
+        redis_options.setdefault("retry", no_retries())
+        super().__init__(url, prefix, timeout, middleware, redis_options, redis)
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._pool = sync_pool(
-            self.url,
+        self._routes = self.target.sync_routes(
+            shared=True,
             max_connections=max_connections,
             socket_timeout=self.settings.timeout,
             **redis_options,
@@ -131,7 +167,8 @@ class Client(ProxyMaker):
         return Stream(call, self._hooks, self._exchange)
 
     def close(self) -> None:
-        self._pool.disconnect()
+        self._routes.disconnect()
+        self.target.close()
 
     def __enter__(self) -> Client:
         return self
@@ -226,7 +263,7 @@ class Client(ProxyMaker):
             message = protocol.encode_envelope(payload, None, deadline, meta)
             self._exchange([("RPUSH", queue, message)], service, method, queue, timeout)
             return None
-        reply_to = self.settings.new_reply_key()
+        reply_to = self.settings.new_reply_key(queue)
         message = protocol.encode_envelope(payload, reply_to, deadline, meta)
         commands = [("RPUSH", queue, message), ("BLPOP", reply_to, blpop_timeout(timeout))]
         popped = self._exchange(commands, service, method, queue, timeout)[-1]
@@ -242,35 +279,123 @@ class Client(ProxyMaker):
         queue: str,
         timeout: float,
     ) -> list[Any]:
-        """Send commands in one write on one pooled connection; read every response in
-        time, and return them. Whatever fails is raised as policy maps it."""
+        """Send commands in one write on one pooled connection of the queue's node; read
+        every response in time, and return them. Whatever fails is raised as policy maps it."""
         deadline = time.monotonic() + timeout
         if not self._slots.acquire(timeout=timeout):
             raise RpcTimeout(service, method, timeout)
         try:
-            connection = self._pool.get_connection()
             try:
-                return self._send_and_read(connection, commands, deadline)
-            except BaseException:
-                # Responses may be left unread (a refused RPUSH's BLPOP is still
-                # waiting): a connection is never handed out again half-read.
-                connection.disconnect()  # type: ignore[no-untyped-call]
-                raise
-            finally:
-                self._pool.release(connection)
+                return self._exchange_routed(commands, deadline)
+            except _Unsent as unsent:
+                lost = unsent
+            # Raised here, not in the handler: its context (a TLS error...) stays its own.
+            if not self.settings.waits_through_failover(lost.error):
+                self._refresh_quietly()  # the next call goes where the cluster says
+                raise lost.error
+            return self._through_failover(lost, deadline)
         except REDIS_FAILURES as exc:
             raise self.settings.exchange_error(exc, service, method, timeout, queue) from exc
         finally:
             self._slots.release()
 
-    @staticmethod
-    def _send_and_read(
-        connection: redis.Connection, commands: list[tuple[Any, ...]], deadline: float
+    def _exchange_routed(
+        self, commands: list[tuple[Any, ...]], deadline: float, pushed: bool = False
     ) -> list[Any]:
-        send_commands_sync(connection, commands)
-        # An error reply raises here, before a BLPOP behind a refused push is waited out;
-        # the BLPOP's read (the last but one, in a stream's read) may take the longest.
-        return [
-            connection.read_response(timeout=max(deadline - time.monotonic(), 0.001) + READ_GRACE)
-            for _ in commands
-        ]
+        """:meth:`_attempt` on the key's node, following redirections: a push refused by
+        MOVED or ASK goes again with its wait; a wait redirected after the push, alone
+        (the responses are then those of what went again: the last ones stay last)."""
+        routes = self._routes
+        pool = routes.single or routes.pool_for(command_key(commands[0]))  # no hashing on one
+        asking = False
+        failed: Exception | None = None
+        for _ in range(MAX_REDIRECTS + 1):
+            responses = self._attempt(pool, commands, asking, deadline, pushed)
+            failed = next((r for r in responses if isinstance(r, Exception)), None)
+            if failed is None:
+                return responses
+            redirect = redirect_of(failed)
+            if redirect is None:
+                raise failed
+            done = responses.index(failed)
+            pushed = pushed or done > 0
+            commands = [with_time_left(c, deadline) for c in commands[done:]]
+            pool = self._routes.follow(redirect, command_key(commands[0]))
+            asking = redirect.asking
+        assert failed is not None
+        raise failed
+
+    def _attempt(
+        self,
+        pool: redis.ConnectionPool,
+        commands: list[tuple[Any, ...]],
+        asking: bool,
+        deadline: float,
+        pushed: bool,
+    ) -> list[Any]:
+        """Send the commands on one connection of ``pool`` and read their responses (error
+        replies as values); an error reply ends the reading at once, so a wait behind a
+        refused push is not waited out. A connection left half-read is closed."""
+        try:
+            connection = pool.get_connection()
+        except REDIS_ERRORS as exc:  # not connected: nothing was sent
+            raise _Unsent(exc, commands, pushed) from exc
+        complete = False
+        try:
+            sent = [("ASKING",), *commands] if asking else commands
+            send_commands_sync(connection, sent)
+            if asking:
+                read_responses_sync(connection, 1, max(deadline - time.monotonic(), 0.001))
+            responses: list[Any] = []
+            for index in range(len(commands)):
+                last = index == len(commands) - 1
+                left = max(deadline - time.monotonic(), 0.001) + (READ_GRACE if last else 0)
+                try:
+                    [response] = read_responses_sync(connection, 1, left)
+                except REDIS_ERRORS as exc:
+                    if last and (pushed or responses):  # the wait alone was lost
+                        raise _Unsent(exc, commands[-1:], True) from exc
+                    raise
+                responses.append(response)
+                if isinstance(response, Exception) and not last:
+                    return responses
+            complete = True
+            return responses
+        finally:
+            if not complete:
+                # Responses may be left unread: a connection is never handed out again
+                # half-read.
+                connection.disconnect()  # type: ignore[no-untyped-call]
+            pool.release(connection)
+
+    def _through_failover(self, unsent: _Unsent, deadline: float) -> list[Any]:
+        """Send again what may be sent again (a push Redis never got; the wait for a reply
+        whose push it answered) to the primary that replaces the lost one, until the
+        call's deadline; the push replicated there is served, its reply written there."""
+        error = unsent.error
+        while time.monotonic() < deadline:
+            time.sleep(min(FAILOVER_RETRY_SECONDS, max(deadline - time.monotonic(), 0)))
+            self._refresh_quietly()
+            commands = [with_time_left(command, deadline) for command in unsent.commands]
+            try:
+                return self._exchange_routed(commands, deadline, unsent.pushed)
+            except _Unsent as again:
+                unsent, error = again, again.error
+        raise error
+
+    def _refresh_quietly(self) -> None:
+        """On a cluster, ask it again which node serves which slot (a node was lost)."""
+        if self._routes.is_cluster:
+            with contextlib.suppress(*REDIS_ERRORS, redis.exceptions.ResponseError):
+                self._routes.refresh()
+
+
+def no_retries() -> redis.retry.Retry:
+    return redis.retry.Retry(NoBackoff(), 0)
+
+
+def with_time_left(command: tuple[Any, ...], deadline: float) -> tuple[Any, ...]:
+    """A BLPOP sent again blocks only for the call's time left; other commands as they are."""
+    if command[0] != "BLPOP":
+        return command
+    return (*command[:-1], blpop_timeout(max(deadline - time.monotonic(), 0.001)))

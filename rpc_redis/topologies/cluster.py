@@ -135,26 +135,42 @@ class EmbeddedCluster(DataNodes):
         """Block until every running node says ``cluster_state:ok``, knows every node, none
         marked failing, all with one view of roles and slots, every replica in sync."""
 
+        unsettled = ["nothing asked yet"]  # why the last probe said no, for the timeout
+
         def settled() -> bool:
             running = {address_of(node) for node in self.running_nodes()}
             views = set()
             for node in self.running_nodes():
+                where = "{}:{}".format(*address_of(node))
                 with connect(node, self.password) as connection:
                     info = connection.execute_command("CLUSTER", "INFO")
                     role = connection.info("replication")["role"]
                     view = _states(connection.execute_command("CLUSTER", "NODES"))
-                if "cluster_state:ok" not in info or len(view) != len(self.nodes):
+                if "cluster_state:ok" not in info:
+                    unsettled[0] = f"{where} is not cluster_state:ok"
                     return False
-                if any(state.failed for state in view if state.address in running):
+                if len(view) != len(self.nodes):
+                    unsettled[0] = f"{where} knows {len(view)} of {len(self.nodes)} nodes"
+                    return False
+                failing = [state.address for state in view if state.failed]
+                if set(failing) & running:
+                    unsettled[0] = f"{where} sees running nodes failing: {failing}"
                     return False
                 if role == "slave" and not in_sync(node, self.password):
+                    unsettled[0] = f"{where}, a replica, is not in sync"
                     return False
                 views.add(frozenset(state.roles_and_slots() for state in view))
+            unsettled[0] = f"{len(views)} views of roles and slots"
             return len(views) == 1  # every node sees the same primaries, replicas and slots
 
-        poll_until(
-            settled, timeout, "cluster_state:ok and one view of the nodes on each, replicas in sync"
-        )
+        try:
+            poll_until(
+                settled,
+                timeout,
+                "cluster_state:ok and one view of the nodes on each, replicas in sync",
+            )
+        except TopologyError as exc:
+            raise TopologyError(f"{exc}; last seen: {unsettled[0]}") from None
 
     def _myid(self, node: EmbeddedRedis) -> str:
         with connect(node, self.password) as connection:

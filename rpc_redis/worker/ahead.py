@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio
 import redis.exceptions
 
-from ..connection import REDIS_ERRORS, read_responses, send_commands
+from ..connection import REDIS_ERRORS, AsyncRoutes, read_responses, send_commands
 from .handling import WorkerStats
 from .receiving import raise_first_error
 from .writer import WRITE_READ_TIMEOUT
@@ -46,15 +45,15 @@ class TakenAhead:
         self,
         prefetch: int,
         lanes: int,
-        pool: redis.asyncio.ConnectionPool,
+        routes: AsyncRoutes,
         stats: WorkerStats,
         on_taken: Callable[[], None],
     ) -> None:
-        """``pool``: the worker's, for giving requests back; ``on_taken``: called from
+        """``routes``: the worker's, for giving requests back; ``on_taken``: called from
         a lane when it adds requests, to have them watched."""
         self.prefetch = prefetch
         self.lanes = lanes
-        self.pool = pool
+        self.routes = routes
         self.stats = stats
         self.on_taken = on_taken
         self.unstarted: collections.deque[Unstarted] = collections.deque()
@@ -117,14 +116,15 @@ class TakenAhead:
         queue = stale[0].queue
         pushing = [request.raw for request in reversed(stale)]
         delivered = False
+        pool = self.routes.pool_for(queue)
         try:
-            connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 await send_commands(connection, [("LPUSH", queue, *pushing)])
                 delivered = True
                 [pushed] = await read_responses(connection, 1, WRITE_READ_TIMEOUT)
             finally:
-                await self.pool.release(connection)
+                await pool.release(connection)
             raise_first_error([pushed])  # refused (a key of another type): not done
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             if delivered and not isinstance(exc, redis.exceptions.ResponseError):

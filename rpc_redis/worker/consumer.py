@@ -50,11 +50,18 @@ from importlib import resources
 from typing import Any
 
 import redis
-import redis.asyncio
 import redis.exceptions
 
 from .. import protocol
-from ..connection import REDIS_ERRORS, read_responses_sync, send_commands_sync
+from ..connection import (
+    REDIS_ERRORS,
+    AsyncRoutes,
+    Redirect,
+    read_responses_sync,
+    redirect_of,
+    send_commands_sync,
+)
+from ..connection.routes import BUSY_RETRY_SECONDS
 from ..context import CallContext
 from ..events import wire
 from ..middleware import Hooks, run_hooks
@@ -152,7 +159,7 @@ class Consumers:
     def __init__(
         self,
         groups: list[Group],
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
         writer: Writer,
         outages: Outages,
         connections: ReceivingConnections,
@@ -168,7 +175,7 @@ class Consumers:
         block_seconds: float,
     ) -> None:
         self.groups = groups
-        self.client = client
+        self.routes = routes
         self.writer = writer
         self.outages = outages
         self.connections = connections
@@ -185,8 +192,6 @@ class Consumers:
         self.connected = asyncio.Event()  # every lane is connected, or met an outage
         self._unconnected = lanes * len(groups)
         self._unconnected_lock = threading.Lock()
-        self._claim = client.register_script(CLAIM_SCRIPT)
-        self._forget = client.register_script(FORGET_SCRIPT)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
@@ -217,16 +222,19 @@ class Consumers:
         in (every working lane stuck in a handler), and go back once they find nothing."""
         # Every read of a lane waits at most a block: the socket's timeout bounds them.
         read_timeout = self.block_seconds + READ_GRACE_SECONDS
-        connection = self.connections.new_sync(protocol=2, socket_timeout=read_timeout)
+        # On a cluster, to the node serving the stream's hash slot.
+        connection = self.connections.new_event_sync(read_timeout, group.stream)
         settlings: list[Settling] = []  # to ride in front of the next read
         try:
-            with contextlib.suppress(*REDIS_ERRORS):  # the loop below meets the outage
-                connection.connect()  # type: ignore[no-untyped-call]
-                self._create_group(connection, group)
+            self._connect(connection, group)
             self._lane_connected()
             pace = Pace(self.prefetch)
             while not self.outages.stop_requested:
-                entry = self._next(connection, group, index, settlings, pace)
+                try:
+                    entry = self._next(connection, group, index, settlings, pace)
+                except Redirected as redirected:
+                    connection = self._follow(connection, group, redirected.redirect)
+                    continue
                 if entry is None:
                     continue
                 started = time.monotonic()
@@ -239,6 +247,25 @@ class Consumers:
             self._flush(connection, group, settlings)
         finally:
             connection.disconnect()  # type: ignore[no-untyped-call]
+
+    def _connect(self, connection: redis.Connection, group: Group) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):  # the lane's reads meet the outage
+            connection.connect()  # type: ignore[no-untyped-call]
+            self._create_group(connection, group)
+
+    def _follow(
+        self, connection: redis.Connection, group: Group, redirect: Redirect
+    ) -> redis.Connection:
+        """The stream's slot is served elsewhere (MOVED): read there from now on. A
+        slot being migrated (ASK) is waited out here, until it has moved."""
+        if redirect.asking:
+            time.sleep(BUSY_RETRY_SECONDS)
+            return connection
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        timeout = self.block_seconds + READ_GRACE_SECONDS
+        moved = self.connections.following_event_sync(redirect, group.stream, timeout)
+        self._connect(moved, group)
+        return moved
 
     def _next(
         self,
@@ -336,10 +363,15 @@ class Consumers:
             self._settled(settlings, read_responses_sync(connection, len(sending), None))
             settlings.clear()
             responses = read_responses_sync(connection, len(reads), None)
+            redirect = next(filter(None, map(redirect_of, responses)), None)
+            if redirect is not None:
+                raise Redirected(redirect)
             if any(is_nogroup(response) for response in responses):
                 self._create_group(connection, group, was_gone=True)
                 return []
             raise_first_error(responses)
+        except Redirected:
+            raise
         except Exception as exc:
             self._keep_for_retry(settlings)
             return [] if self._ride_out(exc, group) else None
@@ -392,7 +424,7 @@ class Consumers:
         triaged = self._triage(group, entry)
         if isinstance(triaged, Settling):
             group.in_flight.pop(entry.id, None)
-            return [triaged]
+            return self._riding([triaged])
         if not self.slots.take_in_thread():
             group.in_flight.pop(entry.id, None)
             return []  # stopping: left pending, to be claimed
@@ -404,7 +436,31 @@ class Consumers:
             group.in_flight.pop(entry.id, None)
             self.slots.give_back()
         settling = self._after_run(group, entry, error)
-        return [] if settling is None else [settling]
+        return [] if settling is None else self._riding([settling])
+
+    def _riding(self, settlings: list[Settling]) -> list[Settling]:
+        """What may ride with the lane's next read, on its connection to the stream's
+        node. On a cluster a dead letter lies in another slot: it is written now,
+        through the worker's writer, before its event is acknowledged; one that could
+        not be written leaves its event pending, to be claimed and dead-lettered again."""
+        if not self.connections.is_cluster:
+            return settlings
+        riding = []
+        for settling in settlings:
+            if settling.commands:
+                assert self._loop is not None
+                writing = self.writer.write_with_others(settling.commands)
+                try:
+                    results = asyncio.run_coroutine_threadsafe(writing, self._loop).result()
+                except REDIS_ERRORS as exc:
+                    results = [exc]
+                failure = next((r for r in results if isinstance(r, Exception)), None)
+                if failure is not None:
+                    self._cannot_settle(settling, str(failure))
+                    continue
+                settling.commands = []
+            riding.append(settling)
+        return riding
 
     def _settled(self, settlings: list[Settling], results: list[Any]) -> None:
         """Judge the answers to what was sent (``settling_commands``); the hooks hear
@@ -567,7 +623,7 @@ class Consumers:
                     await asyncio.wait_for(self._claim_idle(group), READ_GRACE_SECONDS)
                     if rounds % FORGET_EVERY_ROUNDS == 0:
                         idle_ms = int(self.rules.visibility * FORGET_AFTER_VISIBILITIES * 1000)
-                        await self._forget(keys=[group.stream], args=[group.service, idle_ms, ""])
+                        await self._forget(group, idle_ms, "")
                 except (*REDIS_ERRORS, asyncio.TimeoutError):
                     pass
 
@@ -586,8 +642,8 @@ class Consumers:
             return
         try:
             visibility_ms = int(self.rules.visibility * 1000)
-            answer: Any = await self._claim(
-                keys=[group.stream], args=[group.service, self.consumer, visibility_ms, free]
+            answer = await self._script(
+                CLAIM_SCRIPT, group.stream, group.service, self.consumer, visibility_ms, free
             )
         except BaseException:
             self.slots.give_back(free)
@@ -611,11 +667,28 @@ class Consumers:
         for group in self.groups:
             try:
                 await asyncio.wait_for(
-                    self._forget(keys=[group.stream], args=[group.service, 2**62, self.consumer]),
-                    READ_GRACE_SECONDS,
+                    self._forget(group, 2**62, self.consumer), READ_GRACE_SECONDS
                 )
             except (*REDIS_ERRORS, asyncio.TimeoutError):
                 pass
+
+    async def _forget(self, group: Group, idle_ms: int, consumer: str) -> None:
+        await self._script(FORGET_SCRIPT, group.stream, group.service, idle_ms, consumer)
+
+    async def _script(self, script: str, stream: str, *arguments: Any) -> Any:
+        """Run one of the consumers' scripts on the stream's node; its answer."""
+        command = ("EVAL", script, 1, stream, *arguments)
+        [answer] = await self.routes.exchange([command], READ_GRACE_SECONDS)
+        raise_first_error([answer])
+        return answer
+
+
+class Redirected(Exception):
+    """A lane's read was answered MOVED or ASK: the stream's slot is served elsewhere."""
+
+    def __init__(self, redirect: Redirect) -> None:
+        super().__init__(redirect)
+        self.redirect = redirect
 
 
 def is_nogroup(response: Any) -> bool:

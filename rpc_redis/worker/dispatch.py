@@ -17,8 +17,9 @@ import inspect
 import logging
 import os
 import socket
+import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -46,13 +47,39 @@ from ..errors import (
     TimeLimitExceeded,
 )
 from ..middleware import Hooks, run_hooks
+from ..printable import printable, printable_exception
 from ..service import Method, ParamsShape, Service
 from ..validation import ParamsValidator
-from .threads import HandlerThreads, TimeLimitReached
+from .bounds import (
+    DEADLINE_GRACE,
+    PAST_DEADLINE,
+    Bound,
+    DeadlinePassed,
+    TimeLimitReached,
+    Watch,
+    call_bound,
+    within,
+)
+from .threads import HandlerThreads
 
 T = TypeVar("T")
 
 logger = logging.getLogger("rpc_redis.service")
+
+# While a batch runs: the failures of its calls, logged in one line once it is done,
+# so that a message costs a bounded number of log lines however large its batch.
+_batch_failures: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "rpc_redis_batch_failures", default=None
+)
+
+
+def log_call_failure(line: str) -> None:
+    """Log a call's failure: at once, or with the others of its batch."""
+    failures = _batch_failures.get()
+    if failures is None:
+        logger.error("%s", line)
+    else:
+        failures.append(line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +88,7 @@ class DispatchOptions:
 
     debug: bool = False  # tracebacks in internal-error replies
     time_limit: float | None = None  # for methods that set none of their own
+    default_time_limit: float | None = None  # for those, when a request has no deadline
     # Where plain functions run when they must leave the caller's thread; None: inline.
     threads: HandlerThreads | None = None
     worker: str = ""  # the worker's id, which rpc.ping answers with
@@ -78,13 +106,14 @@ class Dispatcher:
         self.service = service
         self.options = options
         self.hooks = hooks = hooks or Hooks()
+        self.watch = watch = Watch()
         # The service's methods and the library's own (rpc.discover, rpc.ping).
         self._registered = {**service.methods, **builtin_methods(service, options.worker)}
         self._methods: dict[str, Callable[..., Any]] = {}  # for the event loop
         self._plain_methods: dict[str, Callable[..., Any]] = {}  # for a thread, plain only
         self._streams: dict[str, Callable[..., Any]] = {}  # called as streams
         for method in self._registered.values():
-            handler = Handler(method, service.name, options, hooks)
+            handler = Handler(method, service.name, options, hooks, watch)
             if method.streams:
                 self._methods[method.name] = _refusal(
                     StreamingRequired(data=f"call it as a stream: proxy.stream.{method.name}(...)")
@@ -103,7 +132,7 @@ class Dispatcher:
         middleware, time limit): called with the event's context and data, it returns
         jsonrpcserver's Success or raises the JsonRpcError its failure maps to. For the
         event loop (awaited), and, for a plain function, for the receiving thread."""
-        handler = Handler(method, self.service.name, self.options, self.hooks)
+        handler = Handler(method, self.service.name, self.options, self.hooks, self.watch)
         return handler.for_event_loop(), None if method.is_async else handler.for_thread()
 
     def dispatches_in_thread(self, payload: Any) -> bool:
@@ -120,8 +149,9 @@ class Dispatcher:
         self, request: Any, deadline: float | None = None, meta: dict[str, str] | None = None
     ) -> Any:
         """Serve one request on this thread (see :meth:`dispatches_in_thread`): its
-        response, or None for a notification. A plain function runs here, unless it has
-        a time limit, in which case it runs on the handler threads for at most that long."""
+        response, None for a notification, or PAST_DEADLINE. A plain function runs here,
+        unless a time limit bounds it, in which case it runs on the handler threads for
+        at most that long (a deadline alone is watched by the lanes' keeper)."""
         context = self._context(request, deadline, meta)
         if not isinstance(context, CallContext):
             return context
@@ -132,6 +162,8 @@ class Dispatcher:
                 result = dispatcher.call(parsed, context, method)
             else:
                 _, result = dispatcher.dispatch_request(self._plain_methods, context, parsed)
+        except DeadlinePassed:
+            return PAST_DEADLINE
         except Exception as exc:
             return self._dispatcher_fault(request, exc)
         return self._response(parsed, result)
@@ -139,15 +171,32 @@ class Dispatcher:
     async def dispatch(
         self, payload: Any, deadline: float | None = None, meta: dict[str, str] | None = None
     ) -> Any:
-        """Serve a request or a batch: the response(s) to send, or None if none are due.
-        Plain functions run on the handler threads (inline if there are none)."""
+        """Serve a request or a batch: the response(s) to send, None if none are due, or
+        PAST_DEADLINE if the caller's deadline cut it short. Plain functions run on the
+        handler threads (inline if there are none)."""
         if isinstance(payload, list):
             if not payload:
                 return protocol.error_response(None, InvalidRequest(data="empty batch"))
-            responses = await asyncio.gather(
-                *(self._dispatch_one(item, deadline, meta) for item in payload)
-            )
-            return [response for response in responses if response is not None] or None
+            failures: list[str] = []
+            token = _batch_failures.set(failures)  # the calls' tasks inherit it
+            try:
+                responses = await asyncio.gather(
+                    *(self._dispatch_one(item, deadline, meta) for item in payload)
+                )
+            finally:
+                _batch_failures.reset(token)
+            if failures:
+                logger.error(
+                    "%d of %d calls in a batch to %s failed; the first: %s",
+                    len(failures),
+                    len(payload),
+                    self.service.name,
+                    failures[0],
+                )
+            due = [item for item in responses if item is not None and item is not PAST_DEADLINE]
+            if not due and PAST_DEADLINE in responses:
+                return PAST_DEADLINE  # the batch's deadline passed: nobody waits for it
+            return due or None
         return await self._dispatch_one(payload, deadline, meta)
 
     async def _dispatch_one(
@@ -166,6 +215,8 @@ class Dispatcher:
                 result = await async_dispatcher.call(parsed, context, method)
             else:
                 _, result = await async_dispatcher.dispatch_request(self._methods, context, parsed)
+        except DeadlinePassed:
+            return PAST_DEADLINE
         except Exception as exc:
             return self._dispatcher_fault(request, exc)
         return self._response(parsed, result)
@@ -224,7 +275,10 @@ class Dispatcher:
 
     def _dispatcher_fault(self, request: Any, exc: Exception) -> dict[str, Any]:
         """A fault in the dispatcher itself, not in a handler: answered, and logged."""
-        logger.exception("dispatching %s.%s failed", self.service.name, request["method"])
+        log_call_failure(
+            f"dispatching {self.service.name}.{printable(request['method'])} failed: "
+            f"{printable_exception(exc)}"
+        )
         error = RpcError("Server error", str(exc), code=SERVER_ERROR)
         return protocol.error_response(request.get("id"), error)
 
@@ -243,13 +297,16 @@ class Handler:
     """
 
     def __init__(
-        self, method: Method, service: str, options: DispatchOptions, hooks: Hooks
+        self, method: Method, service: str, options: DispatchOptions, hooks: Hooks, watch: Watch
     ) -> None:
+        """``watch``: the one that bounds the calls of this worker's event loop."""
         self.func = method.func
+        self.watch = watch
         self.service = service
         self.method = method.name
         self.is_async = method.is_async
         self.limit = method.time_limit if method.time_limit is not None else options.time_limit
+        self.default_limit = options.default_time_limit
         self.debug = options.debug
         self.threads = options.threads
         self.before_call = hooks.before_call
@@ -258,7 +315,9 @@ class Handler:
 
     def for_event_loop(self) -> Callable[..., Any]:
         async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+            bound = self._bound_of(context)
             token = enter_call(context)
+            cut = False
             try:
                 if self.before_call:
                     run_hooks(self.before_call, context, may_refuse=True)
@@ -267,12 +326,25 @@ class Handler:
                 if self.is_async:
                     running = self.func(*args, **kwargs)
                 elif self.threads is not None:
-                    running = self.threads.run(self._bound(args, kwargs))
+                    running = self.threads.run(self._on_thread(args, kwargs))
                 else:
                     running = _completed(self.func(*args, **kwargs))
-                value = await (running if self.limit is None else _within(running, self.limit))
+                if bound is None:
+                    value = await running
+                elif self.limit is not None:  # a time limit of its own: kept to the letter
+                    value = await within(running, bound.seconds)
+                else:  # a deadline, or the default time limit: watched, at no cost per call
+                    watched = self.watch.enter(bound.seconds)
+                    try:
+                        value = await running
+                    finally:
+                        cut = self.watch.leave(watched)
+            except asyncio.CancelledError:
+                if not cut:
+                    raise
+                raise self._failed(context, TimeLimitReached(), bound) from None
             except Exception as exc:
-                raise self._failed(context, exc) from exc
+                raise self._failed(context, exc, bound) from exc
             finally:
                 leave_call(token)
             return self._succeeded(context, value)
@@ -294,7 +366,7 @@ class Handler:
                 generator = self.func(*args, **kwargs)
                 running_in = contextvars.copy_context()  # with this call current
             except Exception as exc:
-                raise self._failed(context, exc) from exc
+                raise self._failed(context, exc, None) from exc
             finally:
                 leave_call(token)
             return Success(OpenStream(generator, context, running_in, self))
@@ -305,25 +377,51 @@ class Handler:
         assert not self.is_async
 
         def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+            # Bounded by its deadline alone, a call runs here, at no cost: the lanes'
+            # overseer watches it. A time limit sends it to the handler threads.
+            if self.limit is None and context.deadline is not None:
+                bound = None
+            else:
+                bound = self._bound_of(context)
             token = enter_call(context)
             try:
                 if self.before_call:
                     run_hooks(self.before_call, context, may_refuse=True)
                 if self.validator is not None:
                     args, kwargs = self.validator.params(args, kwargs)
-                if self.limit is None or self.threads is None:
+                if bound is None or bound.limit is None or self.threads is None:
                     value = self.func(*args, **kwargs)
                 else:
-                    value = self.threads.run_within(self._bound(args, kwargs), self.limit)
+                    value = self.threads.run_within(self._on_thread(args, kwargs), bound.seconds)
             except Exception as exc:
-                raise self._failed(context, exc) from exc
+                raise self._failed(context, exc, bound) from exc
             finally:
                 leave_call(token)
             return self._succeeded(context, value)
 
         return self._signed(call)
 
-    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def _bound_of(self, context: CallContext) -> Bound | None:
+        """How long this call may run; a deadline passed already ends it before it starts."""
+        deadline = context.deadline
+        bound: Bound | None
+        if self.limit is None and deadline is not None:  # the usual case, made quick
+            bound = Bound(deadline + DEADLINE_GRACE - time.time(), None)
+        else:
+            bound = call_bound(self.limit, self.default_limit, deadline, time.time())
+        if bound is not None and bound.seconds <= 0 and bound.limit is None:
+            self._cut_at_deadline(context)
+        return bound
+
+    def _cut_at_deadline(self, context: CallContext) -> None:
+        """End a call at its caller's deadline: nothing is written (DeadlinePassed)."""
+        log_call_failure(f"{self.service}.{self.method} was cut short at its caller's deadline")
+        if self.after_call:
+            error = TimeLimitExceeded(data={"deadline": context.deadline})
+            run_hooks(self.after_call, context, None, error)
+        raise DeadlinePassed
+
+    def _on_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
         """The call, to run on another thread in this one's context (current_call...)."""
         return functools.partial(contextvars.copy_context().run, self.func, *args, **kwargs)
 
@@ -334,16 +432,19 @@ class Handler:
             run_hooks(self.after_call, context, value, None)
         return Success(value)
 
-    def _failed(self, context: CallContext, exc: Exception) -> JsonRpcError:
+    def _failed(self, context: CallContext, exc: Exception, bound: Bound | None) -> JsonRpcError:
         """What the caller gets for what the handler (or a hook) raised; logged, and
-        shown to the middleware's ``after_call``."""
-        error = self.failed(context, exc)
+        shown to the middleware's ``after_call``. Cut short at its deadline, the call
+        is due nothing (DeadlinePassed)."""
+        if isinstance(exc, TimeLimitReached) and bound is not None and bound.limit is None:
+            self._cut_at_deadline(context)
+        error = self.failed(context, exc, bound)
         return JsonRpcError(error.code, error.message, NODATA if error.data is None else error.data)
 
-    def failed(self, context: CallContext, exc: Exception) -> RpcError:
+    def failed(self, context: CallContext, exc: Exception, bound: Bound | None = None) -> RpcError:
         """The RpcError for what the handler raised (logged unless it is one), after
         ``after_call`` has seen it: for a failed stream, as for a failed call."""
-        error = self._as_rpc_error(exc)
+        error = self._as_rpc_error(exc, bound)
         if self.after_call:
             run_hooks(self.after_call, context, None, error)
         return error
@@ -353,15 +454,16 @@ class Handler:
         if self.after_call:
             run_hooks(self.after_call, context, value, None)
 
-    def _as_rpc_error(self, exc: Exception) -> RpcError:
-        if isinstance(exc, TimeLimitReached):
-            logger.error(
-                "%s.%s ran past its time limit of %ss", self.service, self.method, self.limit
-            )
-            return TimeLimitExceeded(data={"limit": self.limit})
+    def _as_rpc_error(self, exc: Exception, bound: Bound | None) -> RpcError:
+        if isinstance(exc, TimeLimitReached) and bound is not None:
+            limit = bound.limit
+            log_call_failure(f"{self.service}.{self.method} ran past its time limit of {limit}s")
+            return TimeLimitExceeded(data={"limit": limit})
         if isinstance(exc, RpcError):
             return exc
-        logger.error("%s.%s raised %s: %s", self.service, self.method, type(exc).__name__, exc)
+        log_call_failure(
+            f"{self.service}.{self.method} raised {type(exc).__name__}: {printable(exc)}"
+        )
         return InternalError(data=protocol.exception_data(exc, with_traceback=self.debug))
 
     def _signed(self, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -419,17 +521,3 @@ def builtin_methods(service: Service, worker: str) -> dict[str, Method]:
 
 async def _completed(value: T) -> T:
     return value
-
-
-async def _within(running: Awaitable[T], limit: float) -> T:
-    """Await a handler, giving up after ``limit`` seconds.
-
-    An async handler is cancelled. A plain function's thread cannot be stopped: it runs
-    on, but its slot is freed and its caller answered.
-    """
-    task = asyncio.ensure_future(running)
-    done, _ = await asyncio.wait({task}, timeout=limit)
-    if not done:
-        task.cancel()
-        raise TimeLimitReached
-    return task.result()

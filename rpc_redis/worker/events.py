@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import redis.asyncio
-
+from ..connection import AsyncRoutes
 from ..events import wire
 from ..middleware import Hooks
 from ..service import Method, Service
@@ -34,7 +33,7 @@ class EventReceivers:
         settings: WorkerSettings,
         *,
         worker_name: str,
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
         writer: Writer,
         outages: Outages,
         connections: ReceivingConnections,
@@ -88,7 +87,7 @@ class EventReceivers:
             self.receivers.append(
                 Consumers(
                     groups,
-                    client,
+                    routes,
                     writer,
                     outages,
                     connections,

@@ -26,10 +26,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .. import protocol
-from ..connection import async_pool, default_url, redact_url
+from ..connection import AsyncRoutes, resolve
 from ..metrics import PrometheusMetrics, recording_for_others
 from ..middleware import Hooks, Middleware
 from ..service import Service
@@ -40,7 +41,7 @@ from .handling import Handling, WorkerStats
 from .lanes import Lanes
 from .loop import LoopReceivers
 from .outage import Outages, Stopping
-from .receiving import AfterFailure, after_receive_failure
+from .receiving import AfterFailure, after_receive_failure, slot_groups
 from .registry import Presence, Upkeep
 from .reliable import Reliability
 from .serving import Serving
@@ -63,7 +64,10 @@ class Worker:
 
     Settings are given by name (``Worker(service, url, concurrency=4)``) or as one
     :class:`WorkerSettings`; ``middleware`` runs around every call, after the
-    worker's own counters (``stats``).
+    worker's own counters (``stats``). Redis is a URL of any form docs/deployment.md
+    lists, or ``redis=``: a ``redis.asyncio.Redis``, ``RedisCluster`` or pool you built
+    (the worker's event loop uses it as it is; its receiving connections, one per
+    receiver, are made with the same settings).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class Worker:
         services: Service | Sequence[Service],
         redis_url: str | None = None,
         *,
+        redis: Any = None,
         settings: WorkerSettings | None = None,
         middleware: Sequence[Middleware] = (),
         **options: Any,
@@ -85,7 +90,8 @@ class Worker:
         if queue is not None and len(services) != 1:
             raise ValueError("a queue name can be given only when serving one service")
         self.services = services
-        self.redis_url = redis_url or default_url()
+        self.target = resolve(redis_url, redis)
+        self.redis_url = self.target.location.url
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # A service of event handlers only has no queue to serve.
         self.by_queue = {
@@ -111,7 +117,11 @@ class Worker:
         self.hooks = Hooks([*own, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
         self.dispatch_options = dispatch_options = DispatchOptions(
-            self.settings.debug, self.settings.time_limit, self.handler_threads, self.name
+            debug=self.settings.debug,
+            time_limit=self.settings.time_limit,
+            default_time_limit=self.settings.default_time_limit,
+            threads=self.handler_threads,
+            worker=self.name,
         )
         self.dispatchers = {
             queue: Dispatcher(service, dispatch_options, self.hooks)
@@ -122,12 +132,14 @@ class Worker:
             self.hooks,
             prefix=prefix,
             max_message_bytes=self.settings.max_message_bytes,
+            max_batch=self.settings.max_batch,
+            max_reply_bytes=self.settings.max_reply_bytes,
             reply_ttl_ms=self.settings.reply_ttl_ms,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self.stopping = Stopping()
+        self.stopping = Stopping(self.settings.drain_timeout)
         self._busy_receivers: Lanes | None = None
         self._serving: Serving | None = None
         self._events: EventReceivers | None = None
@@ -169,34 +181,35 @@ class Worker:
         self.stopping.bind(loop)
         self.started = time.time()
         stop_serving_metrics = self._serve_metrics()
-        client = redis.asyncio.Redis.from_pool(
-            async_pool(
-                self.redis_url,
-                max_connections=self.concurrency + 4,
-                # No socket timeout: it would wrap every send in a task (redis-py);
-                # every read here passes its own timeout instead.
-                socket_timeout=None,
-            )
+        routes = self.target.async_routes(
+            shared=True,
+            max_connections=self.concurrency + 4,
+            # No socket timeout: it would wrap every send in a task (redis-py); every
+            # read here passes its own timeout instead. No retries of redis-py's own
+            # (seconds of backoff, past the admin timeout): outages.py has its own.
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
         )
         metrics = self.metrics
         outages = Outages(
-            client,
-            self.redis_url,
+            routes,
+            self.target.where,
             self.stopping,
             ADMIN_TIMEOUT,
             loop,
             on_reconnect=metrics.reconnected if metrics is not None else None,
         )
         reliability = Reliability(
-            client,
+            routes,
             self.name,
             self.reliable_queues,
             prefix=self.settings.prefix,
+            heartbeat_interval=self.settings.heartbeat_interval,
             max_deliveries=self.settings.max_deliveries,
             dead_letter_limit=self.settings.dead_letter_limit,
         )
         presence = Presence(
-            client,
+            routes,
             self.name,
             prefix=self.settings.prefix,
             heartbeat_interval=self.settings.heartbeat_interval,
@@ -205,20 +218,22 @@ class Worker:
         )
         upkeep_steps: list[Upkeep] = []
         if self.reliable_queues:
-            upkeep_steps.append(reliability.recover_dead_workers)
+            upkeep_steps += [reliability.beat, reliability.recover_dead_workers]
         if metrics is not None:
             dead_letter_keys = {
                 service.name: protocol.dead_letter_key(service.name, self.settings.prefix)
                 for service in self.services
             }
-            upkeep_steps.append(functools.partial(metrics.sample, client, dead_letter_keys))
-        writer = Writer(client.connection_pool)
+            upkeep_steps.append(functools.partial(metrics.sample, routes, dead_letter_keys))
+        writer = Writer(routes)
         streaming = Streaming(
             writer, reply_ttl_ms=self.settings.reply_ttl_ms, threads=self.handler_threads
         )
         serving = Serving(self.handling, self.dispatchers, writer, reliability, loop, streaming)
         self._serving = serving
-        connections = ReceivingConnections(self.redis_url, f"rpc-worker-{self.name}", ADMIN_TIMEOUT)
+        connections = ReceivingConnections(
+            self.target, routes, f"rpc-worker-{self.name}", ADMIN_TIMEOUT
+        )
         if self.event_services:
             self._events = EventReceivers(
                 self.event_services,
@@ -226,37 +241,57 @@ class Worker:
                 self.hooks,
                 self.settings,
                 worker_name=self.name,
-                client=client,
+                routes=routes,
                 writer=writer,
                 outages=outages,
                 connections=connections,
             )
         receiving_done = asyncio.Event()
-        unblocker = asyncio.create_task(self._unblock_at_stop(connections, client, receiving_done))
+        unblocker = asyncio.create_task(self._unblock_at_stop(connections, receiving_done))
         upkeep_done = asyncio.Event()
         upkeep: asyncio.Task[None] | None = None
         try:
             if await outages.wait():
-                if await self._first_beat(presence, outages):
+                if await self._first_beat(presence, reliability, outages):
                     upkeep = asyncio.create_task(
                         presence.keep_up(ADMIN_TIMEOUT, upkeep_done, upkeep_steps)
                     )
-                await self._receive(serving, outages, connections, client)
+                await self._receive(serving, outages, connections, routes)
         finally:
             receiving_done.set()
             await unblocker
-            await serving.drain()
+            await self._drain(serving)
             if upkeep is not None:
                 upkeep_done.set()
                 await upkeep
                 await self._retire(presence, reliability)
-            await client.aclose()
+            await routes.disconnect()
+            await connections.disconnect()
+            await self.target.aclose()
             self.handler_threads.shutdown()
             if stop_serving_metrics is not None:
                 stop_serving_metrics()
             self.stopped.set()
         if self.stopping.fatal is not None:
             raise self.stopping.fatal
+
+    async def _drain(self, serving: Serving) -> None:
+        """Wait for the requests in flight until the drain timeout, then abandon those
+        left, named in one line: in reliable mode they stay in progress, and retiring
+        puts them back on their queue."""
+        left = self.stopping.drain_left()
+        abandoned = list(self._busy_receivers.abandoned) if self._busy_receivers else []
+        abandoned += await serving.drain(self.settings.drain_timeout if left is None else left)
+        if abandoned:
+            recovered = "; they stay in progress, to be recovered" if self.reliable_queues else ""
+            logger.warning(
+                "stopping: abandoned %d request(s) still running after the drain timeout of "
+                "%gs: %s%s",
+                len(abandoned),
+                self.settings.drain_timeout,
+                protocol.summarize(abandoned),
+                recovered,
+            )
 
     def _serve_metrics(self) -> Callable[[], None] | None:
         """Serve the metrics, unless another process serves them (``--processes``)."""
@@ -266,9 +301,14 @@ class Worker:
         assert port is not None
         return self.metrics.serve(self.settings.metrics_host, port)
 
-    async def _first_beat(self, presence: Presence, outages: Outages) -> bool:
-        """Register before receiving; False if Redis refuses it for good."""
+    async def _first_beat(
+        self, presence: Presence, reliability: Reliability, outages: Outages
+    ) -> bool:
+        """Register before receiving (a reliable worker's queue heartbeats first, so that
+        no peer finds its entry without them); False if Redis refuses it for good."""
         try:
+            if self.reliable_queues:
+                await asyncio.wait_for(reliability.beat(), ADMIN_TIMEOUT)
             await asyncio.wait_for(presence.beat(), ADMIN_TIMEOUT)
         except Exception as exc:
             return outages.ride_out(exc, list(self.by_queue)) is not AfterFailure.STOP
@@ -290,7 +330,7 @@ class Worker:
         serving: Serving,
         outages: Outages,
         connections: ReceivingConnections,
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
     ) -> None:
         """Receive until stopped: requests in lanes (threads) or on the event loop, and
         events beside them. The startup line and :attr:`ready` wait for the receiving
@@ -298,7 +338,7 @@ class Worker:
         outage in its receive loop)."""
         receivers: list[Lanes | LoopReceivers | EventReceivers] = []
         if self.by_queue:
-            receivers.append(self._request_receivers(serving, outages, connections, client))
+            receivers.append(self._request_receivers(serving, outages, connections, routes))
         if self._events is not None:
             receivers.append(self._events)
         receiving: asyncio.Future[Any] = asyncio.gather(*(each.run() for each in receivers))
@@ -322,26 +362,27 @@ class Worker:
         serving: Serving,
         outages: Outages,
         connections: ReceivingConnections,
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
     ) -> Lanes | LoopReceivers:
         settings = self.settings
         plain_queues = [queue for queue in self.by_queue if queue not in self.reliable_queues]
+        # One BLPOP waits on all queues of a node, or on those of one slot of a cluster.
+        plain_groups = slot_groups(plain_queues, routes.slot) if plain_queues else []
         if self.uses_lanes:
             self._busy_receivers = Lanes(
                 serving,
                 outages,
                 connections,
-                plain_queues,
+                plain_groups,
                 count=settings.concurrency,
                 prefetch=settings.prefetch,
                 block_seconds=settings.block_seconds,
                 stats=self.stats,
-                pool=client.connection_pool,
+                routes=routes,
             )
             return self._busy_receivers
         # BLMOVE takes one source list: a receiver for each reliable queue.
-        groups = [[queue] for queue in self.reliable_queues]
-        groups += [plain_queues] if plain_queues else []
+        groups = [[queue] for queue in self.reliable_queues] + plain_groups
         return LoopReceivers(
             serving,
             outages,
@@ -358,7 +399,6 @@ class Worker:
     async def _unblock_at_stop(
         self,
         connections: ReceivingConnections,
-        client: redis.asyncio.Redis,
         receiving_done: asyncio.Event,
     ) -> None:
         """At a stop: say so, and cut the receivers' blocking pops short until they return."""
@@ -371,7 +411,7 @@ class Worker:
             return
         if self.stopping.fatal is None:  # a fatal error is said once, by whoever runs us
             logger.info("stopping: finishing %d request(s) in flight", self.in_flight)
-        await connections.unblock_until(client, receiving_done)
+        await connections.unblock_until(receiving_done)
 
     @property
     def in_flight(self) -> int:
@@ -415,11 +455,13 @@ class Worker:
             else "on the event loop"
         )
         return (
-            f"rpc-worker serving {served} on {redact_url(self.redis_url)} "
+            f"rpc-worker serving {served} on {self.target.where} "
             f"(concurrency {self.concurrency} {where}, pid {os.getpid()}{reliable})"
         )
 
     @property
     def busy_handler_threads(self) -> int:
-        """Threads running a plain-function handler now: after a stop, those past a limit."""
-        return self.handler_threads.busy
+        """Threads running a plain-function handler now: after a stop, those past a
+        limit or a deadline, and those abandoned at the drain timeout."""
+        lanes = self._busy_receivers.abandoned_running if self._busy_receivers else 0
+        return self.handler_threads.busy + lanes

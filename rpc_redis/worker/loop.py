@@ -3,6 +3,8 @@ in one round trip, each handled in a task of its own.
 
 A worker receives here when its services have only ``async def`` methods, or its
 queues are reliable; plain functions are received in threads instead (``lanes.py``).
+Each receiver has a :class:`Link`: its connection, moved to another node when the
+cluster redirects its queues' slot, and whether its commands must be asked for (ASK).
 """
 
 from __future__ import annotations
@@ -11,23 +13,66 @@ import asyncio
 import contextlib
 from typing import Any
 
-import redis.asyncio
+import redis.exceptions
 
-from ..connection import REDIS_ERRORS, exchange, read_responses, send_commands
+from ..connection import REDIS_ERRORS, exchange, read_responses, redirect_of, send_commands
+from ..connection.routes import with_asking, without_asking
 from .connections import ReceivingConnections
 from .outage import Outages
 from .receiving import (
+    BUSY_PAUSE_SECONDS,
     READ_GRACE_SECONDS,
     REFUSAL_PAUSE_SECONDS,
     AfterFailure,
+    Command,
+    TakenThenFailed,
     parse_received,
     raise_first_error,
+    raise_unless_taken,
     receive_commands,
     rotate,
 )
 from .reliable import Reliability
 from .serving import Serving
-from .writer import WRITE_READ_TIMEOUT, Writer, commands_of, settle
+from .writer import WRITE_READ_TIMEOUT, Writer, commands_of
+
+
+class Link:
+    """One receiver's connection to the node serving its queues, and what it knows of
+    the slot there: ASK (asked for, one command at a time) or not."""
+
+    def __init__(self, connections: ReceivingConnections, queues: list[str]) -> None:
+        self.connections = connections
+        self.queues = queues
+        self.connection = connections.new(queues[0])
+        self.asking = False
+
+    def sent(self, commands: list[Command]) -> list[Command]:
+        if not self.asking:
+            return commands
+        return with_asking(commands, [True] * len(commands))
+
+    def received(self, responses: list[Any]) -> list[Any]:
+        if not self.asking:
+            return responses
+        return without_asking(responses, [True] * (len(responses) // 2))
+
+    async def follow(self, error: BaseException) -> None:
+        """To the node a redirection names (a MOVED also corrects the slot map)."""
+        redirect = redirect_of(error)
+        assert redirect is not None
+        await self.connection.disconnect()
+        self.connection = self.connections.following(redirect, self.queues[0])
+        self.asking = redirect.asking
+
+    async def rehome(self) -> None:
+        """After an outage: to the node serving the queues now, if another (a failover)."""
+        owner = self.connections.owner(self.queues[0])
+        here = (self.connection.host, self.connection.port)
+        if owner is not None and owner != here:
+            await self.connection.disconnect()
+            self.connection = self.connections.new(self.queues[0])
+            self.asking = False
 
 
 class LoopReceivers:
@@ -57,83 +102,92 @@ class LoopReceivers:
 
     async def run(self) -> None:
         """Receive until the worker stops; requests taken are handled in tasks of their own."""
-        connections = [self.connections.new() for _ in self.queue_groups]
+        links = [Link(self.connections, queues) for queues in self.queue_groups]
         try:
-            for connection in connections:
+            for link in links:
                 with contextlib.suppress(*REDIS_ERRORS):  # the receive loop meets the outage
-                    await connection.connect()  # type: ignore[no-untyped-call]
+                    await link.connection.connect()  # type: ignore[no-untyped-call]
             self.connected.set()
-            await asyncio.gather(
-                *(
-                    self._receive(connection, queues)
-                    for connection, queues in zip(connections, self.queue_groups, strict=True)
-                )
-            )
+            await asyncio.gather(*(self._receive(link) for link in links))
         finally:
-            for connection in connections:
-                await connection.disconnect()
+            for link in links:
+                await link.connection.disconnect()
 
-    async def _receive(self, connection: redis.asyncio.Connection, queues: list[str]) -> None:
+    async def _receive(self, link: Link) -> None:
         """Pop requests while there are free slots; each runs as a task holding a slot."""
         outages, slots, most = self.outages, self.slots, self.concurrency
         # Alone, a receiver takes every free slot and asks for that many requests in
         # its one round trip. Beside others, it blocks holding one slot, and takes more
         # only once a request has come: a slot held in a blocked BLPOP is idle.
         alone = len(self.queue_groups) == 1
+        queues = link.queues
         while not outages.stop_requested:
             taken = await slots.take(most if alone else 1)
             if outages.stop_requested:
                 slots.give_back(taken)
                 break
+            trouble: Exception | None = None
             try:
-                queue, messages = await self._take_requests(connection, queues, taken)
+                queue, messages = await self._take_requests(link, taken)
                 if messages and not alone:
                     more = slots.take_now(most)
                     taken += more
-                    messages += await self._take_more(connection, queue, more)
+                    try:
+                        messages += await self._take_more(link, queue, more)
+                    except TakenThenFailed as partial:
+                        messages += partial.requests
+                        trouble = partial.error
+            except TakenThenFailed as partial:
+                queue, messages, trouble = partial.queue, partial.requests, partial.error
             except Exception as exc:
                 slots.give_back(taken)
-                if not await self._after_failure(exc, queues):
+                if not await self._after_failure(exc, link):
                     break
                 continue
-            outages.note_refusal(queues, None)
+            if trouble is None:
+                outages.note_refusal(queues, None)
             slots.give_back(taken - len(messages))
             for raw in messages:
                 self.serving.handle_soon(queue, raw).add_done_callback(lambda _: slots.give_back())
+            if trouble is not None and not await self._after_failure(trouble, link):
+                break
             if messages:
                 # One pass for the handlers just started: those that finish without
                 # waiting send their replies with the next BLPOP.
                 await asyncio.sleep(0)
 
-    async def _after_failure(self, error: Exception, queues: list[str]) -> bool:
+    async def _after_failure(self, error: Exception, link: Link) -> bool:
         """Ride out a failed pop as the shared rules say; False: stop receiving."""
-        action = self.outages.ride_out(error, queues)
+        action = self.outages.ride_out(error, link.queues)
         if action is AfterFailure.STOP:
             return False
+        if action is AfterFailure.REDIRECT:
+            await link.follow(error)
+            return True
+        if action is AfterFailure.RETRY_SOON:
+            return not await self.outages.pause(BUSY_PAUSE_SECONDS)
         if action is AfterFailure.PAUSE:
             return not await self.outages.pause(REFUSAL_PAUSE_SECONDS)
-        return not self.outages.stop_requested and await self.outages.wait(error)
+        if self.outages.stop_requested or not await self.outages.wait(error, link.queues[0]):
+            return False
+        await link.rehome()
+        return True
 
-    async def _take_requests(
-        self, connection: redis.asyncio.Connection, queues: list[str], up_to: int
-    ) -> tuple[str, list[bytes]]:
-        if self.reliability.is_reliable(queues[0]):
-            in_progress = self.reliability.in_progress_key(queues[0])
-            return await move_requests(
-                connection, queues[0], in_progress, up_to, self.block_seconds
-            )
-        return await pop_requests(connection, queues, up_to, self.block_seconds, self.writer)
+    async def _take_requests(self, link: Link, up_to: int) -> tuple[str, list[bytes]]:
+        queue = link.queues[0]
+        if self.reliability.is_reliable(queue):
+            in_progress = self.reliability.in_progress_key(queue)
+            return await move_requests(link, queue, in_progress, up_to, self.block_seconds)
+        return await pop_requests(link, link.queues, up_to, self.block_seconds, self.writer)
 
-    async def _take_more(
-        self, connection: redis.asyncio.Connection, queue: str, count: int
-    ) -> list[bytes]:
+    async def _take_more(self, link: Link, queue: str, count: int) -> list[bytes]:
         """Up to ``count`` more requests from ``queue``, without blocking."""
         if not count:
             return []
         if self.reliability.is_reliable(queue):
             in_progress = self.reliability.in_progress_key(queue)
-            return await move_more(connection, queue, in_progress, count)
-        return await pop_more(connection, queue, count)
+            return await move_more(link, queue, in_progress, count)
+        return await pop_more(link, queue, count)
 
 
 class Slots:
@@ -164,7 +218,7 @@ class Slots:
 
 
 async def pop_requests(
-    connection: redis.asyncio.Connection,
+    link: Link,
     queues: list[str],
     up_to: int,
     block_seconds: float,
@@ -175,34 +229,42 @@ async def pop_requests(
     With one queue, BLPOP and an LPOP of the rest go out together; with several, the
     LPOP follows once BLPOP has said which queue had work. ``queues`` is rotated, so a
     busy service cannot starve the others. The writer's pending writes (replies just
-    finished) ride in front of the BLPOP, in the same write, and are settled as soon as
-    their responses arrive, before the BLPOP blocks: one round trip per request.
+    finished, for this node) ride in front of the BLPOP, in the same write, and are
+    settled as soon as their responses arrive, before the BLPOP blocks: one round trip
+    per request.
     """
     rotate(queues)
     rest = up_to - 1
     rest_pipelined = rest if len(queues) == 1 else 0
-    commands = receive_commands(queues, block_seconds, rest_pipelined)
-    riding = writer.take_pending() if writer is not None else []
+    commands = link.sent(receive_commands(queues, block_seconds, rest_pipelined))
+    riding = writer.take_pending(queues[0]) if writer is not None else []
     riding_commands = commands_of(riding)
+    connection = link.connection
     try:
         await send_commands(connection, riding_commands + commands)
-        settle(riding, await read_responses(connection, len(riding_commands), WRITE_READ_TIMEOUT))
+        answers = await read_responses(connection, len(riding_commands), WRITE_READ_TIMEOUT)
     except BaseException as exc:  # the writes' owners retry them; no one waits forever
-        settle(riding, exc)
+        if writer is not None:
+            writer.settle_riding(riding, exc)
         raise
+    if writer is not None:
+        writer.settle_riding(riding, answers)
     responses = await read_responses(connection, len(commands), block_seconds + READ_GRACE_SECONDS)
-    received = parse_received(responses, queues, rest_pipelined)
+    received = parse_received(link.received(responses), queues, rest_pipelined)
     if received.queue is None or received.request is None:
         # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
         return received.more_from, received.more
     more = received.more
     if rest and not rest_pipelined:
-        more = await pop_more(connection, received.queue, rest)
+        try:
+            more = await pop_more(link, received.queue, rest)
+        except redis.exceptions.ResponseError as exc:  # never drop the one popped
+            raise TakenThenFailed(received.queue, [received.request], exc) from None
     return received.queue, [received.request, *more]
 
 
 async def move_requests(
-    connection: redis.asyncio.Connection,
+    link: Link,
     queue: str,
     in_progress: str,
     up_to: int,
@@ -219,26 +281,34 @@ async def move_requests(
     ]
     if up_to > 1:
         commands.append(("LLEN", queue))
-    responses = await exchange(connection, commands, block_seconds + READ_GRACE_SECONDS)
-    raise_first_error(responses)
+    responses = link.received(
+        await exchange(link.connection, link.sent(commands), block_seconds + READ_GRACE_SECONDS)
+    )
+    if isinstance(responses[0], Exception):
+        raise responses[0]
     moved = [responses[0]] if responses[0] is not None else []
+    raise_unless_taken(queue, moved, responses[1:])
     waiting = int(responses[1]) if up_to > 1 else 0
     if moved and waiting:
-        moved += await move_more(connection, queue, in_progress, min(waiting, up_to - 1))
+        try:
+            moved += await move_more(link, queue, in_progress, min(waiting, up_to - 1))
+        except TakenThenFailed as partial:
+            raise TakenThenFailed(queue, moved + partial.requests, partial.error) from None
     return queue, moved
 
 
-async def pop_more(connection: redis.asyncio.Connection, queue: str, count: int) -> list[bytes]:
+async def pop_more(link: Link, queue: str, count: int) -> list[bytes]:
     """Up to ``count`` requests from ``queue``, without blocking (LPOP with a count)."""
-    [more] = await exchange(connection, [("LPOP", queue, count)], 5)
+    [more] = link.received(await exchange(link.connection, link.sent([("LPOP", queue, count)]), 5))
     raise_first_error([more])
     return list(more or [])
 
 
-async def move_more(
-    connection: redis.asyncio.Connection, queue: str, in_progress: str, count: int
-) -> list[bytes]:
-    """Up to ``count`` requests moved from ``queue`` to an in-progress list, without blocking."""
-    moved = await exchange(connection, [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * count, 5)
-    raise_first_error(moved)
-    return [message for message in moved if message is not None]
+async def move_more(link: Link, queue: str, in_progress: str, count: int) -> list[bytes]:
+    """Up to ``count`` requests moved from ``queue`` to an in-progress list, without
+    blocking; those moved are never dropped for an error that came after them."""
+    commands: list[Command] = [("LMOVE", queue, in_progress, "LEFT", "RIGHT")] * count
+    responses = link.received(await exchange(link.connection, link.sent(commands), 5))
+    moved = [r for r in responses if r is not None and not isinstance(r, Exception)]
+    raise_unless_taken(queue, moved, responses)
+    return moved

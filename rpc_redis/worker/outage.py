@@ -11,11 +11,10 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 
-import redis.asyncio
-
-from ..connection import redact_url
+from ..connection import AsyncRoutes
 from ..errors import RedisFailure, classify_redis_error, redis_error
 from .receiving import AfterFailure, after_receive_failure
 
@@ -26,10 +25,13 @@ RECONNECT_BACKOFF_CAP = 5.0
 
 class Stopping:
     """A worker's stop: requested from any thread or a signal handler, waited on, on
-    the event loop; ``fatal`` holds the configuration error that forced it, if any."""
+    the event loop; ``fatal`` holds the configuration error that forced it, if any.
+    Once requested, the requests in flight have ``drain_timeout`` seconds to finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, drain_timeout: float) -> None:
+        self.drain_timeout = drain_timeout
         self.requested = False
+        self.requested_at: float | None = None  # time.monotonic()
         self.fatal: BaseException | None = None
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -49,11 +51,19 @@ class Stopping:
     def request(self) -> bool:
         """Ask for a stop; safe from any thread. True for the first request."""
         first = not self.requested
+        if first:
+            self.requested_at = time.monotonic()
         self.requested = True
         loop = self._loop
         if first and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.event.set)
         return first
+
+    def drain_left(self) -> float | None:
+        """Seconds left for the requests in flight to finish; None until a stop."""
+        if self.requested_at is None:
+            return None
+        return max(0.0, self.requested_at + self.drain_timeout - time.monotonic())
 
     def fail(self, error: BaseException) -> None:
         """Stop because retrying cannot help; the worker's run raises ``error``."""
@@ -64,20 +74,22 @@ class Stopping:
 
 class Outages:
     """Waits out a lost Redis for every receiver: pings backing off with jitter until
-    Redis answers or a stop is requested, one log line per outage; notes refusals."""
+    Redis answers or a stop is requested, one log line per outage; notes refusals. On a
+    cluster, the node pinged is the one serving the receiver's queues, as the cluster
+    says after each attempt (a failover replaces it)."""
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
-        url: str,
+        routes: AsyncRoutes,
+        where: str,
         stopping: Stopping,
         ping_timeout: float,
         loop: asyncio.AbstractEventLoop,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
-        self.client = client
+        self.routes = routes
         self.on_reconnect = on_reconnect  # told once per outage that ends (metrics)
-        self.url = redact_url(url)
+        self.url = where  # Redis, named without passwords
         self.stopping = stopping
         self.ping_timeout = ping_timeout
         self.loop = loop
@@ -89,15 +101,15 @@ class Outages:
     def stop_requested(self) -> bool:
         return self.stopping.requested
 
-    async def wait(self, first_error: BaseException | None = None) -> bool:
-        """True once Redis answers; False if a stop is requested first, or a
-        configuration error makes the worker stop."""
+    async def wait(self, first_error: BaseException | None = None, key: str | None = None) -> bool:
+        """True once Redis (the node serving ``key``) answers; False if a stop is
+        requested first, or a configuration error makes the worker stop."""
         async with self._lock:
-            return await self._reconnect(first_error)
+            return await self._reconnect(first_error, key)
 
-    async def _reconnect(self, first_error: BaseException | None) -> bool:
+    async def _reconnect(self, first_error: BaseException | None, key: str | None) -> bool:
         delay = 0.1
-        error = await self._ping()
+        error = await self._ping(key)
         if error is None:
             return True  # never lost, or another receiver already reconnected
         if self.stopping.fatal is not None:
@@ -108,17 +120,17 @@ class Outages:
         )
         while not await self.pause(delay * random.uniform(0.5, 1.5)):
             delay = min(delay * 2, RECONNECT_BACKOFF_CAP)
-            if await self._ping() is None:
+            if await self._ping(key) is None:
                 if self.on_reconnect is not None:
                     self.on_reconnect()
                 logger.info("connected to Redis at %s", self.url)
                 return True
         return False
 
-    async def _ping(self) -> BaseException | None:
+    async def _ping(self, key: str | None) -> BaseException | None:
         """None if Redis answers; else the error. A configuration error stops the worker."""
         try:
-            await asyncio.wait_for(self.client.ping(), self.ping_timeout)
+            await asyncio.wait_for(self.routes.probe(key, self.ping_timeout), self.ping_timeout)
             return None
         except Exception as exc:
             failure = classify_redis_error(exc)
@@ -166,8 +178,9 @@ class Outages:
 
     # -- from a receiving thread ----------------------------------------------------------
 
-    def wait_from_thread(self, first_error: BaseException) -> bool:
-        return asyncio.run_coroutine_threadsafe(self.wait(first_error), self.loop).result()
+    def wait_from_thread(self, first_error: BaseException, key: str | None = None) -> bool:
+        waiting = self.wait(first_error, key)
+        return asyncio.run_coroutine_threadsafe(waiting, self.loop).result()
 
     def pause_from_thread(self, seconds: float) -> bool:
         return asyncio.run_coroutine_threadsafe(self.pause(seconds), self.loop).result()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import enum
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.exceptions
 
+from ..connection import redirect_of
 from ..errors import RedisFailure, classify_redis_error
 
 Command = tuple[Any, ...]
@@ -28,6 +29,19 @@ FIRST_WRITE_RETRY_DELAY = 0.05
 LAST_WRITE_RETRY_DELAY = 1.0
 # How long a receiver waits before popping again from a queue Redis refused to pop.
 REFUSAL_PAUSE_SECONDS = 1.0
+# How long before popping again from a cluster between two states (TRYAGAIN, CLUSTERDOWN).
+BUSY_PAUSE_SECONDS = 0.1
+
+
+def slot_groups(queues: Sequence[str], slot: Callable[[str], int | None]) -> list[list[str]]:
+    """The queues one BLPOP can wait on together: all of them on a single node (``slot``
+    gives None), those of one hash slot on a cluster (a BLPOP of keys of several slots
+    is refused there), in their order. Each group gets receivers of its own, so a busy
+    slot cannot starve another."""
+    groups: dict[int | None, list[str]] = {}
+    for queue in queues:
+        groups.setdefault(slot(queue), []).append(queue)
+    return list(groups.values())
 
 
 def rotate(queues: list[str]) -> None:
@@ -57,15 +71,43 @@ class Received:
     more: list[bytes] = field(default_factory=list)
 
 
+class TakenThenFailed(Exception):
+    """Requests were taken, and a command after the one that took them failed (an LPOP
+    of more redirected as the slot moves...): serve ``requests`` first, then ride out
+    ``error``. Raising the error alone would drop requests already off the queue."""
+
+    def __init__(self, queue: str, requests: list[bytes], error: Exception) -> None:
+        super().__init__(str(error))
+        self.queue = queue
+        self.requests = requests
+        self.error = error
+
+
+def raise_unless_taken(queue: str, taken: list[bytes], responses: list[Any]) -> None:
+    """Raise the first error reply among responses: alone if nothing was taken, else
+    as :class:`TakenThenFailed`, carrying what was."""
+    error = next((r for r in responses if isinstance(r, redis.exceptions.ResponseError)), None)
+    if error is None:
+        return
+    if taken:
+        raise TakenThenFailed(queue, taken, error)
+    raise error
+
+
 def parse_received(responses: list[Any], queues: Sequence[str], take_more: int) -> Received:
     """The answers to :func:`receive_commands`; raises the first error reply among them
-    (a queue key holding a string...)."""
-    raise_first_error(responses)
-    more = list(responses[1] or []) if take_more else []
-    if responses[0] is None:
-        return Received(None, None, queues[0], more)
-    queue, request = cast(tuple[bytes, bytes], responses[0])
-    return Received(queue.decode(), request, queues[0], more)
+    (a queue key holding a string, a redirection...), as TakenThenFailed if the BLPOP
+    took a request all the same."""
+    popped = responses[0]
+    if isinstance(popped, redis.exceptions.ResponseError):
+        raise popped
+    more = responses[1] if take_more else []
+    if popped is None:
+        raise_first_error([more])
+        return Received(None, None, queues[0], list(more or []))
+    queue, request = cast(tuple[bytes, bytes], popped)
+    raise_unless_taken(queue.decode(), [request], [more])
+    return Received(queue.decode(), request, queues[0], list(more or []))
 
 
 def raise_first_error(responses: list[Any]) -> None:
@@ -81,13 +123,19 @@ class AfterFailure(enum.Enum):
     WAIT_FOR_REDIS = "wait"  # lost or unreachable: wait it out, then receive again
     PAUSE = "pause"  # Redis refused the pop (a queue holding a string): note it, pause
     STOP = "stop"  # a configuration error: retrying cannot help, the worker stops
+    REDIRECT = "redirect"  # the queue's slot is on another node (MOVED, ASK): go there
+    RETRY_SOON = "retry soon"  # a cluster between two states (TRYAGAIN...): a moment
 
 
 def after_receive_failure(error: BaseException) -> AfterFailure | None:
     """What a failed receive calls for; None if the error is not Redis's (re-raise it)."""
+    if redirect_of(error) is not None:
+        return AfterFailure.REDIRECT
     failure = classify_redis_error(error)
     if failure is None:
         return None
+    if failure is RedisFailure.OUTAGE and isinstance(error, redis.exceptions.ResponseError):
+        return AfterFailure.RETRY_SOON  # it answered: nothing to wait for but a moment
     if failure is RedisFailure.CONFIGURATION:
         return AfterFailure.STOP
     if failure is RedisFailure.REFUSED:

@@ -26,10 +26,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import redis.asyncio
+import redis.exceptions
 
 from .. import protocol
-from ..connection import REDIS_ERRORS
+from ..connection import REDIS_ERRORS, AsyncRoutes
+from .receiving import Command, raise_first_error
 
 logger = logging.getLogger("rpc_redis.worker")
 
@@ -70,7 +71,7 @@ class Presence:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        routes: AsyncRoutes,
         worker_id: str,
         *,
         prefix: str,
@@ -78,7 +79,7 @@ class Presence:
         describe: Callable[[], dict[str, Any]],
         served: Callable[[], Mapping[str, int]],
     ) -> None:
-        self.client = client
+        self.routes = routes
         self.worker_id = worker_id
         self.prefix = prefix
         self.heartbeat_interval = heartbeat_interval
@@ -103,12 +104,20 @@ class Presence:
         }
         return protocol.dumps(entry)
 
+    async def _run(self, commands: list[Command], timeout: float = 10.0) -> list[Any]:
+        """Each command on its key's node; the first error reply raised."""
+        results = await self.routes.exchange(commands, timeout)
+        raise_first_error(results)
+        return results
+
     async def beat(self) -> None:
         """Renew the heartbeat and the entry (which a Redis restart would have lost)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(protocol.heartbeat_key(self.worker_id, self.prefix), b"1", px=self.ttl_ms)
-            pipe.hset(protocol.worker_registry_key(self.prefix), self.worker_id, self.entry())
-            await pipe.execute()
+        heartbeat = protocol.heartbeat_key(self.worker_id, self.prefix)
+        registry = protocol.worker_registry_key(self.prefix)
+        await self._run(
+            [("SET", heartbeat, b"1", "PX", self.ttl_ms),
+             ("HSET", registry, self.worker_id, self.entry())]
+        )  # fmt: skip
         self._beats += 1
 
     async def keep_up(
@@ -129,7 +138,7 @@ class Presence:
                     await asyncio.wait_for(self.prune(), command_timeout)
                 for step in upkeep:
                     await asyncio.wait_for(step(), command_timeout)
-            except (*REDIS_ERRORS, asyncio.TimeoutError):
+            except (*REDIS_ERRORS, redis.exceptions.ResponseError, asyncio.TimeoutError):
                 pass
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_interval)
@@ -137,7 +146,8 @@ class Presence:
     async def prune(self) -> int:
         """Remove the entries of plain workers whose heartbeat is gone; how many."""
         registry_key = protocol.worker_registry_key(self.prefix)
-        registry = await self.client.hgetall(registry_key)
+        [flat] = await self._run([("HGETALL", registry_key)])
+        registry = dict(zip(flat[::2], flat[1::2], strict=True)) if isinstance(flat, list) else flat
         candidates = [
             text(raw_id)
             for raw_id, raw_entry in registry.items()
@@ -146,19 +156,20 @@ class Presence:
         candidates = [worker for worker in candidates if worker != self.worker_id]
         if not candidates:
             return 0
-        async with self.client.pipeline(transaction=False) as pipe:
-            for worker in candidates:
-                pipe.exists(protocol.heartbeat_key(worker, self.prefix))
-            alive = await pipe.execute()
+        alive = await self._run(
+            [("EXISTS", protocol.heartbeat_key(worker, self.prefix)) for worker in candidates]
+        )
         dead = [worker for worker, exists in zip(candidates, alive, strict=True) if not exists]
         if dead:
-            await self.client.hdel(registry_key, *dead)
+            await self._run([("HDEL", registry_key, *dead)])
         return len(dead)
 
     async def retire(self) -> None:
         """On a clean stop: no heartbeat, no entry."""
-        await self.client.delete(protocol.heartbeat_key(self.worker_id, self.prefix))
-        await self.client.hdel(protocol.worker_registry_key(self.prefix), self.worker_id)
+        await self._run(
+            [("DEL", protocol.heartbeat_key(self.worker_id, self.prefix)),
+             ("HDEL", protocol.worker_registry_key(self.prefix), self.worker_id)]
+        )  # fmt: skip
 
 
 def parse_entry(raw: bytes | str) -> dict[str, Any] | None:

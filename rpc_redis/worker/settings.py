@@ -20,6 +20,12 @@ DEFAULT_DEAD_LETTER_LIMIT = 10_000
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_EVENT_VISIBILITY = 30.0
+# A request with no deadline of its own (bare, or a notification sent without one) runs
+# at most this long: as long as an unread reply is kept.
+DEFAULT_TIME_LIMIT = 60.0
+# How long a stopping worker waits for its requests: under the 10 s Docker gives a
+# container between SIGTERM and SIGKILL, with time left to write and to retire.
+DEFAULT_DRAIN_TIMEOUT = 8.0
 # How long one BLPOP blocks before the receive loop goes round again.
 DEFAULT_BLOCK_SECONDS = 5.0
 
@@ -79,7 +85,22 @@ class WorkerSettings:
     )
     time_limit: float | None = setting(
         None,
-        "seconds a handler may run before its caller gets error -32001",
+        "seconds a handler may run before its caller gets error -32001 (for methods that "
+        "set none of their own; a request's deadline bounds it too)",
+        seconds=True,
+        metavar="S",
+    )
+    default_time_limit: float | None = setting(
+        DEFAULT_TIME_LIMIT,
+        "the time limit of a request that carries no deadline (a bare request, a "
+        "notification sent without one), for methods with no time limit; none: unbounded",
+        seconds=True,
+        metavar="S",
+    )
+    drain_timeout: float = setting(
+        DEFAULT_DRAIN_TIMEOUT,
+        "seconds a stopping worker waits for the requests in flight; then it exits, "
+        "naming those it abandons (a reliable worker leaves them to be recovered)",
         seconds=True,
         metavar="S",
     )
@@ -90,6 +111,19 @@ class WorkerSettings:
         protocol.DEFAULT_MAX_MESSAGE_BYTES,
         "larger requests get an error reply",
         minimum=1,
+        metavar="N",
+    )
+    max_batch: int = setting(
+        protocol.DEFAULT_MAX_BATCH,
+        "a batch of more requests is rejected whole, before any of them runs",
+        minimum=1,
+        metavar="N",
+    )
+    max_reply_bytes: int = setting(
+        protocol.DEFAULT_MAX_REPLY_BYTES,
+        "a larger reply is replaced by error -32603 'Reply too large' (in a batch, its "
+        "largest responses are, until the rest fits)",
+        minimum=1024,
         metavar="N",
     )
     dead_letter_limit: int = setting(

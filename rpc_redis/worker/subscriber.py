@@ -113,7 +113,8 @@ class Subscriber:
         """Subscribe and handle messages until the worker stops; then wait for the
         handlers running on the loop."""
         loop = self._loop = asyncio.get_running_loop()
-        self._connection = self.connections.new_sync(protocol=2)
+        # On a cluster, to any node: a PUBLISH on one reaches the subscribers of all.
+        self._connection = self.connections.new_event_sync(None)
         try:
             with ThreadPoolExecutor(
                 self.threads, thread_name_prefix=SUBSCRIBER_THREAD_PREFIX
@@ -212,7 +213,7 @@ class Subscriber:
             return None  # the turn's last holder at a stop: no subscribing again
         try:
             if not self._subscribed:
-                self._subscribe(connection)
+                connection = self._subscribe(connection)
             if not connection.can_read(timeout=self.block_seconds):
                 self._no_message(connection)
                 return None
@@ -227,8 +228,12 @@ class Subscriber:
         self._silent = 0
         return response if isinstance(response, list) and len(response) >= 3 else None
 
-    def _subscribe(self, connection: redis.Connection) -> None:
+    def _subscribe(self, connection: redis.Connection) -> redis.Connection:
+        """Subscribe anew, on a fresh connection; on a cluster to the node first listed
+        now (the one lost may be gone for good), which becomes the connection read."""
         connection.disconnect()  # type: ignore[no-untyped-call]
+        if self.connections.is_cluster:
+            connection = self._connection = self.connections.new_event_sync(None)
         connection.connect()  # type: ignore[no-untyped-call]
         commands = []
         if self.by_channel:
@@ -245,6 +250,7 @@ class Subscriber:
             self._say_what_was_missed(self._lost_since)
             self._lost_since = None
         self._set_connected()
+        return connection
 
     def _no_message(self, connection: redis.Connection) -> None:
         """A read found nothing for a block: ask Redis for a PING; a second one finds it

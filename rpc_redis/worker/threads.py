@@ -15,11 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .bounds import TimeLimitReached
+
 HANDLER_THREAD_PREFIX = "rpc-handler"
-
-
-class TimeLimitReached(Exception):
-    """A handler ran past its time limit (never a TimeoutError raised by the handler)."""
 
 
 class HandlerThreads:

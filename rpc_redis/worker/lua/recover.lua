@@ -3,7 +3,9 @@
 -- and one delivered max-deliveries times goes to the dead-letter list. Atomic, so each
 -- request is recovered once, whoever runs it. Returns {requeued, expired, dead}, or
 -- {-1, 0, 0} if the worker is alive after all.
--- KEYS: heartbeat, in-progress list, queue, dead-letter list, deliveries hash
+-- KEYS: heartbeat, in-progress list, queue, deliveries hash, and the dead-letter list if
+-- it shares their hash slot. Without it (a cluster, a queue named without the service's
+-- hash tag), the dead-letter entries follow the counts, for the caller to push.
 -- ARGV: now (epoch seconds), max deliveries, dead-letter limit, deliveries TTL (ms), queue
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {-1, 0, 0}
@@ -11,6 +13,7 @@ end
 local now = tonumber(ARGV[1])
 local max_deliveries = tonumber(ARGV[2])
 local requeued, expired, dead = 0, 0, 0
+local entries = {}
 while true do
   -- Newest first, each pushed to the head: the queue keeps their original order.
   local raw = redis.call('RPOP', KEYS[2])
@@ -21,14 +24,18 @@ while true do
   if deadline and deadline <= now then
     expired = expired + 1
   else
-    local delivered = redis.call('HINCRBY', KEYS[5], redis.sha1hex(raw), 1)
-    redis.call('PEXPIRE', KEYS[5], ARGV[4])
+    local delivered = redis.call('HINCRBY', KEYS[4], redis.sha1hex(raw), 1)
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
     if delivered >= max_deliveries then
       local entry = cjson.encode({
         reason = 'delivered ' .. delivered .. ' times, and every worker died before replying',
         queue = ARGV[5], time = now, message = raw})
-      redis.call('RPUSH', KEYS[4], entry)
-      redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
+      if KEYS[5] then
+        redis.call('RPUSH', KEYS[5], entry)
+        redis.call('LTRIM', KEYS[5], -tonumber(ARGV[3]), -1)
+      else
+        entries[#entries + 1] = entry
+      end
       dead = dead + 1
     else
       redis.call('LPUSH', KEYS[3], raw)
@@ -36,4 +43,6 @@ while true do
     end
   end
 end
-return {requeued, expired, dead}
+local counts = {requeued, expired, dead}
+for _, entry in ipairs(entries) do counts[#counts + 1] = entry end
+return counts

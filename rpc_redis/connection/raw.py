@@ -1,10 +1,10 @@
-"""From a Redis URL to connections: one place for URLs, defaults and redaction, and
-the few raw exchanges the hot paths use instead of redis-py's pipelines."""
+"""The few raw exchanges the hot paths use instead of redis-py's pipelines: commands
+sent in one write on one connection, every response read back in time, error replies
+as values in their place."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -12,8 +12,6 @@ import hiredis
 import redis
 import redis.asyncio
 import redis.connection
-
-from .errors import RpcConfigurationError
 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as async_timeout
@@ -25,72 +23,14 @@ try:
 except ImportError:  # redis-py before 7
     MaintNotificationsConfig = None  # type: ignore[assignment,misc]
 
-DEFAULT_URL = "redis://localhost:6379/0"
-URL_ENVIRONMENT_VARIABLES = ("RPC_REDIS_URL", "REDIS_URL")
 CONNECT_TIMEOUT = 5.0
 # What a lost or unreachable Redis raises; an error reply (ResponseError) is not one.
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-def default_url() -> str:
-    """The Redis URL from ``RPC_REDIS_URL``, then ``REDIS_URL``, then localhost."""
-    for name in URL_ENVIRONMENT_VARIABLES:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return DEFAULT_URL
-
-
-def redact_url(url: str) -> str:
-    """The URL with every password in it replaced by ``***``, fit for a log line, an
-    exception or a status output: the one in its user part (``redis://user:pw@host``)
-    and any query parameter naming one (``?password=pw``, ``?sentinel_password=pw``),
-    as the way a ``unix://`` socket authenticates. Works on URLs that ``urlsplit``
-    cannot take apart (several hosts, a bad port)."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return url
-    # The last "@" before the query ends the credentials, even when an unencoded
-    # password holds a "/" or an "@".
-    query_at = rest.find("?")
-    at = rest.rfind("@", 0, len(rest) if query_at < 0 else query_at)
-    credentials, tail = (rest[:at], rest[at:]) if at >= 0 else ("", rest)
-    if ":" in credentials:
-        credentials = credentials.split(":", 1)[0] + ":***"
-    netloc_and_path = credentials + tail
-    path, question, query = netloc_and_path.partition("?")
-    if question:
-        netloc_and_path = f"{path}?" + "&".join(map(_redacted_parameter, query.split("&")))
-    return f"{scheme}://{netloc_and_path}"
-
-
-def _redacted_parameter(item: str) -> str:
-    name, equals, _ = item.partition("=")
-    return f"{name}=***" if equals and "password" in name.lower() else item
-
-
-def check_url(url: str) -> str:
-    """The URL, if redis-py can read it; else RpcConfigurationError, at once, naming it
-    redacted: a malformed URL is a mistake to fix, not an outage to wait out."""
-    try:
-        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise RpcConfigurationError(f"bad Redis URL {redact_url(url)}: {exc}") from None
-    return url
-
-
-def sync_pool(url: str, *, max_connections: int, **options: Any) -> redis.ConnectionPool:
-    """A connection pool for ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs."""
-    return redis.ConnectionPool.from_url(
-        url, max_connections=max_connections, **pool_options(options)
-    )
-
-
-def async_pool(url: str, *, max_connections: int, **options: Any) -> redis.asyncio.ConnectionPool:
-    """The asyncio twin of :func:`sync_pool`."""
-    return redis.asyncio.ConnectionPool.from_url(
-        url, max_connections=max_connections, **pool_options(options)
-    )
+class NotSentError(redis.exceptions.ConnectionError):
+    """Redis could not be reached before anything was sent (its cause says why): sending
+    the same commands again cannot run them twice."""
 
 
 async def exchange(
@@ -114,11 +54,16 @@ async def send_commands(
     """Send commands in one write; a stale pooled connection is replaced once."""
     packed = pack_commands(connection, commands)
     try:
+        if not connection.is_connected:
+            # connect(), not send_packed_command's own connecting: only connect() asks
+            # Sentinel where the primary is now (redis-py 8 skips it there).
+            await connection.connect()  # type: ignore[no-untyped-call]
         await connection.send_packed_command(packed)
     except redis.exceptions.ConnectionError:
         # A pooled connection that went stale since its last use: nothing was
         # delivered, so one fresh connection may carry the same commands.
         await connection.disconnect()
+        await connection.connect()  # type: ignore[no-untyped-call]
         await connection.send_packed_command(packed)
 
 
@@ -164,11 +109,14 @@ def send_commands_sync(connection: redis.Connection, commands: list[tuple[Any, .
     """The sync twin of :func:`send_commands`."""
     packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
     try:
+        if connection._sock is None:  # connect() asks Sentinel: see send_commands
+            connection.connect()  # type: ignore[no-untyped-call]
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
     except redis.exceptions.ConnectionError:
         # A pooled connection that went stale since its last use: nothing was
         # delivered, so one fresh connection may carry the same commands.
         connection.disconnect()  # type: ignore[no-untyped-call]
+        connection.connect()  # type: ignore[no-untyped-call]
         connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
 
 
