@@ -521,8 +521,13 @@ def reply_within(response: Any, body: bytes, max_bytes: int) -> bytes:
 
 def reply_too_large_response(response: Any, size: int, max_bytes: int) -> dict[str, Any]:
     request_id = response.get("id") if isinstance(response, dict) else None
-    error = RpcError("Reply too large", {"size": size, "limit": max_bytes}, code=INTERNAL_ERROR)
+    error = reply_too_large(size, max_bytes)
     return error_response(request_id if is_valid_id(request_id) else None, error)
+
+
+def reply_too_large(size: int, max_bytes: int) -> RpcError:
+    """The error for a reply (or a streamed item) of ``size`` bytes over the limit."""
+    return RpcError("Reply too large", {"size": size, "limit": max_bytes}, code=INTERNAL_ERROR)
 
 
 def unserialisable_result_response(response: Any) -> dict[str, Any]:

@@ -226,6 +226,41 @@ def test_a_generator_past_its_time_limit_ends_the_stream(worker: str, twin: Twin
     assert got == [1]
 
 
+@service.method
+def growing(sizes: list[int]) -> Iterator[str]:
+    for size in sizes:
+        yield "x" * size
+
+
+def test_an_item_over_max_reply_bytes_ends_the_stream_after_the_items_before_it(
+    redis_url: str, twin: Twin
+) -> None:
+    """--max-reply-bytes bounds each item's message, as it bounds a reply."""
+    with serve_in_thread(service, redis_url, max_reply_bytes=4096):
+        client = twin.connect(redis_url, timeout=5)
+        got: list[str] = []
+        with pytest.raises(InternalError, match="Reply too large") as raised:
+            for item in client.proxy("litter").stream.growing([10, 3000, 5000, 20]):
+                got.append(item)
+        assert [len(item) for item in got] == [10, 3000]
+        assert raised.value.data["limit"] == 4096 and raised.value.data["size"] > 5000
+
+
+def test_a_generator_with_no_limit_of_its_own_has_the_default_time_limit(
+    redis_url: str, twin: Twin
+) -> None:
+    """A stream request carries no deadline for its whole run: each item is bounded by
+    the worker's --default-time-limit, as a call with no deadline is."""
+    closed.clear()
+    with serve_in_thread(service, redis_url, default_time_limit=0.3):
+        client = twin.connect(redis_url, timeout=5)
+        got: list[int] = []
+        with pytest.raises(TimeLimitExceeded):
+            for item in client.proxy("litter").stream.slow(3, 2.0):
+                got.append(item)
+        assert got == [0]
+
+
 def test_ten_thousand_items_to_a_slow_caller_keep_the_reply_list_within_its_window(
     worker: str, redis_connection: redis.Redis
 ) -> None:

@@ -227,7 +227,10 @@ class Worker:
             upkeep_steps.append(functools.partial(metrics.sample, routes, dead_letter_keys))
         writer = Writer(routes)
         streaming = Streaming(
-            writer, reply_ttl_ms=self.settings.reply_ttl_ms, threads=self.handler_threads
+            writer,
+            reply_ttl_ms=self.settings.reply_ttl_ms,
+            threads=self.handler_threads,
+            max_item_bytes=self.settings.max_reply_bytes,
         )
         serving = Serving(self.handling, self.dispatchers, writer, reliability, loop, streaming)
         self._serving = serving

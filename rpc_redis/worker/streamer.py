@@ -29,8 +29,10 @@ from collections import deque
 from importlib import resources
 from typing import Any
 
+from .. import protocol
 from ..errors import TimeLimitExceeded
 from ..events import streams
+from ..printable import printable
 from .dispatch import OpenStream
 from .threads import HandlerThreads
 from .writer import Writer
@@ -49,10 +51,20 @@ KEY_TAKEN = -2
 class Streaming:
     """A worker's streams: given each opened stream by ``Serving``, it runs it to its end."""
 
-    def __init__(self, writer: Writer, *, reply_ttl_ms: int, threads: HandlerThreads) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        reply_ttl_ms: int,
+        threads: HandlerThreads,
+        max_item_bytes: int | None = None,
+    ) -> None:
+        """``max_item_bytes``: the most one item's message may take (the worker's
+        --max-reply-bytes); a larger item ends the stream with 'Reply too large'."""
         self.writer = writer
         self.reply_ttl_ms = reply_ttl_ms
         self.threads = threads
+        self.max_item_bytes = max_item_bytes
 
     async def run(self, opened: OpenStream, reply_to: str, window: int) -> bool:
         """Stream every item and the end; True once the end is written, False if the
@@ -151,9 +163,11 @@ class ThreadProducer(Producer):
 
     def _wake(self) -> None:
         # One wake-up at a time: the pump clears the flag before it takes what was made.
-        if not self._signalled:
+        if not self._signalled and not self._stopping:
             self._signalled = True
-            self._loop.call_soon_threadsafe(self.ready.set)
+            # A generator abandoned past its time limit may yield after the worker stopped.
+            with contextlib.suppress(RuntimeError):  # the event loop is closed
+                self._loop.call_soon_threadsafe(self.ready.set)
 
     def take(self) -> list[Any]:
         self._signalled = False
@@ -240,7 +254,10 @@ class StreamRun:
         self.window = window
         self.request_id = opened.call.request_id
         self.name = f"{opened.call.service}.{opened.call.method}"
-        self.limit = opened.handler.limit
+        # How long one item may take to make: the method's (or the worker's) time
+        # limit, else the default time limit, as a call with no deadline of its own.
+        handler = opened.handler
+        self.limit = handler.limit if handler.limit is not None else handler.default_limit
         self.sent = 0  # items in the reply key (or already taken from it)
         self.length = 0  # the reply list's length, as last seen
         self.started = False  # a first push went in
@@ -319,6 +336,17 @@ class StreamRun:
             if message is None:
                 self._end = self._failed(streams.unserialisable_item(item))
                 return [*messages, self._end]
+            most = self.streaming.max_item_bytes
+            if most is not None and len(message) > most:
+                logger.error(
+                    "%s streamed an item of %d bytes, over --max-reply-bytes (%d): the "
+                    "stream ends with an error",
+                    self.name,
+                    len(message),
+                    most,
+                )
+                self._end = self._failed(protocol.reply_too_large(len(message), most))
+                return [*messages, self._end]
             messages.append(message)
         if finished and not producer.made:
             if producer.error is not None:
@@ -348,7 +376,9 @@ class StreamRun:
             if isinstance(answer, Exception):
                 raise answer
         except Exception as exc:
-            logger.error("stream %s to %s ended: Redis failed: %s", self.name, self.reply_to, exc)
+            logger.error(
+                "stream %s to %s ended: Redis failed: %s", self.name, printable(self.reply_to), exc
+            )
             return None
         pushed, self.length = int(answer[0]), int(answer[1])
         if pushed == CANCELLED:
@@ -356,7 +386,9 @@ class StreamRun:
             return None
         if pushed == KEY_TAKEN:
             logger.warning(
-                "stream %s not started: its reply key %s already exists", self.name, self.reply_to
+                "stream %s not started: its reply key %s already exists",
+                self.name,
+                printable(self.reply_to),
             )
             return None
         self.started = self.started or pushed > 0
@@ -374,7 +406,7 @@ class StreamRun:
                 logger.warning(
                     "stream %s to %s closed after %d items: its caller took none for %gs",
                     self.name,
-                    self.reply_to,
+                    printable(self.reply_to),
                     self.sent,
                     self.streaming.reply_ttl_ms / 1000,
                 )
