@@ -93,12 +93,9 @@ class Worker:
         self.target = resolve(redis_url, redis)
         self.redis_url = self.target.location.url
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        # A service of event handlers only has no queue to serve.
-        self.by_queue = {
-            queue or service.queue_key(prefix): service
-            for service in services
-            if service.methods or not service.handles_events
-        }
+        # A service of event handlers only serves its queue too: the library's own
+        # methods (rpc.discover, rpc.ping) answer for it there.
+        self.by_queue = {queue or service.queue_key(prefix): service for service in services}
         self.event_services = [service for service in services if service.handles_events]
         # Reliable queues: requests move into an in-progress list until answered.
         self.reliable_queues = {
