@@ -342,3 +342,28 @@ def test_a_redis_restart_under_publishes_and_emits_loses_only_what_the_docs_say(
     assert reached - handled_news <= {crash - 2, crash - 1, crash}, (crash, worker.lines)
     assert len(reached & handled_news) > 100
     assert worker.stop() == 0
+
+
+def test_a_plain_handler_past_the_default_time_limit_is_given_up_and_claimed_again(
+    redis_url: str, redis_connection: redis.Redis, workers: ExitStack
+) -> None:
+    """An event has no caller's deadline: the worker's --default-time-limit bounds its
+    plain handler, run on the lane that took it. A thread cannot be cut short, so past
+    the limit the event is no longer renewed, said in one line, and handled again once
+    its visibility time has passed."""
+    redis_connection.set("test:slow:billing", 1.5)
+    options = ("--default-time-limit", "0.3", "--event-visibility", VISIBILITY)
+    worker = workers.enter_context(
+        event_worker(redis_url, "tests.event_service:billing", *options)
+    )
+    with Client(redis_url) as client:
+        event_id = client.emit("orders", {"id": 1})
+    worker.wait_for_line(f"ran past its time limit of 0.3s on event {event_id}", 10)
+    wait_until(
+        lambda: [entry["delivery"] for entry in handled(redis_connection, "billing")][:2]
+        == [1, 2],
+        10,
+        "the event handled again, as its second delivery",
+    )
+    line = next(line for line in worker.lines if "ran past its time limit" in line)
+    assert "billing.bill" in line and STREAM in line

@@ -108,6 +108,8 @@ class Group:
     in_flight: dict[str, float] = field(default_factory=dict)  # entry id -> time.monotonic()
     working: int = 1
     busy_since: dict[int, float] = field(default_factory=dict)  # lane -> in a handler since
+    handling: dict[int, str] = field(default_factory=dict)  # lane -> the entry it handles
+    overdue: set[str] = field(default_factory=set)  # entries given up on: not renewed
     ahead: deque[wire.Entry] = field(default_factory=deque)  # taken, not started: under gate
     gate: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
 
@@ -239,7 +241,7 @@ class Consumers:
                     continue
                 started = time.monotonic()
                 self.keeper.watch()
-                settlings += self._handle_here(group, entry)
+                settlings += self._handle_here(group, index, entry)
                 pace.took(time.monotonic() - started)
                 group.busy_since.pop(index, None)
                 if index:
@@ -321,6 +323,7 @@ class Consumers:
         lane is in a handler now."""
         busy = False
         for group in self.groups:
+            self._give_up_overdue(group)
             with group.gate:
                 since = [group.busy_since.get(index) for index in range(group.working)]
                 busy = busy or bool(group.busy_since)
@@ -329,6 +332,35 @@ class Consumers:
                     group.working += 1
                     group.gate.notify_all()
         return busy
+
+    def _give_up_overdue(self, group: Group) -> None:
+        """A plain handler past its time limit on a lane cannot be cut short (a thread
+        cannot be): its event is no longer renewed, so that it is claimed once the
+        visibility time passes, and handled again (or dead-lettered after its
+        deliveries); one log line says so. The keeper calls in another lane meanwhile."""
+        limit = group.handler.watched_limit
+        if limit is None:
+            return
+        cutoff = time.monotonic() - limit
+        with group.gate:
+            overdue = [
+                (index, entry_id)
+                for index, entry_id in group.handling.items()
+                if entry_id not in group.overdue and group.busy_since.get(index, cutoff) < cutoff
+            ]
+            for _, entry_id in overdue:
+                group.overdue.add(entry_id)
+                group.in_flight.pop(entry_id, None)
+        for _, entry_id in overdue:
+            logger.error(
+                "%s.%s ran past its time limit of %gs on event %s of %s: given up on, it "
+                "will be claimed and handled again once the visibility time passes",
+                group.service,
+                group.handler.method.name,
+                limit,
+                entry_id,
+                group.stream,
+            )
 
     async def _wake_reserve_at_stop(self) -> None:
         await self.outages.stopping.event.wait()
@@ -418,7 +450,7 @@ class Consumers:
             return not self.outages.pause_from_thread(REFUSAL_PAUSE_SECONDS)
         return self.outages.wait_from_thread(error)
 
-    def _handle_here(self, group: Group, entry: wire.Entry) -> list[Settling]:
+    def _handle_here(self, group: Group, index: int, entry: wire.Entry) -> list[Settling]:
         """Handle an event on this lane: what settles it (nothing, if it is to be
         retried, or if the worker stops first, which leaves it to be claimed)."""
         triaged = self._triage(group, entry)
@@ -429,10 +461,13 @@ class Consumers:
             group.in_flight.pop(entry.id, None)
             return []  # stopping: left pending, to be claimed
         group.in_flight[entry.id] = time.monotonic()
+        group.handling[index] = entry.id
         try:
             assert self._loop is not None
             error = group.handler.run_here(triaged, self._loop)
         finally:
+            group.handling.pop(index, None)
+            group.overdue.discard(entry.id)
             group.in_flight.pop(entry.id, None)
             self.slots.give_back()
         settling = self._after_run(group, entry, error)

@@ -127,13 +127,21 @@ class Dispatcher:
             if not method.is_async:
                 self._plain_methods[method.name] = handler.for_thread()
 
-    def event_handler(self, method: Method) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    def event_handler(
+        self, method: Method
+    ) -> tuple[Callable[..., Any], Callable[..., Any] | None, float | None]:
         """An event handler of this service, run as its methods are (current call,
         middleware, time limit): called with the event's context and data, it returns
         jsonrpcserver's Success or raises the JsonRpcError its failure maps to. For the
-        event loop (awaited), and, for a plain function, for the receiving thread."""
+        event loop (awaited), and, for a plain function, for the receiving thread; and
+        the limit that thread's receiver watches (the default time limit, as the
+        lanes' overseer watches a request's deadline), else None: a --time-limit of
+        the worker's is kept to the letter, on the handler threads."""
         handler = Handler(method, self.service.name, self.options, self.hooks, self.watch)
-        return handler.for_event_loop(), None if method.is_async else handler.for_thread()
+        if method.is_async:
+            return handler.for_event_loop(), None, None
+        watched = handler.default_limit if handler.limit is None else None
+        return handler.for_event_loop(), handler.for_thread(watched=True), watched
 
     def dispatches_in_thread(self, payload: Any) -> bool:
         """Whether :meth:`dispatch_in_thread` can serve this payload: one request that
@@ -373,13 +381,14 @@ class Handler:
 
         return self._signed(call)
 
-    def for_thread(self) -> Callable[..., Any]:
+    def for_thread(self, watched: bool = False) -> Callable[..., Any]:
+        """``watched``: the caller's receiver watches the default time limit (events)."""
         assert not self.is_async
 
         def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
             # Bounded by its deadline alone, a call runs here, at no cost: the lanes'
             # overseer watches it. A time limit sends it to the handler threads.
-            if self.limit is None and context.deadline is not None:
+            if self.limit is None and (context.deadline is not None or watched):
                 bound = None
             else:
                 bound = self._bound_of(context)

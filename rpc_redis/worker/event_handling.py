@@ -25,6 +25,7 @@ from jsonrpcserver.sentinels import NODATA
 
 from ..context import CallContext
 from ..errors import RpcError
+from ..printable import printable
 from ..service import Method
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -43,6 +44,9 @@ class EventHandler:
     method: Method
     on_loop: Callable[..., Any]  # Dispatcher.event_handler's: (call, data) -> Success
     in_thread: Callable[..., Any] | None  # the same, for a plain function on this thread
+    # The limit a receiving thread's handler runs to before its receiver gives up on it
+    # (None: none, or one the handler threads keep).
+    watched_limit: float | None = None
 
     async def run(self, call: CallContext) -> RpcError | None:
         """Run the handler on the loop: None if it returned, else the error its failure
@@ -75,7 +79,7 @@ class EventHandler:
                 "%s.%s failed on an event from %s: %s",
                 self.service,
                 self.method.name,
-                call.event,
+                printable(call.event),
                 error,
             )
         return error

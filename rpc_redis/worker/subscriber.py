@@ -38,6 +38,7 @@ from .. import protocol
 from ..connection import REDIS_ERRORS, send_commands_sync
 from ..context import CallContext
 from ..events import wire
+from ..printable import printable
 from .connections import ReceivingConnections
 from .event_handling import EventHandler, EventSlots, EventTasks, Keeper, Pace
 from .outage import Outages
@@ -98,6 +99,8 @@ class Subscriber:
         self._turn = threading.Condition(threading.Lock())
         self._holder: int | None = None
         self._busy_since: float | None = None
+        # thread -> (in a handler since, the handler, the channel, said to be overdue)
+        self._handling: dict[int, tuple[float, EventHandler, str, bool]] = {}
         self._ahead: deque[list[Any]] = deque()  # read, not yet handled: under _turn
         self._connection: redis.Connection | None = None
         self._subscribed = False
@@ -175,12 +178,35 @@ class Subscriber:
         """The keeper's look: a holder in a handler since before ``cutoff`` loses the
         turn to another thread, which takes what was read ahead, then reads on; whether
         the holder is in a handler now."""
+        self._say_overdue()
         with self._turn:
             since = self._busy_since
             if since is not None and since < cutoff and self._holder is not None:
                 self._holder, self._busy_since = None, None
                 self._turn.notify()
             return since is not None
+
+    def _say_overdue(self) -> None:
+        """A plain handler past its time limit on a receiving thread cannot be cut short
+        (a thread cannot be): one log line says so, once; the keeper has handed the
+        turn on, and the thread comes back when the handler returns."""
+        now = time.monotonic()
+        overdue = []
+        with self._turn:
+            for thread, (since, handler, channel, said) in self._handling.items():
+                limit = handler.watched_limit
+                if not said and limit is not None and since < now - limit:
+                    self._handling[thread] = (since, handler, channel, True)
+                    overdue.append((handler, channel, limit))
+        for handler, channel, limit in overdue:
+            logger.error(
+                "%s.%s ran past its time limit of %gs on a message of channel %s: it "
+                "holds one of the events' slots until it returns",
+                handler.service,
+                handler.method.name,
+                limit,
+                printable(channel),
+            )
 
     def wake_all(self) -> None:
         """At a stop: threads waiting for the turn look at once."""
@@ -274,7 +300,7 @@ class Subscriber:
             return  # a confirmation, a PONG
         event = wire.decode_event(raw, self.max_message_bytes)
         if isinstance(event, str):
-            logger.warning("ignored a message on channel %s: %s", channel, event)
+            logger.warning("ignored a message on channel %s: %s", printable(channel), event)
             return
         for handler in handlers:
             if not self.slots.take_in_thread():
@@ -291,9 +317,14 @@ class Subscriber:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self.tasks.start, handler.run(call))
                 continue
+            me = threading.get_ident()
+            with self._turn:
+                self._handling[me] = (time.monotonic(), handler, channel, False)
             try:
                 handler.run_here(call, self._loop)  # type: ignore[arg-type]
             finally:
+                with self._turn:
+                    self._handling.pop(me, None)
                 self.slots.give_back()
 
     def _after_failure(self, error: Exception) -> None:
