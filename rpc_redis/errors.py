@@ -180,6 +180,14 @@ _CONFIGURATION_ERRORS = (
 )
 # Error replies that say the server will not serve this client at all.
 _CONFIGURATION_REPLIES = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS")
+
+
+class UnknownSentinelPrimary(Exception):
+    """The sentinels that answered monitor no primary of the name asked for: a
+    mistyped name in the URL, not a failover (a primary being replaced is still
+    monitored, only not healthy). Raised beside redis-py's MasterNotFoundError."""
+
+
 # How redis-py's MasterNotFoundError names a sentinel that refused the credentials.
 _REFUSED = "AuthenticationError"
 _NO_PRIMARY = (redis.sentinel.MasterNotFoundError, redis.asyncio.sentinel.MasterNotFoundError)
@@ -202,6 +210,10 @@ def classify_redis_error(error: BaseException) -> RedisFailure | None:
         return RedisFailure.CONFIGURATION
     if isinstance(error, TlsMismatchError) or isinstance(error.__cause__, TlsMismatchError):
         return RedisFailure.CONFIGURATION  # redis-py's asyncio connect wraps it
+    if isinstance(error, UnknownSentinelPrimary) or isinstance(
+        error.__cause__, UnknownSentinelPrimary
+    ):
+        return RedisFailure.CONFIGURATION
     if isinstance(error, _NO_PRIMARY) and _REFUSED in str(error):
         return RedisFailure.CONFIGURATION  # the sentinels refused our credentials
     if isinstance(error, _CLUSTER_PASSING):
@@ -261,7 +273,7 @@ def describe_redis_error(error: BaseException) -> str:
     """What a Redis failure says, short: redis-py's "no master found" carries the repr
     of every sentinel's client; it is told here by what each sentinel answered."""
     text = str(error)
-    if not isinstance(error, _NO_PRIMARY):
+    if not isinstance(error, _NO_PRIMARY) or isinstance(error, UnknownSentinelPrimary):
         return text
     found, _, answers = text.partition(" : ")
     kinds = [answer.rsplit(" - ", 1)[-1].rsplit(":", 1)[-1] for answer in answers.split(", <")]

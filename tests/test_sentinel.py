@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpc_redis import AsyncClient, protocol
+from rpc_redis import AsyncClient, Client, RpcConfigurationError, protocol
 from rpc_redis.connection import resolve
 from rpc_redis.embedded import free_port
 from rpc_redis.testing import WorkerProcess, pid_alive, serve_in_thread, wait_until
@@ -159,3 +159,28 @@ def test_rpc_admin_and_rpc_worker_take_a_sentinel_url(sentinels: SentinelSet) ->
     worker = WorkerProcess(["tests.production_services:alpha"], env=env, cwd=REPOSITORY)
     assert worker.start(ready_timeout=0).wait(30) == 2, worker.output
     assert worker.lines[-1].startswith("rpc-worker: error: ") and "wrong" not in worker.output
+
+
+def test_a_primary_name_no_sentinel_monitors_is_a_configuration_error(
+    sentinels: SentinelSet,
+) -> None:
+    """A mistyped name in the URL: the sentinels answer, none knows the name. A client
+    says so (RpcConfigurationError naming it) and rpc-worker exits 2 in one line, instead
+    of waiting it out as a failover."""
+    mistyped = sentinels.url.replace(f"/{MASTER_NAME}/", "/rpc-primray/")
+    with Client(mistyped, timeout=5) as client:
+        with pytest.raises(RpcConfigurationError, match="rpc-primray"):
+            client.call("alpha", "echo", [1])
+
+    async def call_async() -> None:
+        async with AsyncClient(mistyped, timeout=5) as client:
+            await client.call("alpha", "echo", [1])
+
+    with pytest.raises(RpcConfigurationError, match="rpc-primray"):
+        asyncio.run(call_async())
+    env = {**os.environ, "RPC_REDIS_URL": mistyped}
+    worker = WorkerProcess(["tests.production_services:alpha"], env=env, cwd=REPOSITORY)
+    assert worker.start(ready_timeout=0).wait(30) == 2, worker.output
+    assert worker.lines[-1].startswith("rpc-worker: error: ") and "rpc-primray" in worker.lines[-1]
+    assert len([line for line in worker.lines if "error" in line]) == 1, worker.output
+    assert PASSWORD not in worker.output and SENTINEL_PASSWORD not in worker.output

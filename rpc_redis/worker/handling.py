@@ -13,19 +13,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from .. import protocol
 from ..errors import INTERNAL_ERROR, TIME_LIMIT_EXCEEDED, InternalError, refusal_text
 from ..middleware import Hooks, Middleware, run_hooks
 from ..printable import printable, printable_exception
+from . import scripts
 from .bounds import PAST_DEADLINE
 from .receiving import Command
 
 logger = logging.getLogger("rpc_redis.worker")
 
-PUSH_REPLY_SCRIPT = (resources.files(__package__) / "lua" / "push_reply.lua").read_text()
+PUSH_REPLY_SCRIPT = scripts.load("push_reply")
 
 
 @dataclass

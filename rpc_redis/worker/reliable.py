@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from .. import protocol
 from ..connection import AsyncRoutes
 from ..printable import printable
+from . import scripts
 from .receiving import Command, raise_first_error
 from .registry import HEARTBEAT_LIVES, entry_reliable_queues, parse_entry
 
@@ -32,7 +32,7 @@ logger = logging.getLogger("rpc_redis.reliable")
 # How long the count of a request's deliveries is remembered.
 DELIVERIES_TTL_MS = 24 * 3600 * 1000
 
-RECOVER_SCRIPT = (resources.files(__package__) / "lua" / "recover.lua").read_text()
+RECOVER_SCRIPT = scripts.load("recover")
 
 
 @dataclass(frozen=True, slots=True)
