@@ -46,7 +46,6 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis
@@ -65,6 +64,7 @@ from ..connection.routes import BUSY_RETRY_SECONDS
 from ..context import CallContext
 from ..events import wire
 from ..middleware import Hooks, run_hooks
+from . import scripts
 from .connections import ReceivingConnections
 from .event_handling import KEEPER_SECONDS, EventHandler, EventSlots, EventTasks, Keeper, Pace
 from .outage import Outages
@@ -81,8 +81,8 @@ from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")
 
-CLAIM_SCRIPT = (resources.files(__package__) / "lua" / "claim_events.lua").read_text()
-FORGET_SCRIPT = (resources.files(__package__) / "lua" / "forget_consumers.lua").read_text()
+CLAIM_SCRIPT = scripts.load("claim_events")
+FORGET_SCRIPT = scripts.load("forget_consumers")
 CONSUMER_THREAD_PREFIX = "rpc-consumer"
 # The upkeep removes consumers idle this many visibility times (and holding nothing)...
 FORGET_AFTER_VISIBILITIES = 10

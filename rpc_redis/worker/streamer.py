@@ -26,20 +26,20 @@ import logging
 import threading
 import time
 from collections import deque
-from importlib import resources
 from typing import Any
 
 from .. import protocol
 from ..errors import TimeLimitExceeded
 from ..events import streams
 from ..printable import printable
+from . import scripts
 from .dispatch import OpenStream
 from .threads import HandlerThreads
 from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")
 
-PUSH_ITEMS_SCRIPT = (resources.files(__package__) / "lua" / "push_items.lua").read_text()
+PUSH_ITEMS_SCRIPT = scripts.load("push_items")
 CANCEL_CHECK_SECONDS = 1.0
 # How often a full window is looked at again: from a millisecond, doubling up to this.
 LAST_POLL_DELAY = 0.05
