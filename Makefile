@@ -28,7 +28,7 @@ $(META_SCHEMAS): $(STAMP) Makefile
 	cd $(@D) && node -e 'process.stdout.write(JSON.stringify(require(process.argv[1]).openrpcDocument))' \
 		"$$(pwd)/openrpc/package/index.js" > openrpc.json.tmp && mv openrpc.json.tmp openrpc.json
 
-demo: $(STAMP)  ## an embedded Redis, a cats worker and a client sending cats
+demo: $(STAMP)  ## an embedded Redis, a worker, cats sent and kittens streamed, an SMS reply, an order
 	$(BIN)/python -m services.demo
 
 test: lint $(META_SCHEMAS)  ## lint, then the whole suite, on embedded redis-server processes

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import threading
@@ -33,11 +32,11 @@ from rpc_redis import AsyncClient, Client
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.testing import WorkerProcess
 
-from . import dispatch, floor, topologies
+from . import dispatch, events, floor, stats, topologies
+from .stats import cpu_seconds
 from .topologies import Topology
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAYLOADS = {"100 B": "x" * 100, "100 KB": "x" * 100_000}
 # Rows compared with each other are measured in this many alternating rounds.
 ROUNDS = 5
@@ -48,7 +47,7 @@ TARGETS = {"bench": "service", "bench_async": "async_service", "bench_validated"
 
 
 @dataclass
-class Row:
+class Row(stats.Latencies):
     kind: str  # "latency" or "throughput"
     system: str  # "floor", "sync", "async"
     callers: int
@@ -80,24 +79,8 @@ class Row:
     def throughput(self) -> float:
         return self.calls / self.seconds if self.seconds else 0.0
 
-    @property
-    def median_us(self) -> float:
-        return statistics.median(self.latencies) * 1e6 if self.latencies else 0.0
-
-    @property
-    def p99_us(self) -> float:
-        if len(self.latencies) < 2:
-            return self.median_us
-        return statistics.quantiles(self.latencies, n=100)[98] * 1e6
-
     def per_call(self, value: float) -> float:
         return value / self.calls * 1e6 if self.calls else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_mb(pid: int) -> float:
@@ -501,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         name: topology_rows(make, duration / ROUNDS, sequential_calls["100 B"])
         for name, make in (("tls", topologies.tls), ("cluster", topologies.cluster))
     }
+    # Events and streams, each path beside its own floor, on a Redis of their own.
+    with EmbeddedRedis() as events_server:
+        event_rows, event_targets, event_met, event_codes = events.measure(
+            events_server.url, quick
+        )
     floors = floors_of(rows)
     print()
     print(table(rows, floors))
@@ -569,12 +557,19 @@ def main(argv: list[str] | None = None) -> int:
         f"worker CPU per call, {validated.median_us - plain.median_us:+.0f} µs median latency"
     )
     print(dispatch.report(2_000 if quick else 20_000))
+    print()
+    print("events and streams (each path beside its floor, in alternating rounds):")
+    print(events.table(event_rows))
+    print()
+    targets += event_targets
+    met += event_met
     print("targets (ratios from this run):")
     for (name, value, goal), ok in zip(targets, met, strict=True):
         print(f"  {'MET ' if ok else 'MISS'}  {name}: {value} (target {goal})")
     print(f"workers' exit codes: {exit_codes}")
     topology_codes = [code for _, _, _, codes in elsewhere.values() for code in codes]
     print(f"workers' exit codes on the other topologies: {topology_codes}")
+    print(f"exit codes of the events' floors and worker: {event_codes}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = [
@@ -585,9 +580,15 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for row in measured
         ]  # fmt: skip
+        payload += [
+            {**asdict(row), "latencies": None, "rounds": None, "median_us": row.median_us,
+             "p99_us": row.p99_us, "topology": "node, events"}
+            for row in event_rows
+        ]  # fmt: skip
         results = {"rows": payload, "targets": targets, "met": met}
         args.json.write_text(json.dumps(results, indent=2))
-    return 0 if all(code == 0 for code in exit_codes + topology_codes) else 1
+    codes = exit_codes + topology_codes + event_codes
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,21 @@
-"""JSON-RPC 2.0 between services over Redis lists.
+"""JSON-RPC 2.0 between services over Redis lists, with events and streamed results.
 
 Serve plain functions with :class:`Service` and ``rpc-worker``; call them through
-:class:`Client` proxies. The wire protocol is in docs/protocol.md.
+:class:`Client` proxies, stream a generator's items (``proxy.stream.method()``), publish
+and emit events (``client.publish``, ``client.emit``) that ``@service.subscribe`` and
+``@service.on`` handlers receive. The wire protocol is in docs/protocol.md.
 """
 
-from .client import AsyncBatch, AsyncClient, Batch, BatchResult, Client, ServiceProxy
+from .client import (
+    AsyncBatch,
+    AsyncClient,
+    AsyncStream,
+    Batch,
+    BatchResult,
+    Client,
+    ServiceProxy,
+    Stream,
+)
 from .context import CallContext, current_call
 from .errors import (
     InternalError,
@@ -17,6 +28,8 @@ from .errors import (
     RpcError,
     RpcRedisError,
     RpcTimeout,
+    StreamingRequired,
+    StreamingUnsupported,
     TimeLimitExceeded,
 )
 from .middleware import Middleware
@@ -26,6 +39,7 @@ from .worker import Worker, WorkerThread
 __all__ = [
     "AsyncBatch",
     "AsyncClient",
+    "AsyncStream",
     "Batch",
     "BatchResult",
     "CallContext",
@@ -43,6 +57,9 @@ __all__ = [
     "RpcTimeout",
     "Service",
     "ServiceProxy",
+    "Stream",
+    "StreamingRequired",
+    "StreamingUnsupported",
     "TimeLimitExceeded",
     "Worker",
     "WorkerThread",

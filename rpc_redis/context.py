@@ -16,6 +16,12 @@ class CallContext:
     In a client, ``meta`` is the envelope's ``meta`` being built (hooks add string keys
     in ``before_send``); in a worker it is what the envelope carried. ``request_id`` is
     None for a notification (``is_notification``).
+
+    An event is served as a call too: ``event`` names its channel (pub/sub) or topic
+    (durable), ``params`` holds its data, and ``delivery_count`` says how often a durable
+    event has been delivered (1 the first time), so that a handler can be idempotent.
+    In a client, ``publish`` and ``emit`` are calls of the method of that name to the
+    channel or topic.
     """
 
     service: str
@@ -25,6 +31,10 @@ class CallContext:
     request_id: Any = None
     deadline: float | None = None
     is_notification: bool = False
+    event: str | None = None
+    delivery_count: int = 1
+    # A durable event's stream entry id ("1767225600123-0"), None otherwise.
+    event_id: str | None = None
 
     def remaining(self) -> float | None:
         """Seconds until the caller stops waiting, or None if it set no deadline."""

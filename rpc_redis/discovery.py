@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import protocol
+from .events import wire
 from .service import Method, Service
 
 OPENRPC_VERSION = "1.3.2"
@@ -41,16 +42,61 @@ def openrpc_document(service: Service, *, use_pydantic: bool | None = None) -> d
         "info": info,
         "methods": [method_object(method, schemas) for method in service.methods.values()],
     }
+    document.update(events_and_streams(service, schemas))
     if schemas.components:
         document["components"] = {"schemas": schemas.components}
-    document.update(events_and_streams(service))
     return document
 
 
-def events_and_streams(service: Service) -> dict[str, Any]:
-    """The events a service publishes and the streams it serves, as ``x-events`` and
-    ``x-streams`` extensions, once services have them (issue 14): nothing yet."""
-    return {}
+def events_and_streams(service: Service, schemas: SchemaMaker) -> dict[str, Any]:
+    """What a service listens to, as the ``x-events`` extension (OpenRPC lets a document
+    carry ``x-`` members): its pub/sub subscriptions (a channel or a pattern, and the
+    Redis channel or glob the worker subscribes to) and its durable consumers (a topic,
+    its stream and the service's consumer group), each with its handler and the schema
+    of the event's data it takes. Its streaming methods are marked on the methods
+    themselves (``x-streaming``); nothing here if it has no event handlers."""
+    subscriptions = []
+    for subscription in service.subscriptions:
+        described: dict[str, Any] = {}
+        if subscription.channel is not None:
+            described["channel"] = subscription.channel
+            described["redisChannel"] = wire.channel_name(subscription.channel)
+        else:
+            assert subscription.pattern is not None
+            described["pattern"] = subscription.pattern
+            described["redisPattern"] = wire.channel_pattern(subscription.pattern)
+        subscriptions.append({**described, **_event_handler(subscription.handler, schemas)})
+    consumers = [
+        {
+            "topic": topic,
+            "stream": wire.stream_key(topic),
+            "group": service.name,
+            **_event_handler(consumer.handler, schemas),
+        }
+        for topic, consumer in service.consumers.items()
+    ]
+    events: dict[str, Any] = {}
+    if subscriptions:
+        events["subscriptions"] = subscriptions
+    if consumers:
+        events["consumers"] = consumers
+    return {"x-events": events} if events else {}
+
+
+def _event_handler(handler: Method, schemas: SchemaMaker) -> dict[str, Any]:
+    """An event handler: its name, summary, and the schema of the data it takes."""
+    hints = _hints(handler)
+    parameters = [
+        parameter
+        for parameter in inspect.signature(handler.func).parameters.values()
+        if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]
+    hint = hints.get(parameters[0].name, Any) if parameters else Any
+    described: dict[str, Any] = {"handler": handler.name, "data": schemas.of(hint)}
+    docstring = inspect.getdoc(handler.func)
+    if docstring:
+        described["summary"] = docstring.split("\n\n", 1)[0].replace("\n", " ")
+    return described
 
 
 def method_object(method: Method, schemas: SchemaMaker) -> dict[str, Any]:
@@ -70,7 +116,13 @@ def method_object(method: Method, schemas: SchemaMaker) -> dict[str, Any]:
         described["summary"] = docstring.split("\n\n", 1)[0].replace("\n", " ")
         described["description"] = docstring
     described["params"] = params
-    described["result"] = {"name": "result", "schema": schemas.of(hints.get("return", Any))}
+    result = hints.get("return", Any)
+    if method.streams:
+        # A generator streams its items (``proxy.stream.name()``): the result described
+        # is one item, and x-streaming says so.
+        result = _item_type(result)
+        described["x-streaming"] = True
+    described["result"] = {"name": "result", "schema": schemas.of(result)}
     described["paramStructure"] = _structure(kinds)
     if method.errors:
         described["errors"] = [error.to_error_object() for error in method.errors]
@@ -86,6 +138,12 @@ def _param(parameter: inspect.Parameter, hint: Any, schemas: SchemaMaker) -> dic
         "schema": schema,
         "required": parameter.default is parameter.empty,
     }
+
+
+def _item_type(hint: Any) -> Any:
+    """The item type of a generator's return hint (``Iterator[Cat]`` is ``Cat``)."""
+    arguments = typing.get_args(hint)
+    return arguments[0] if arguments else Any
 
 
 def _structure(kinds: set[Any]) -> str:
@@ -174,8 +232,10 @@ def builtin_schema(hint: Any) -> Schema:
     if origin is typing.Literal:
         return {"enum": list(arguments)}
     if isinstance(origin, type) and issubclass(origin, Mapping):
-        value = builtin_schema(arguments[1]) if len(arguments) == 2 else {}
-        return {"type": "object", **({"additionalProperties": value} if value else {})}
+        if len(arguments) != 2:
+            return {"type": "object"}
+        # Any value: ``true``, as pydantic says it, so that both describe it alike.
+        return {"type": "object", "additionalProperties": builtin_schema(arguments[1]) or True}
     if origin is tuple and arguments and arguments[-1] is not Ellipsis:
         items = [builtin_schema(argument) for argument in arguments]
         count = len(items)
@@ -220,12 +280,24 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
             for param in method.get("params", [])
         )
         result = schema_text(method.get("result", {}).get("schema", {}))
-        lines.append(f"  {method['name']}({params}) -> {result}")
+        streams = "stream of " if method.get("x-streaming") else ""
+        lines.append(f"  {method['name']}({params}) -> {streams}{result}")
         if method.get("summary"):
             lines.append(f"      {method['summary']}")
         for error in method.get("errors", []):
             lines.append(f"      error {error['code']}: {error['message']}")
+    events = document.get("x-events", {})
+    for listened in events.get("subscriptions", []):
+        source = listened.get("channel") or f"pattern {listened.get('pattern')}"
+        lines.append(_listener_line(f"subscribes to {source}", listened))
+    for consumed in events.get("consumers", []):
+        lines.append(_listener_line(f"consumes {consumed.get('topic')}", consumed))
     return lines
+
+
+def _listener_line(what: str, listener: dict[str, Any]) -> str:
+    data = schema_text(listener.get("data", {}))
+    return f"  {what}: {listener.get('handler')}({data})"
 
 
 def _default_text(param: dict[str, Any]) -> str:

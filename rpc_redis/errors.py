@@ -23,6 +23,8 @@ INTERNAL_ERROR = -32603
 # Implementation-defined server errors (-32000 to -32099).
 SERVER_ERROR = -32000
 TIME_LIMIT_EXCEEDED = -32001
+STREAMING_REQUIRED = -32002
+STREAMING_UNSUPPORTED = -32003
 
 
 class RpcRedisError(Exception):
@@ -90,6 +92,20 @@ class TimeLimitExceeded(RpcError):
     default_message = "Time limit exceeded"
 
 
+class StreamingRequired(RpcError):
+    """The method is a generator: call it as a stream (``proxy.stream.method(...)``)."""
+
+    default_code = STREAMING_REQUIRED
+    default_message = "Method streams its results"
+
+
+class StreamingUnsupported(RpcError):
+    """The method is not a generator: call it plainly, not as a stream."""
+
+    default_code = STREAMING_UNSUPPORTED
+    default_message = "Method does not stream"
+
+
 _ERRORS_BY_CODE: dict[int, type[RpcError]] = {
     cls.default_code: cls
     for cls in (
@@ -99,6 +115,8 @@ _ERRORS_BY_CODE: dict[int, type[RpcError]] = {
         InvalidParams,
         InternalError,
         TimeLimitExceeded,
+        StreamingRequired,
+        StreamingUnsupported,
     )
 }
 

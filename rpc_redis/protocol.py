@@ -188,9 +188,11 @@ def encode_envelope(
     reply_to: str | None,
     deadline: float | None,
     meta: dict[str, str] | None = None,
+    stream: dict[str, Any] | None = None,
 ) -> bytes:
     """The message a client pushes: the JSON-RPC request (or batch), where to reply, and
-    the middleware's ``meta`` (left out when empty)."""
+    the middleware's ``meta`` (left out when empty); ``stream`` asks for the results as a
+    stream (``events/streams.py``)."""
     envelope: dict[str, Any] = {"v": ENVELOPE_VERSION}
     if reply_to is not None:
         envelope["reply_to"] = reply_to
@@ -198,6 +200,8 @@ def encode_envelope(
         envelope["deadline"] = round(deadline, 6)
     if meta:
         envelope["meta"] = meta
+    if stream is not None:
+        envelope["stream"] = stream
     envelope["request"] = request
     return dumps(envelope)
 
@@ -277,6 +281,9 @@ class Incoming:
     deadline: float | None
     enveloped: bool
     meta: dict[str, str] = field(default_factory=dict)
+    # The envelope's ``stream`` member as sent (None: not a stream), which the worker's
+    # streaming reads by the rules of ``events/streams.py``.
+    stream: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,12 +367,15 @@ def _from_envelope(envelope: dict[str, Any]) -> Incoming | Rejected:
         reason = "envelope deadline must be a number (seconds since the Unix epoch)"
         return Rejected(reason, InvalidRequest(data=reason), reply_to, request_id)
     meta = envelope.get("meta")
+    stream = envelope.get("stream")
     if meta is None:
-        return Incoming(envelope["request"], reply_to, deadline, enveloped=True)
+        return Incoming(envelope["request"], reply_to, deadline, enveloped=True, stream=stream)
     problem = meta_problem(meta)
     if problem is not None:
         return Rejected(problem, InvalidRequest(data=problem), reply_to, request_id)
-    return Incoming(envelope["request"], reply_to, deadline, enveloped=True, meta=meta)
+    return Incoming(
+        envelope["request"], reply_to, deadline, enveloped=True, meta=meta, stream=stream
+    )
 
 
 def bare_reply_key(document: Any) -> str | None:
@@ -511,8 +521,13 @@ def reply_within(response: Any, body: bytes, max_bytes: int) -> bytes:
 
 def reply_too_large_response(response: Any, size: int, max_bytes: int) -> dict[str, Any]:
     request_id = response.get("id") if isinstance(response, dict) else None
-    error = RpcError("Reply too large", {"size": size, "limit": max_bytes}, code=INTERNAL_ERROR)
+    error = reply_too_large(size, max_bytes)
     return error_response(request_id if is_valid_id(request_id) else None, error)
+
+
+def reply_too_large(size: int, max_bytes: int) -> RpcError:
+    """The error for a reply (or a streamed item) of ``size`` bytes over the limit."""
+    return RpcError("Reply too large", {"size": size, "limit": max_bytes}, code=INTERNAL_ERROR)
 
 
 def unserialisable_result_response(response: Any) -> dict[str, Any]:

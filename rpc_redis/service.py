@@ -1,7 +1,8 @@
-"""A Service: a named set of plain functions, the methods a worker serves.
+"""A Service: a named set of plain functions, the methods a worker serves, and the
+handlers it runs for events (``subscribe`` for pub/sub, ``on`` for durable events).
 
-A Service only registers; how a request reaches a method is the worker's business
-(``worker/dispatch.py``), so a service module imports nothing of the worker.
+A Service only registers; how a request or an event reaches a function is the worker's
+business (``worker/``), so a service module imports nothing of the worker.
 """
 
 from __future__ import annotations
@@ -36,6 +37,28 @@ class Method:
     params: ParamsShape
     validate: bool = False
     errors: tuple[RpcError, ...] = ()
+    # A generator (or async generator) streams its items: called as a stream, never plainly.
+    streams: bool = False
+    is_async_generator: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A pub/sub handler: run for each message on ``channel``, or on every channel that
+    matches ``pattern`` (a Redis glob), at most once per worker that subscribes."""
+
+    channel: str | None
+    pattern: str | None
+    handler: Method
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A durable-event handler: run for each event emitted on ``topic``, at least once
+    per service (the service's workers share its consumer group)."""
+
+    topic: str
+    handler: Method
 
 
 class Service:
@@ -73,9 +96,15 @@ class Service:
         self.version = version
         self.description = description
         self.methods: dict[str, Method] = {}
+        self.subscriptions: list[Subscription] = []
+        self.consumers: dict[str, Consumer] = {}  # topic -> its one handler here
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, methods={sorted(self.methods)})"
+
+    @property
+    def handles_events(self) -> bool:
+        return bool(self.subscriptions or self.consumers)
 
     @property
     def functions(self) -> dict[str, Callable[..., Any]]:
@@ -127,8 +156,7 @@ class Service:
         ``validate`` overrides the service's; ``errors`` (RpcError classes or instances)
         are the application errors ``rpc.discover`` lists for it.
         """
-        if time_limit is not None and time_limit <= 0:
-            raise ValueError("time_limit must be a positive number of seconds")
+        _check_time_limit(time_limit)
         validated = self.validate if validate is None else validate
         declared = tuple(error() if isinstance(error, type) else error for error in errors)
 
@@ -140,18 +168,88 @@ class Service:
                 raise ValueError(f"{self.name} already has a method named {method_name!r}")
             if validated:
                 require_pydantic(f"{self.name}.{method_name}")
+            is_async_generator = inspect.isasyncgenfunction(func)
             self.methods[method_name] = Method(
                 method_name,
                 func,
                 time_limit,
-                inspect.iscoroutinefunction(func),
+                inspect.iscoroutinefunction(func) or is_async_generator,
                 ParamsShape(func),
                 validated,
                 declared,
+                streams=is_async_generator or inspect.isgeneratorfunction(func),
+                is_async_generator=is_async_generator,
             )
             return func
 
         return register(func) if func is not None else register
+
+    def subscribe(
+        self,
+        channel: str | None = None,
+        *,
+        pattern: str | None = None,
+        time_limit: float | None = None,
+    ) -> Callable[[F], F]:
+        """Run the function (sync or async) for each message published on ``channel``,
+        or on any channel matching ``pattern`` (``"sms.*"``); it takes the message's
+        data as its one argument. At most once: what is published while no worker of
+        this service listens is lost (docs/events.md)."""
+        if (channel is None) == (pattern is None):
+            raise ValueError("subscribe to a channel or a pattern: give exactly one")
+        _check_name("channel" if pattern is None else "pattern", channel or pattern)
+        _check_time_limit(time_limit)
+
+        def register(func: F) -> F:
+            handler = _event_handler(func, time_limit)
+            self.subscriptions.append(Subscription(channel, pattern, handler))
+            return func
+
+        return register
+
+    def on(self, topic: str, *, time_limit: float | None = None) -> Callable[[F], F]:
+        """Run the function (sync or async) for each durable event emitted on ``topic``;
+        it takes the event's data as its one argument. At least once: an event is
+        acknowledged after the function returns, and handled again if it raised or its
+        worker died (``current_call().delivery_count`` says how often it came)."""
+        _check_name("topic", topic)
+        _check_time_limit(time_limit)
+        if "{" in topic or "}" in topic:
+            raise ValueError("a topic's name is its stream's hash tag: no braces in it")
+        if topic in self.consumers:
+            raise ValueError(f"{self.name} already has a handler for the topic {topic!r}")
+
+        def register(func: F) -> F:
+            self.consumers[topic] = Consumer(topic, _event_handler(func, time_limit))
+            return func
+
+        return register
+
+
+def _check_name(what: str, name: str | None) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a {what} must be a non-empty string, not {name!r}")
+
+
+def _check_time_limit(time_limit: float | None) -> None:
+    if time_limit is not None and time_limit <= 0:
+        raise ValueError("time_limit must be a positive number of seconds")
+
+
+def _event_handler(func: Callable[..., Any], time_limit: float | None) -> Method:
+    """An event handler as a Method (so the worker runs it as it runs methods), checked
+    now: it must take the event's data as its one positional argument."""
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise ValueError(f"an event handler cannot be a generator: {func.__qualname__}")
+    try:
+        inspect.signature(func).bind(None)
+    except TypeError:
+        raise ValueError(
+            f"an event handler takes the event's data as its one argument: {func.__qualname__}"
+        ) from None
+    return Method(
+        func.__name__, func, time_limit, inspect.iscoroutinefunction(func), ParamsShape(func)
+    )
 
 
 class ParamsShape:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from rpc_redis import AsyncBatch, AsyncClient, Client
+from rpc_redis import AsyncBatch, AsyncClient, AsyncStream, Client
 
 T = TypeVar("T")
 Run = Callable[[Awaitable[Any]], Any]
@@ -28,7 +28,40 @@ class Blocking:
         return Blocking(getattr(self._target, name), self._run)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._run(self._target(*args, **kwargs))
+        made = self._target(*args, **kwargs)
+        if isinstance(made, AsyncStream):  # proxy.stream.method(): iterated, not awaited
+            return BlockingStream(made, self._run)
+        return self._run(made)
+
+
+class BlockingStream:
+    """An AsyncStream with the sync Stream's surface: each item waits on the loop."""
+
+    def __init__(self, stream: AsyncStream, run: Run) -> None:
+        self._stream = stream
+        self._run = run
+
+    @property
+    def reply_key(self) -> str:
+        return self._stream.reply_key
+
+    def __iter__(self) -> BlockingStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._run(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._run(self._stream.aclose())
+
+    def __enter__(self) -> BlockingStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class BlockingBatch:
@@ -85,6 +118,15 @@ class AsyncOnThread:
 
     def batch(self, *args: Any, **kwargs: Any) -> BlockingBatch:
         return BlockingBatch(self.client.batch(*args, **kwargs), self.run)
+
+    def stream(self, *args: Any, **kwargs: Any) -> BlockingStream:
+        return BlockingStream(self.client.stream(*args, **kwargs), self.run)
+
+    def publish(self, *args: Any, **kwargs: Any) -> int:
+        return self.run(self.client.publish(*args, **kwargs))
+
+    def emit(self, *args: Any, **kwargs: Any) -> str:
+        return self.run(self.client.emit(*args, **kwargs))
 
     def close(self) -> None:
         if self.loop.is_closed():

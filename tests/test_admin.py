@@ -681,3 +681,44 @@ def test_the_doc_quotes_the_default_bound() -> None:
     assert DEFAULT_DEAD_LETTER_LIMIT == 10_000, "update docs/dead-letters.md and this test"
     words = " ".join(DOC.read_text(encoding="utf-8").split())
     assert f"keeps the newest **{DEFAULT_DEAD_LETTER_LIMIT:,}** entries" in words
+
+
+def test_requeue_puts_dead_events_back_in_their_streams_for_their_service_alone(
+    redis_connection: redis.Redis,
+) -> None:
+    from rpc_redis.events import wire
+
+    dead = "rpc:dead:{billing}"
+    request = b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":"r"}'
+    entry = wire.Entry("1-0", b'{"v":1,"data":{"id":17}}', None, 3)
+    letters = [
+        protocol.encode_dead_letter(request, "x", "rpc:queue:{billing}", 1.0),
+        wire.encode_event_dead_letter(
+            entry.raw, "failed", "rpc:stream:{orders}", "billing", entry, 2
+        ),
+        wire.encode_event_dead_letter(
+            b"\xff", "failed", "rpc:stream:{orders}", "billing", entry, 3
+        ),
+        wire.encode_event_dead_letter(
+            entry.raw, "failed", "rpc:stream:{taken}", "billing", entry, 4
+        ),
+        wire.encode_event_dead_letter(
+            entry.raw, "again", "rpc:stream:{orders}", "billing", entry, 5
+        ),
+    ]
+    redis_connection.rpush(dead, *letters)
+    redis_connection.set("rpc:stream:{taken}", "not a stream")
+    assert admin.requeue_dead_letters(redis_connection, "billing", limit=2) == (
+        admin.RequeueResult(requeued=2, skipped=0, left=3)
+    )
+    assert redis_connection.lrange("rpc:queue:{billing}", 0, -1) == [request]
+    [(_, fields)] = redis_connection.xrange("rpc:stream:{orders}")
+    assert fields == {b"event": entry.raw, b"for": b"billing"}
+    assert admin.requeue_dead_letters(redis_connection, "billing") == (
+        admin.RequeueResult(requeued=1, skipped=2, left=2)  # binary; a key not a stream
+    )
+    assert [letter.time for letter in admin.list_dead_letters(redis_connection, "billing")] == [
+        3,
+        4,
+    ]
+    assert redis_connection.xlen("rpc:stream:{orders}") == 2

@@ -28,7 +28,14 @@ def test_quick_benchmark_prints_its_table_and_targets() -> None:
         assert re.search(rf"^latency\s+{system}\s+\S+.*\s1\s+1\s+100 B\s+\d+", output, re.M)
         assert re.search(rf"^throughput\s+{system}\s+\S+\s+8\s+2\s+100 B\s+\d+", output, re.M)
     assert re.search(r"^latency\s+sync\s+async def\s+1\s+1\s+100 B", output, re.M)
-    assert len(re.findall(r"^  (MET |MISS)  ", output, re.M)) == 7
+    # 7 of the calls, and 2 for each of pub/sub, durable events and streams.
+    assert len(re.findall(r"^  (MET |MISS)  ", output, re.M)) == 13
+    events = output.split("events and streams (", 1)[1].split("\n\n", 1)[0]
+    for path in ("pub/sub", "durable", "stream"):
+        for kind in ("latency", "throughput"):
+            for system in ("floor", "rpc"):
+                assert re.search(rf"^{path}\s+{kind}\s+{system}\s+\d+", events, re.M), events
+    assert re.search(r"^exit codes of the events' floors and worker: \[0(, 0){3}\]$", output, re.M)
     assert re.search(r"keys left in Redis: \d+", output)
     assert re.search(r"^validation \(def, validated against def.*µs median latency$", output, re.M)
     assert re.search(r"^worker path per call, in process .*µs for validation\)$", output, re.M)

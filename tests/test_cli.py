@@ -28,7 +28,7 @@ def test_serves_every_service_in_the_modules(redis_url: str) -> None:
     with WorkerProcess(args, cwd=REPOSITORY) as worker, Client(redis_url, timeout=5) as client:
         startup = worker.wait_for_line("rpc-worker serving")
         assert "calculator [add, div, mul, sleep, sub] from rpc:queue:{calculator}" in startup
-        assert "cats [receive] from rpc:queue:{cats}" in startup
+        assert "cats [kittens, receive] from rpc:queue:{cats}" in startup
         assert redis_url.split("//")[1] in startup
         assert client.proxy("calculator").add(1, 2) == 3
         assert client.proxy("cats").receive("Tom", 3) == "ok: Tom received"

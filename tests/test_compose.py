@@ -29,7 +29,7 @@ DOCKERIGNORE = REPOSITORY / ".dockerignore"
 SERVICES_DIRECTORY = REPOSITORY / "services"
 
 # The example modules that must have a worker; discovery below must find at least these.
-KNOWN_EXAMPLES = {"services.calculator", "services.cats"}
+KNOWN_EXAMPLES = {"services.calculator", "services.cats", "services.sms", "services.orders"}
 
 
 # -- reading the files --------------------------------------------------------------

@@ -57,15 +57,16 @@ def assert_valid(validator: jsonschema.protocols.Validator, document: dict[str, 
 def documents(redis_server: Any) -> Iterator[dict[str, dict[str, Any]]]:
     """The documents real workers answer with, for every example and test service."""
     url = redis_server.url
-    args = ["services.calculator", "services.cats", "tests.typed_service", "--redis-url", url]
+    args = ["services.calculator", "services.cats", "tests.typed_service"]
+    args += ["services.orders:billing", "services.sms", "--redis-url", url]
     with WorkerProcess(args, cwd=REPOSITORY), Client(url, timeout=5) as client:
         yield {
             name: client.call(name, "rpc.discover")
-            for name in ("calculator", "cats", "typed", "loose")
+            for name in ("calculator", "cats", "typed", "loose", "billing", "sms_bot")
         }
 
 
-@pytest.mark.parametrize("name", ["calculator", "cats", "typed", "loose"])
+@pytest.mark.parametrize("name", ["calculator", "cats", "typed", "loose", "billing", "sms_bot"])
 def test_every_service_answers_rpc_discover_with_a_valid_openrpc_document(
     meta_schema: jsonschema.protocols.Validator,
     documents: dict[str, dict[str, Any]],
@@ -205,3 +206,43 @@ def test_the_summary_for_people_lists_each_method_with_its_types(
     typed = summary_lines(documents["typed"])
     assert "  add(a: number, b: number = 0) -> number" in typed
     assert "  adopt(cat: Cat, on: string) -> Adoption" in typed
+
+
+def test_the_document_lists_subscriptions_durable_consumers_and_streaming_methods(
+    documents: dict[str, dict[str, Any]],
+) -> None:
+    """A service of event handlers only answers rpc.discover too (on its own queue)."""
+    [subscription] = documents["sms_bot"]["x-events"]["subscriptions"]
+    assert subscription["channel"] == "sms_replies"
+    assert subscription["redisChannel"] == "rpc:channel:sms_replies"
+    assert subscription["handler"] == "relay" and subscription["data"]["type"] == "object"
+    assert documents["sms_bot"]["methods"] == []
+    [consumer] = documents["billing"]["x-events"]["consumers"]
+    assert {key: consumer[key] for key in ("topic", "stream", "group", "handler")} == {
+        "topic": "orders",
+        "stream": "rpc:stream:{orders}",
+        "group": "billing",
+        "handler": "bill",
+    }
+    assert "x-events" not in documents["cats"]  # none: only methods
+    methods = {method["name"]: method for method in documents["cats"]["methods"]}
+    assert methods["kittens"]["x-streaming"] is True
+    assert methods["kittens"]["result"]["schema"]["type"] == "object"  # one item's schema
+    assert "x-streaming" not in methods["receive"]
+
+
+def test_a_pattern_subscription_is_described_with_the_glob_the_worker_uses() -> None:
+    service = Service("patterns")
+
+    @service.subscribe(pattern="sms.*")
+    def on_sms(message: str) -> None:
+        """Every SMS channel."""
+
+    [subscription] = openrpc_document(service)["x-events"]["subscriptions"]
+    assert subscription == {
+        "pattern": "sms.*",
+        "redisPattern": "rpc:channel:sms.*",
+        "handler": "on_sms",
+        "data": {"type": "string"},
+        "summary": "Every SMS channel.",
+    }

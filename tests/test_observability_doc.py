@@ -73,3 +73,13 @@ def test_the_console_session_prints_what_the_page_shows(
         if not output_matches(command.expected, actual)
     ]
     assert not mismatches, "\n".join(mismatches)
+
+
+def test_the_events_describe_output_is_what_rpc_admin_describe_prints() -> None:
+    from services.orders import billing
+    from services.sms import bot
+
+    shown = re.search(r"```text\n(billing 0\.0\.0\n.*?)```", PAGE.read_text(), re.DOTALL)
+    assert shown is not None
+    printed = [*summary_lines(openrpc_document(billing)), *summary_lines(openrpc_document(bot))]
+    assert "\n".join(printed) + "\n" == shown.group(1)

@@ -134,7 +134,10 @@ def test_the_ellipsis_matches_only_what_it_stands_for() -> None:
 def test_redis_cli_sessions_print_what_the_doc_shows(redis_url: str, tmp_path: Path) -> None:
     commands = parse_sessions(DOC.read_text(encoding="utf-8"))
     path_directory = redis_cli_wrapper(tmp_path / "bin", redis_url)
-    worker = WorkerProcess(["services.calculator", "--redis-url", redis_url], cwd=REPOSITORY)
+    # The calculator for calls, cats for streams, the SMS bot and the orders' consumers
+    # for events.
+    examples = ["services.calculator", "services.cats", "services.sms", "services.orders"]
+    worker = WorkerProcess([*examples, "--redis-url", redis_url], cwd=REPOSITORY)
     with worker:
         outputs = run_session(commands, path_directory)
         exit_code = worker.stop()

@@ -19,6 +19,7 @@ import redis
 
 from .. import protocol
 from ..connection import slot_of
+from ..events import wire
 from ..printable import printable
 from .outcome import EXIT_OK, UsageError
 
@@ -33,28 +34,30 @@ UNREADABLE_REASON = "unreadable entry (not a dead letter a worker wrote)"
 
 # KEYS[1]: the dead-letter list; KEYS[2...]: the queues its entries name that share its
 # hash slot (all of them, on a single node). ARGV[1]: the most messages to requeue, 0
-# for no limit. Returns {requeued, skipped, left}.
+# for no limit. Returns {requeued, skipped, left, events}.
 #
 # Entries are examined from the head (oldest first). One that holds its message as text
 # is moved: its `message` goes, unchanged, to the tail of its `queue`, and the entry
-# leaves the list. Any other entry (binary, unreadable, or naming a key that is not a
-# list) is skipped and stays, in its place; so does one naming a queue not in KEYS
-# (on a cluster, in another slot: requeue_dead_letters moves those), uncounted. The
-# scan is bounded by the list's length, all reads come before the first write, and
-# Redis runs the script atomically: each entry ends up either requeued or still here,
-# never both, never neither.
+# leaves the list. A durable event's entry (it names a `stream`) stays, counted in
+# `events`: it goes back to its stream afterwards (see requeue_dead_events). Any other
+# entry (binary, unreadable, or naming a key that is not a list) is skipped and stays,
+# in its place; so does one naming a queue not in KEYS (on a cluster, in another slot:
+# requeue_dead_letters moves those), uncounted. The scan is bounded by the list's
+# length, all reads come before the first write, and Redis runs the script atomically:
+# each entry ends up either requeued or still here, never both, never neither.
 REQUEUE_SCRIPT = """
 local dead = KEYS[1]
 local limit = tonumber(ARGV[1])
 local total = redis.call('LLEN', dead)
 local moves, kept, queue_usable, declared = {}, {}, {}, {}
-local scanned, skipped = 0, 0
+local scanned, skipped, events = 0, 0, 0
 for index = 2, #KEYS do declared[KEYS[index]] = true end
 
 -- The entry's queue and message; or nil and whether it can never be requeued.
 local function destination(entry)
   local ok, decoded = pcall(cjson.decode, entry)
   if not ok or type(decoded) ~= 'table' then return nil, true end
+  if type(decoded['stream']) == 'string' then return 'stream' end
   local queue, message = decoded['queue'], decoded['message']
   if type(queue) ~= 'string' or queue == '' or queue == dead then return nil, true end
   if type(message) ~= 'string' then return nil, true end
@@ -74,7 +77,10 @@ while scanned < total and (limit == 0 or #moves < limit) do
     if limit > 0 and #moves >= limit then break end
     scanned = scanned + 1
     local queue, message = destination(entry)
-    if queue then
+    if queue == 'stream' then
+      kept[#kept + 1] = entry
+      events = events + 1
+    elseif queue then
       moves[#moves + 1] = {queue, message}
     else
       if message then skipped = skipped + 1 end
@@ -93,7 +99,7 @@ if #moves > 0 then
     redis.call('LPUSH', dead, kept[index])
   end
 end
-return {#moves, skipped, redis.call('LLEN', dead)}
+return {#moves, skipped, redis.call('LLEN', dead), events}
 """
 
 
@@ -142,7 +148,8 @@ class DeadLetter:
                 return cls._unreadable(entry)
         else:
             raw = b""
-        queue = members.get("queue")
+        # A durable event's entry names its stream instead of a queue.
+        queue = members.get("queue", members.get("stream"))
         at = members.get("time")
         return cls(
             reason=str(members.get("reason", "")),
@@ -206,7 +213,8 @@ def requeue_dead_letters(
     prefix: str = protocol.DEFAULT_PREFIX,
     limit: int | None = None,
 ) -> RequeueResult:
-    """Push dead messages back onto their queues, oldest first, in one atomic script.
+    """Push dead messages back onto their queues, oldest first, in one atomic script;
+    then dead events back into their streams (:func:`requeue_dead_events`).
 
     Each message goes back exactly as it was first received, to the tail of the queue
     it was popped from. Binary and unreadable entries stay in the list, in order. With
@@ -220,14 +228,24 @@ def requeue_dead_letters(
     _check_limit(limit)
     dead = protocol.dead_letter_key(service, prefix)
     letters = [DeadLetter.from_entry(_as_bytes(entry)) for entry in connection.lrange(dead, 0, -1)]
-    queues = list(dict.fromkeys(letter.queue for letter in letters if letter.requeueable))
+    queues = list(
+        dict.fromkeys(
+            letter.queue
+            for letter in letters
+            if letter.requeueable and not isinstance(letter.members.get("stream"), str)
+        )
+    )
     elsewhere = [queue for queue in queues if not _same_slot(connection, queue, dead)]
     local = [queue for queue in queues if queue not in elsewhere]
     script = connection.register_script(REQUEUE_SCRIPT)
-    requeued, skipped, left = map(int, script(keys=[dead, *local], args=[limit or 0]))
+    requeued, skipped, left, events = map(int, script(keys=[dead, *local], args=[limit or 0]))
     if elsewhere and (limit is None or requeued < limit):
         room = None if limit is None else limit - requeued
         more, refused = _requeue_one_by_one(connection, dead, set(elsewhere), room)
+        requeued, skipped, left = requeued + more, skipped + refused, int(connection.llen(dead))
+    if events and (limit is None or requeued < limit):
+        room = None if limit is None else limit - requeued
+        more, refused = requeue_dead_events(connection, dead, room)
         requeued, skipped, left = requeued + more, skipped + refused, int(connection.llen(dead))
     return RequeueResult(requeued, skipped, left)
 
@@ -264,6 +282,39 @@ def _same_slot(connection: RedisClient, key: str, other: str) -> bool:
 def _as_bytes(value: bytes | str) -> bytes:
     """What a client made with decode_responses=True hands back as text, as bytes."""
     return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def requeue_dead_events(
+    connection: RedisClient, dead_key: str, limit: int | None = None
+) -> tuple[int, int]:
+    """Put dead durable events back into the streams they came from, oldest first, each
+    addressed to its service alone (the entry's ``for`` field: the stream's other
+    consumer groups acknowledge it unhandled). How many went back, and how many could
+    not (binary, or a stream key that holds another type), which stay.
+
+    The stream is in another hash slot than the dead letters, so this is no atomic
+    script: each event is added to its stream before its entry leaves the list, and an
+    interruption between the two can only requeue it twice, never lose it."""
+    moved = unusable = 0
+    entries: list[Any] = connection.lrange(dead_key, 0, -1)
+    for entry in entries:
+        if limit is not None and moved >= limit:
+            break
+        letter = _json_object(entry if isinstance(entry, bytes) else entry.encode())
+        if letter is None or not isinstance(letter.get("stream"), str):
+            continue
+        fields = wire.requeue_fields(letter)
+        kind = connection.type(letter["stream"])
+        if fields is None or (kind.decode() if isinstance(kind, bytes) else kind) not in (
+            "stream",
+            "none",
+        ):
+            unusable += 1
+            continue
+        connection.xadd(letter["stream"], fields)  # type: ignore[arg-type]
+        if connection.lrem(dead_key, 1, entry):
+            moved += 1
+    return moved, unusable
 
 
 def purge_dead_letters(

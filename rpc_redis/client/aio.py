@@ -20,12 +20,14 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.asyncio.retry
+import redis.exceptions
 from redis.backoff import NoBackoff
 
 from .. import protocol
 from ..connection import NotSentError, exchange, redirect_of
 from ..connection.routes import BUSY_RETRY_SECONDS, is_busy, with_asking, without_asking
 from ..errors import REDIS_FAILURES, InternalError, RpcConnectionError, RpcTimeout
+from ..events import streams, wire
 from ..middleware import Middleware
 from .batch import AsyncBatch
 from .policy import (
@@ -36,10 +38,13 @@ from .policy import (
     answer,
     blpop_timeout,
     effective_timeout,
+    event_command,
+    event_outcome,
     new_request_id,
     retrying_helps,
 )
 from .proxy import Params, ProxyMaker
+from .streams import AsyncStream, StreamCall
 
 logger = logging.getLogger("rpc_redis.aio")
 
@@ -51,6 +56,8 @@ LISTEN_BLOCK_SECONDS = 1.0
 DRAIN_COUNT = 128
 # Messages in one RPUSH when many calls are flushed together.
 PUSH_CHUNK = 256
+# How long past its wait a stream's read may take for Redis's own BLPOP timeout reply.
+READ_GRACE = 0.25
 # While a failover is under way, how long before a push Redis never got goes again.
 FAILOVER_RETRY_SECONDS = 0.1
 
@@ -89,6 +96,12 @@ class AsyncClient(ProxyMaker):
             shared=True, max_connections=max_connections, socket_timeout=None, **redis_options
         )
         self._send_slots = asyncio.Semaphore(max_connections - 1)
+        # A stream waiting for its next item holds a connection: streams have their own.
+        self._stream_routes = self.target.async_routes(
+            max_connections=max_connections, socket_timeout=None, **redis_options
+        )
+        self._stream_slots = asyncio.Semaphore(max_connections)
+        self._background: set[asyncio.Future[Any]] = set()
         self._pending: dict[Any, InFlight] = {}
         self._listener: asyncio.Task[None] | None = None
         self._outbox: dict[str, list[tuple[bytes, InFlight]]] = {}
@@ -120,6 +133,40 @@ class AsyncClient(ProxyMaker):
         timeout = self.settings.timeout_for(timeout)
         return AsyncBatch(self._roundtrip, self._notify, service, queue_key, timeout)
 
+    async def publish(self, channel: str, data: Any, *, timeout: float | None = None) -> int:
+        """Publish an event to the workers subscribed to ``channel`` now: how many
+        received it. At most once: 0 means nobody listened, and the event is gone."""
+        return int(await self._event("publish", channel, data, timeout, wire.DEFAULT_STREAM_MAXLEN))
+
+    async def emit(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        maxlen: int = wire.DEFAULT_STREAM_MAXLEN,
+        timeout: float | None = None,
+    ) -> str:
+        """Append a durable event to ``topic``'s stream, trimmed to about ``maxlen``
+        events: its id there. Every service that consumes the topic handles it."""
+        return str(await self._event("emit", topic, data, timeout, maxlen))
+
+    def stream(
+        self,
+        service: str,
+        method: str,
+        params: Params | None = None,
+        *,
+        timeout: float | None = None,
+        total_timeout: float | None = None,
+        window: int = streams.DEFAULT_WINDOW,
+        queue: str | None = None,
+    ) -> AsyncStream:
+        """As :meth:`rpc_redis.Client.stream`, iterated with ``async for``."""
+        call = StreamCall.of(
+            self.settings, service, method, params, queue, timeout, total_timeout, window
+        )
+        return AsyncStream(call, self._hooks, self._stream_exchange, self._in_background)
+
     async def aclose(self) -> None:
         """Stop listening and close every connection; calls still waiting fail."""
         if self._listener is not None:
@@ -128,7 +175,10 @@ class AsyncClient(ProxyMaker):
                 await self._listener
         for call in self._pending.values():
             call.fail(RpcConnectionError("the client was closed"))
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self._routes.disconnect()
+        await self._stream_routes.disconnect()
         await self.target.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -145,6 +195,65 @@ class AsyncClient(ProxyMaker):
         request_id = new_request_id()
         request = protocol.request_object(method, params, request_id)
         return await self._roundtrip(service, method, queue, request, [request_id], timeout, answer)
+
+    def _stream(
+        self, service: str, queue: str, method: str, params: Params, timeout: float
+    ) -> AsyncStream:
+        return self.stream(service, method, params, timeout=timeout, queue=queue)
+
+    async def _event(
+        self, method: str, name: str, data: Any, timeout: float | None, maxlen: int
+    ) -> Any:
+        """Publish or emit, with the middleware around it."""
+        timeout = effective_timeout(self.settings.timeout_for(timeout))
+        prefix = self.settings.prefix
+        if self._hooks is None:
+            command = event_command(method, name, data, None, prefix, maxlen)
+            [response] = await self._command([command], name, method, command[1], timeout)
+            return event_outcome(response)
+        with self._hooks.before_event(method, name, data) as outgoing:
+            command = event_command(method, name, data, outgoing.meta, prefix, maxlen)
+            [response] = await self._command([command], name, method, command[1], timeout)
+            outgoing.outcome = event_outcome(response)
+        return outgoing.outcome
+
+    async def _command(
+        self,
+        commands: list[tuple[Any, ...]],
+        service: str,
+        method: str,
+        key: str,
+        timeout: float,
+        *,
+        streaming: bool = False,
+    ) -> list[Any]:
+        """Commands in one round trip on a pooled connection (a stream's own pool, for a
+        stream's blocking reads): their answers, or what fails, mapped as policy says."""
+        routes, slots = (
+            (self._stream_routes, self._stream_slots)
+            if streaming
+            else (self._routes, self._send_slots)
+        )
+        try:
+            async with slots:
+                responses = await routes.exchange(commands, timeout + READ_GRACE)
+            for response in responses:
+                if isinstance(response, redis.exceptions.ResponseError):
+                    raise response
+        except REDIS_FAILURES as exc:
+            raise self.settings.exchange_error(exc, service, method, timeout, key) from exc
+        return responses
+
+    async def _stream_exchange(
+        self, commands: list[tuple[Any, ...]], service: str, method: str, key: str, wait: float
+    ) -> list[Any]:
+        return await self._command(commands, service, method, key, wait, streaming=True)
+
+    def _in_background(self, work: Any) -> None:
+        """Run a stream's cancel that nobody awaits; :meth:`aclose` waits for it."""
+        future = asyncio.ensure_future(work)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     async def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
         if self._hooks is None:

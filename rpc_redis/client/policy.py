@@ -25,6 +25,7 @@ from ..errors import (
     classify_redis_error,
     redis_error,
 )
+from ..events import wire
 from ..middleware import Hooks, Middleware, run_hooks
 
 DEFAULT_TIMEOUT = 10.0
@@ -187,6 +188,27 @@ def batch_outcomes(reply: Any, request_ids: Sequence[Any]) -> list[Any]:
     ]
 
 
+# -- events ------------------------------------------------------------------------------------
+
+
+def event_command(
+    method: str, name: str, data: Any, meta: dict[str, str] | None, prefix: str, maxlen: int
+) -> tuple[Any, ...]:
+    """The one command of ``publish`` (PUBLISH) or ``emit`` (XADD with a trim)."""
+    body = wire.encode_event(data, meta)
+    if method == "publish":
+        return wire.publish_command(name, body, prefix)
+    return wire.emit_command(name, body, prefix, maxlen)
+
+
+def event_outcome(response: Any) -> Any:
+    """What ``publish`` returns (how many subscribers received it), or ``emit`` (the
+    event's id in its stream); a refusal is raised, to be mapped as any failure is."""
+    if isinstance(response, BaseException):
+        raise response
+    return response.decode() if isinstance(response, bytes) else response
+
+
 # -- middleware ------------------------------------------------------------------------------
 
 
@@ -210,6 +232,11 @@ class Outgoing:
         return self
 
     def __exit__(self, exc_type: object, error: BaseException | None, traceback: object) -> None:
+        self.finish(error)
+
+    def finish(self, error: BaseException | None) -> None:
+        """Run ``after_reply``: with the ``outcome``, or with the error (a cancellation
+        too: what began in ``before_send``, a span, must end)."""
         if error is None:
             self._hooks.replied(self, self.outcome)
         else:  # a cancellation too: what began in before_send (a span...) must end
@@ -255,11 +282,20 @@ class ClientHooks:
             )
             for request in (payload if is_batch else [payload])
         ]
-        outgoing = Outgoing(self, calls, meta, is_batch)
+        return self._sending(Outgoing(self, calls, meta, is_batch))
+
+    def before_event(self, method: str, name: str, data: Any) -> Outgoing:
+        """``before_send`` for an event: a ``publish`` or ``emit`` call to its channel or
+        topic (``call.event``), its data the one param."""
+        meta: dict[str, str] = {}
+        call = CallContext(name, method, [data], meta, is_notification=True, event=name)
+        return self._sending(Outgoing(self, [call], meta, is_batch=False))
+
+    def _sending(self, outgoing: Outgoing) -> Outgoing:
         try:
-            for call in calls:
+            for call in outgoing.calls:
                 run_hooks(self._before_send, call, may_refuse=True)
-            problem = protocol.meta_problem(meta)
+            problem = protocol.meta_problem(outgoing.meta)
             if problem is not None:
                 raise ValueError(f"middleware set an invalid meta: {problem}")
         except (RpcError, ValueError) as refusal:

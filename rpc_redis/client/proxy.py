@@ -61,11 +61,13 @@ class MethodNamespace:
 
 
 class ServiceProxy(MethodNamespace):
-    """A remote service: ``proxy.add(1, 2)`` calls, ``proxy.notify.log("x")`` notifies."""
+    """A remote service: ``proxy.add(1, 2)`` calls, ``proxy.notify.log("x")`` notifies,
+    ``proxy.stream.kittens(5)`` iterates a generator method's items as they come."""
 
-    def __init__(self, service: str, caller: Caller, notifier: Caller) -> None:
+    def __init__(self, service: str, caller: Caller, notifier: Caller, streamer: Caller) -> None:
         super().__init__(caller, f"proxy for service {service!r}")
         self.notify = MethodNamespace(notifier, f"notifications to service {service!r}")
+        self.stream = MethodNamespace(streamer, f"streams from service {service!r}")
 
 
 class ProxyMaker:
@@ -95,6 +97,9 @@ class ProxyMaker:
     def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> Any:
         raise NotImplementedError
 
+    def _stream(self, service: str, queue: str, method: str, params: Params, timeout: float) -> Any:
+        raise NotImplementedError
+
     def proxy(
         self, service: str, *, timeout: float | None = None, queue: str | None = None
     ) -> ServiceProxy:
@@ -110,4 +115,7 @@ class ProxyMaker:
             payload = protocol.notification_object(method, params)
             return self._notify(service, queue_key, payload, call_timeout)
 
-        return ServiceProxy(service, call, notify)
+        def stream(method: str, params: Params) -> Any:
+            return self._stream(service, queue_key, method, params, call_timeout)
+
+        return ServiceProxy(service, call, notify, stream)

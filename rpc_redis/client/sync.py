@@ -31,6 +31,7 @@ from ..connection import (
 )
 from ..connection.routes import MAX_REDIRECTS
 from ..errors import REDIS_FAILURES, RpcTimeout
+from ..events import streams, wire
 from ..middleware import Middleware
 from .batch import Batch
 from .policy import (
@@ -41,9 +42,12 @@ from .policy import (
     answer,
     blpop_timeout,
     effective_timeout,
+    event_command,
+    event_outcome,
     new_request_id,
 )
 from .proxy import Params, ProxyMaker
+from .streams import Stream, StreamCall
 
 # How long past a call's timeout a read may wait for Redis's own BLPOP timeout reply.
 READ_GRACE = 0.25
@@ -125,6 +129,43 @@ class Client(ProxyMaker):
         timeout = self.settings.timeout_for(timeout)
         return Batch(self._roundtrip, self._notify, service, queue_key, timeout)
 
+    def publish(self, channel: str, data: Any, *, timeout: float | None = None) -> int:
+        """Publish an event to the workers subscribed to ``channel`` now: how many
+        received it. At most once: 0 means nobody listened, and the event is gone."""
+        return int(self._event("publish", channel, data, timeout, wire.DEFAULT_STREAM_MAXLEN))
+
+    def emit(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        maxlen: int = wire.DEFAULT_STREAM_MAXLEN,
+        timeout: float | None = None,
+    ) -> str:
+        """Append a durable event to ``topic``'s stream, trimmed to about ``maxlen``
+        events: its id there. Every service that consumes the topic handles it."""
+        return str(self._event("emit", topic, data, timeout, maxlen))
+
+    def stream(
+        self,
+        service: str,
+        method: str,
+        params: Params | None = None,
+        *,
+        timeout: float | None = None,
+        total_timeout: float | None = None,
+        window: int = streams.DEFAULT_WINDOW,
+        queue: str | None = None,
+    ) -> Stream:
+        """Call a generator method and iterate its items as they come: ``timeout`` bounds
+        each wait (for the first item and between items), ``total_timeout`` the whole
+        stream; ``window`` items at most wait in Redis for this caller. Stopping early
+        (break, ``close()``, the ``with`` block's end) ends the generator on the worker."""
+        call = StreamCall.of(
+            self.settings, service, method, params, queue, timeout, total_timeout, window
+        )
+        return Stream(call, self._hooks, self._exchange)
+
     def close(self) -> None:
         self._routes.disconnect()
         self.target.close()
@@ -140,6 +181,24 @@ class Client(ProxyMaker):
     def _call(self, service: str, queue: str, method: str, params: Params, timeout: float) -> Any:
         request = protocol.request_object(method, params, new_request_id())
         return self._roundtrip(service, method, queue, request, timeout, answer)
+
+    def _stream(
+        self, service: str, queue: str, method: str, params: Params, timeout: float
+    ) -> Stream:
+        return self.stream(service, method, params, timeout=timeout, queue=queue)
+
+    def _event(self, method: str, name: str, data: Any, timeout: float | None, maxlen: int) -> Any:
+        """Publish or emit, with the middleware around it."""
+        timeout = effective_timeout(self.settings.timeout_for(timeout))
+        prefix = self.settings.prefix
+        if self._hooks is None:
+            command = event_command(method, name, data, None, prefix, maxlen)
+            return event_outcome(self._exchange([command], name, method, command[1], timeout)[-1])
+        with self._hooks.before_event(method, name, data) as outgoing:
+            command = event_command(method, name, data, outgoing.meta, prefix, maxlen)
+            responses = self._exchange([command], name, method, command[1], timeout)
+            outgoing.outcome = event_outcome(responses[-1])
+        return outgoing.outcome
 
     def _notify(self, service: str, queue: str, payload: Any, timeout: float) -> None:
         if self._hooks is None:
@@ -207,7 +266,7 @@ class Client(ProxyMaker):
         reply_to = self.settings.new_reply_key(queue)
         message = protocol.encode_envelope(payload, reply_to, deadline, meta)
         commands = [("RPUSH", queue, message), ("BLPOP", reply_to, blpop_timeout(timeout))]
-        popped = self._exchange(commands, service, method, queue, timeout)
+        popped = self._exchange(commands, service, method, queue, timeout)[-1]
         if popped is None:
             raise RpcTimeout(service, method, timeout)
         return protocol.decode_reply(popped[1])
@@ -219,9 +278,9 @@ class Client(ProxyMaker):
         method: str,
         queue: str,
         timeout: float,
-    ) -> Any:
+    ) -> list[Any]:
         """Send commands in one write on one pooled connection of the queue's node; read
-        every response in time; the last one. Whatever fails is raised as policy maps it."""
+        every response in time, and return them. Whatever fails is raised as policy maps it."""
         deadline = time.monotonic() + timeout
         if not self._slots.acquire(timeout=timeout):
             raise RpcTimeout(service, method, timeout)
@@ -242,9 +301,10 @@ class Client(ProxyMaker):
 
     def _exchange_routed(
         self, commands: list[tuple[Any, ...]], deadline: float, pushed: bool = False
-    ) -> Any:
+    ) -> list[Any]:
         """:meth:`_attempt` on the key's node, following redirections: a push refused by
-        MOVED or ASK goes again with its wait; a wait redirected after the push, alone."""
+        MOVED or ASK goes again with its wait; a wait redirected after the push, alone
+        (the responses are then those of what went again: the last ones stay last)."""
         routes = self._routes
         pool = routes.single or routes.pool_for(command_key(commands[0]))  # no hashing on one
         asking = False
@@ -253,7 +313,7 @@ class Client(ProxyMaker):
             responses = self._attempt(pool, commands, asking, deadline, pushed)
             failed = next((r for r in responses if isinstance(r, Exception)), None)
             if failed is None:
-                return responses[-1]
+                return responses
             redirect = redirect_of(failed)
             if redirect is None:
                 raise failed
@@ -308,7 +368,7 @@ class Client(ProxyMaker):
                 connection.disconnect()  # type: ignore[no-untyped-call]
             pool.release(connection)
 
-    def _through_failover(self, unsent: _Unsent, deadline: float) -> Any:
+    def _through_failover(self, unsent: _Unsent, deadline: float) -> list[Any]:
         """Send again what may be sent again (a push Redis never got; the wait for a reply
         whose push it answered) to the primary that replaces the lost one, until the
         call's deadline; the push replicated there is served, its reply written there."""

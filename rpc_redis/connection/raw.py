@@ -123,11 +123,14 @@ def send_commands_sync(connection: redis.Connection, commands: list[tuple[Any, .
 def read_responses_sync(
     connection: redis.Connection, count: int, read_timeout: float | None
 ) -> list[Any]:
-    """The sync twin of :func:`read_responses`."""
+    """The sync twin of :func:`read_responses`. ``read_timeout`` None reads within the
+    connection's own socket timeout: redis-py sets a timeout given per read on the
+    socket and back around every recv, two system calls a read."""
+    options = {} if read_timeout is None else {"timeout": read_timeout}
     responses: list[Any] = []
     for _ in range(count):
         try:
-            responses.append(connection.read_response(timeout=read_timeout))
+            responses.append(connection.read_response(**options))
         except redis.exceptions.ResponseError as error:
             responses.append(error)
     return responses

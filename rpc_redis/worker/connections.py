@@ -1,7 +1,8 @@
 """The receiving connections: one per receiver, named, so that a stopping worker can
-cut their blocking pops short with CLIENT UNBLOCK, and no popped request is dropped.
-On a cluster each goes to the node serving its queues' hash slot, and is replaced by
-one to another node when a redirection or a failover says so."""
+cut their blocking pops short with CLIENT UNBLOCK, and no popped request is dropped (and
+close its subscribed ones, which no UNBLOCK reaches). On a cluster each goes to the node
+serving its queues' (or its stream's) hash slot, and is replaced by one to another node
+when a redirection or a failover says so."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..connection import REDIS_ERRORS, Address, AsyncRoutes, Redirect, RedisTarget
+from ..connection import REDIS_ERRORS, Address, AsyncRoutes, Redirect, RedisTarget, SyncRoutes
 
 # How often a stopping worker cuts short the blocking pops it finds.
 UNBLOCK_INTERVAL = 0.05
@@ -48,6 +49,8 @@ class ReceivingConnections:
             client_name=name,
             retry=redis.retry.Retry(NoBackoff(), 0),
         )
+        self._target = target
+        self._events: dict[float | None, SyncRoutes] = {}  # by socket timeout
 
     @property
     def is_cluster(self) -> bool:
@@ -69,6 +72,33 @@ class ReceivingConnections:
         pool = self._sync.pool_at(at) if at is not None else self._sync.pool_for(key)
         return cast(redis.Connection, pool.make_connection())
 
+    def new_event_sync(
+        self, read_timeout: float | None, key: str | None = None, at: Address | None = None
+    ) -> redis.Connection:
+        """An event reader's connection (a lane's, the subscriber's), to ``key``'s node:
+        RESP2, whose subscribed messages and stream entries are plain arrays, cheaper to
+        read than RESP3's pushes and maps; every read within ``read_timeout``, the
+        socket's own (a timeout given per read costs two system calls a read)."""
+        routes = self._events.get(read_timeout)
+        if routes is None:
+            routes = self._events[read_timeout] = self._target.sync_routes(
+                max_connections=UNBOUNDED,
+                socket_timeout=read_timeout,
+                client_name=self.name,
+                retry=redis.retry.Retry(NoBackoff(), 0),
+                protocol=2,
+            )
+        pool = routes.pool_at(at) if at is not None else routes.pool_for(key)
+        return cast(redis.Connection, pool.make_connection())
+
+    def following_event_sync(
+        self, redirect: Redirect, key: str, read_timeout: float
+    ) -> redis.Connection:
+        """An event reader's connection to the node a redirection names."""
+        self._sync.follow(redirect, key)
+        self._async.follow(redirect, key)
+        return self.new_event_sync(read_timeout, at=redirect.address)
+
     def following(self, redirect: Redirect, key: str) -> redis.asyncio.Connection:
         """A connection to the node a redirection names; a MOVED corrects the slot map."""
         self._async.follow(redirect, key)
@@ -83,6 +113,8 @@ class ReceivingConnections:
         """Close whatever the receiving pools still hold (the receivers close their own)."""
         await self._async.disconnect()
         self._sync.disconnect()
+        for routes in self._events.values():
+            routes.disconnect()
 
     async def unblock_until(self, done: asyncio.Event) -> None:
         """CLIENT UNBLOCK every receiving connection until ``done`` (the receivers have
@@ -97,12 +129,24 @@ class ReceivingConnections:
                 await asyncio.wait_for(done.wait(), UNBLOCK_INTERVAL)
 
     async def _unblock_once(self) -> None:
-        nodes: list[Address | None] = [*{*self._async.addresses(), *self._sync.addresses()}]
+        events = [address for routes in self._events.values() for address in routes.addresses()]
+        nodes: list[Address | None] = [
+            *{*self._async.addresses(), *self._sync.addresses(), *events}
+        ]
         for address in nodes or [None]:
             pool = self.routes.pool_at(address) if address else self.routes.pool_for(None)
             timeout = self.admin_timeout
             [listing] = await self.routes.exchange_on(pool, [("CLIENT", "LIST")], timeout)
-            ids = [entry["id"] for entry in client_list(listing) if entry.get("name") == self.name]
+            mine = [entry for entry in client_list(listing) if entry.get("name") == self.name]
+            # A subscribed connection is not blocked, only waiting: closing it ends its
+            # read (pub/sub loses nothing it would not lose anyway at a stop).
+            subscribed = [entry["id"] for entry in mine if _subscribed(entry)]
+            ids = [entry["id"] for entry in mine if not _subscribed(entry)]
+            if subscribed:
+                await self.routes.exchange_on(
+                    pool, [("CLIENT", "KILL", "ID", client_id) for client_id in subscribed],
+                    self.admin_timeout,
+                )  # fmt: skip
             if ids:
                 await self.routes.exchange_on(
                     pool, [("CLIENT", "UNBLOCK", client_id) for client_id in ids],
@@ -120,3 +164,7 @@ def client_list(listing: Any) -> list[dict[str, str]]:
         for line in text.splitlines()
         if line.strip()
     ]
+
+
+def _subscribed(entry: dict[str, str]) -> bool:
+    return bool(int(entry.get("sub") or 0) or int(entry.get("psub") or 0))

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 with warnings.catch_warnings():
     # jsonrpcserver 5 reads its schema at import with a deprecated importlib.resources
@@ -31,13 +31,21 @@ with warnings.catch_warnings():
     from jsonrpcserver.dispatcher import create_request, to_response
     from jsonrpcserver.request import Request
     from jsonrpcserver.response import to_serializable_one
-    from jsonrpcserver.result import Result
+    from jsonrpcserver.result import Result, SuccessResult
     from jsonrpcserver.sentinels import NODATA, NOID
 
 from .. import protocol
 from ..context import CallContext, enter_call, leave_call
 from ..discovery import openrpc_document
-from ..errors import SERVER_ERROR, InternalError, InvalidRequest, RpcError, TimeLimitExceeded
+from ..errors import (
+    SERVER_ERROR,
+    InternalError,
+    InvalidRequest,
+    RpcError,
+    StreamingRequired,
+    StreamingUnsupported,
+    TimeLimitExceeded,
+)
 from ..middleware import Hooks, run_hooks
 from ..printable import printable, printable_exception
 from ..service import Method, ParamsShape, Service
@@ -96,17 +104,44 @@ class Dispatcher:
         hooks: Hooks | None = None,
     ) -> None:
         self.service = service
-        hooks = hooks or Hooks()
-        watch = Watch()
+        self.options = options
+        self.hooks = hooks = hooks or Hooks()
+        self.watch = watch = Watch()
         # The service's methods and the library's own (rpc.discover, rpc.ping).
         self._registered = {**service.methods, **builtin_methods(service, options.worker)}
         self._methods: dict[str, Callable[..., Any]] = {}  # for the event loop
         self._plain_methods: dict[str, Callable[..., Any]] = {}  # for a thread, plain only
+        self._streams: dict[str, Callable[..., Any]] = {}  # called as streams
         for method in self._registered.values():
             handler = Handler(method, service.name, options, hooks, watch)
+            if method.streams:
+                self._methods[method.name] = _refusal(
+                    StreamingRequired(data=f"call it as a stream: proxy.stream.{method.name}(...)")
+                )
+                self._streams[method.name] = handler.for_stream()
+                continue
             self._methods[method.name] = handler.for_event_loop()
+            self._streams[method.name] = _refusal(
+                StreamingUnsupported(data=f"call it plainly: proxy.{method.name}(...)")
+            )
             if not method.is_async:
                 self._plain_methods[method.name] = handler.for_thread()
+
+    def event_handler(
+        self, method: Method
+    ) -> tuple[Callable[..., Any], Callable[..., Any] | None, float | None]:
+        """An event handler of this service, run as its methods are (current call,
+        middleware, time limit): called with the event's context and data, it returns
+        jsonrpcserver's Success or raises the JsonRpcError its failure maps to. For the
+        event loop (awaited), and, for a plain function, for the receiving thread; and
+        the limit that thread's receiver watches (the default time limit, as the
+        lanes' overseer watches a request's deadline), else None: a --time-limit of
+        the worker's is kept to the letter, on the handler threads."""
+        handler = Handler(method, self.service.name, self.options, self.hooks, self.watch)
+        if method.is_async:
+            return handler.for_event_loop(), None, None
+        watched = handler.default_limit if handler.limit is None else None
+        return handler.for_event_loop(), handler.for_thread(watched=True), watched
 
     def dispatches_in_thread(self, payload: Any) -> bool:
         """Whether :meth:`dispatch_in_thread` can serve this payload: one request that
@@ -193,6 +228,25 @@ class Dispatcher:
         except Exception as exc:
             return self._dispatcher_fault(request, exc)
         return self._response(parsed, result)
+
+    async def open_stream(
+        self, request: Any, deadline: float | None, meta: dict[str, str] | None
+    ) -> OpenStream | dict[str, Any]:
+        """A stream request's generator, made (none of its code has run) with the call
+        current and ``before_call`` run; or the error response that refuses it (invalid,
+        unknown, params that do not fit, a method that does not stream, a hook's refusal)."""
+        context = self._context(request, deadline, meta)
+        if not isinstance(context, CallContext):
+            return context
+        parsed = create_request(request)
+        try:
+            _, result = await async_dispatcher.dispatch_request(self._streams, context, parsed)
+        except Exception as exc:
+            return self._dispatcher_fault(request, exc)
+        opened = getattr(result, "_value", None)
+        if isinstance(opened, SuccessResult) and isinstance(opened.result, OpenStream):
+            return opened.result
+        return cast(dict[str, Any], self._response(parsed, result))
 
     def _context(
         self, request: Any, deadline: float | None, meta: dict[str, str] | None
@@ -305,13 +359,36 @@ class Handler:
 
         return self._signed(call)
 
-    def for_thread(self) -> Callable[..., Any]:
+    def for_stream(self) -> Callable[..., Any]:
+        """A generator method called as a stream: the call made current and
+        ``before_call`` run, then the generator made and handed over, unstarted, as the
+        success (``OpenStream``), for the worker's streaming to run item by item."""
+
+        async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+            token = enter_call(context)
+            try:
+                if self.before_call:
+                    run_hooks(self.before_call, context, may_refuse=True)
+                if self.validator is not None:
+                    args, kwargs = self.validator.params(args, kwargs)
+                generator = self.func(*args, **kwargs)
+                running_in = contextvars.copy_context()  # with this call current
+            except Exception as exc:
+                raise self._failed(context, exc, None) from exc
+            finally:
+                leave_call(token)
+            return Success(OpenStream(generator, context, running_in, self))
+
+        return self._signed(call)
+
+    def for_thread(self, watched: bool = False) -> Callable[..., Any]:
+        """``watched``: the caller's receiver watches the default time limit (events)."""
         assert not self.is_async
 
         def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
             # Bounded by its deadline alone, a call runs here, at no cost: the lanes'
             # overseer watches it. A time limit sends it to the handler threads.
-            if self.limit is None and context.deadline is not None:
+            if self.limit is None and (context.deadline is not None or watched):
                 bound = None
             else:
                 bound = self._bound_of(context)
@@ -370,10 +447,21 @@ class Handler:
         is due nothing (DeadlinePassed)."""
         if isinstance(exc, TimeLimitReached) and bound is not None and bound.limit is None:
             self._cut_at_deadline(context)
+        error = self.failed(context, exc, bound)
+        return JsonRpcError(error.code, error.message, NODATA if error.data is None else error.data)
+
+    def failed(self, context: CallContext, exc: Exception, bound: Bound | None = None) -> RpcError:
+        """The RpcError for what the handler raised (logged unless it is one), after
+        ``after_call`` has seen it: for a failed stream, as for a failed call."""
         error = self._as_rpc_error(exc, bound)
         if self.after_call:
             run_hooks(self.after_call, context, None, error)
-        return JsonRpcError(error.code, error.message, NODATA if error.data is None else error.data)
+        return error
+
+    def finished(self, context: CallContext, value: Any) -> None:
+        """A stream ran to its end: ``after_call`` sees what ends it."""
+        if self.after_call:
+            run_hooks(self.after_call, context, value, None)
 
     def _as_rpc_error(self, exc: Exception, bound: Bound | None) -> RpcError:
         if isinstance(exc, TimeLimitReached) and bound is not None:
@@ -396,6 +484,26 @@ class Handler:
         call.__name__ = self.method
         call.__doc__ = self.func.__doc__
         return call
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """A stream request, opened: its generator (not started), its call, the context
+    the generator runs in (its call current), and the handler that maps its end."""
+
+    generator: Any  # a generator, or an async generator
+    call: CallContext
+    running_in: contextvars.Context
+    handler: Handler
+
+
+def _refusal(error: RpcError) -> Callable[..., Any]:
+    """A method that answers every call with ``error`` (a stream called plainly...)."""
+
+    async def refuse(context: CallContext, *args: Any, **kwargs: Any) -> Any:
+        raise JsonRpcError(error.code, error.message, NODATA if error.data is None else error.data)
+
+    return refuse
 
 
 def builtin_methods(service: Service, worker: str) -> dict[str, Method]:

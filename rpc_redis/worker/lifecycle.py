@@ -36,6 +36,7 @@ from ..middleware import Hooks, Middleware
 from ..service import Service
 from .connections import ReceivingConnections
 from .dispatch import Dispatcher, DispatchOptions
+from .events import EventReceivers, event_sources
 from .handling import Handling, WorkerStats
 from .lanes import Lanes
 from .loop import LoopReceivers
@@ -45,6 +46,7 @@ from .registry import Presence, Upkeep
 from .reliable import Reliability
 from .serving import Serving
 from .settings import WorkerSettings
+from .streamer import Streaming
 from .threads import HandlerThreads
 from .writer import Writer
 
@@ -91,7 +93,10 @@ class Worker:
         self.target = resolve(redis_url, redis)
         self.redis_url = self.target.location.url
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # A service of event handlers only serves its queue too: the library's own
+        # methods (rpc.discover, rpc.ping) answer for it there.
         self.by_queue = {queue or service.queue_key(prefix): service for service in services}
+        self.event_services = [service for service in services if service.handles_events]
         # Reliable queues: requests move into an in-progress list until answered.
         self.reliable_queues = {
             queue: service.name
@@ -108,7 +113,7 @@ class Worker:
         own = [self.stats] if self.metrics is None else [self.stats, self.metrics]
         self.hooks = Hooks([*own, *middleware])
         self.handler_threads = HandlerThreads(self.settings.concurrency)
-        dispatch_options = DispatchOptions(
+        self.dispatch_options = dispatch_options = DispatchOptions(
             debug=self.settings.debug,
             time_limit=self.settings.time_limit,
             default_time_limit=self.settings.default_time_limit,
@@ -134,6 +139,7 @@ class Worker:
         self.stopping = Stopping(self.settings.drain_timeout)
         self._busy_receivers: Lanes | None = None
         self._serving: Serving | None = None
+        self._events: EventReceivers | None = None
         self.started: float | None = None  # when run() began, for the registry
 
     def _receives_in_threads(self) -> bool:
@@ -216,11 +222,30 @@ class Worker:
                 for service in self.services
             }
             upkeep_steps.append(functools.partial(metrics.sample, routes, dead_letter_keys))
-        serving = Serving(self.handling, self.dispatchers, Writer(routes), reliability, loop)
+        writer = Writer(routes)
+        streaming = Streaming(
+            writer,
+            reply_ttl_ms=self.settings.reply_ttl_ms,
+            threads=self.handler_threads,
+            max_item_bytes=self.settings.max_reply_bytes,
+        )
+        serving = Serving(self.handling, self.dispatchers, writer, reliability, loop, streaming)
         self._serving = serving
         connections = ReceivingConnections(
             self.target, routes, f"rpc-worker-{self.name}", ADMIN_TIMEOUT
         )
+        if self.event_services:
+            self._events = EventReceivers(
+                self.event_services,
+                self.dispatch_options,
+                self.hooks,
+                self.settings,
+                worker_name=self.name,
+                routes=routes,
+                writer=writer,
+                outages=outages,
+                connections=connections,
+            )
         receiving_done = asyncio.Event()
         unblocker = asyncio.create_task(self._unblock_at_stop(connections, receiving_done))
         upkeep_done = asyncio.Event()
@@ -307,16 +332,44 @@ class Worker:
         connections: ReceivingConnections,
         routes: AsyncRoutes,
     ) -> None:
-        """Receive until stopped: in lanes (threads), or on the event loop. The startup
-        line and :attr:`ready` wait for the receiving connections to be up, so that
-        "ready" means receiving (a failed one meets its outage in its receive loop)."""
+        """Receive until stopped: requests in lanes (threads) or on the event loop, and
+        events beside them. The startup line and :attr:`ready` wait for the receiving
+        connections to be up, so that "ready" means receiving (a failed one meets its
+        outage in its receive loop)."""
+        receivers: list[Lanes | LoopReceivers | EventReceivers] = []
+        if self.by_queue:
+            receivers.append(self._request_receivers(serving, outages, connections, routes))
+        if self._events is not None:
+            receivers.append(self._events)
+        receiving: asyncio.Future[Any] = asyncio.gather(*(each.run() for each in receivers))
+        connected: asyncio.Future[Any] = asyncio.gather(
+            *(each.connected.wait() for each in receivers)
+        )
+        try:
+            await asyncio.wait({receiving, connected}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            receiving.cancel()  # as it would be if awaited
+            raise
+        finally:
+            connected.cancel()
+        if all(each.connected.is_set() for each in receivers) and not self.stopping.requested:
+            logger.info("%s", self.describe())
+            self.ready.set()
+        await receiving
+
+    def _request_receivers(
+        self,
+        serving: Serving,
+        outages: Outages,
+        connections: ReceivingConnections,
+        routes: AsyncRoutes,
+    ) -> Lanes | LoopReceivers:
         settings = self.settings
         plain_queues = [queue for queue in self.by_queue if queue not in self.reliable_queues]
         # One BLPOP waits on all queues of a node, or on those of one slot of a cluster.
         plain_groups = slot_groups(plain_queues, routes.slot) if plain_queues else []
-        receivers: Lanes | LoopReceivers
         if self.uses_lanes:
-            receivers = Lanes(
+            self._busy_receivers = Lanes(
                 serving,
                 outages,
                 connections,
@@ -327,31 +380,17 @@ class Worker:
                 stats=self.stats,
                 routes=routes,
             )
-            self._busy_receivers = receivers
-        else:
-            # BLMOVE takes one source list: a receiver for each reliable queue.
-            groups = [[queue] for queue in self.reliable_queues] + plain_groups
-            receivers = LoopReceivers(
-                serving,
-                outages,
-                connections,
-                groups,
-                concurrency=settings.concurrency,
-                block_seconds=settings.block_seconds,
-            )
-        receiving = asyncio.create_task(receivers.run())
-        connected = asyncio.create_task(receivers.connected.wait())
-        try:
-            await asyncio.wait({receiving, connected}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            receiving.cancel()  # as it would be if awaited
-            raise
-        finally:
-            connected.cancel()
-        if receivers.connected.is_set() and not self.stopping.requested:
-            logger.info("%s", self.describe())
-            self.ready.set()
-        await receiving
+            return self._busy_receivers
+        # BLMOVE takes one source list: a receiver for each reliable queue.
+        groups = [[queue] for queue in self.reliable_queues] + plain_groups
+        return LoopReceivers(
+            serving,
+            outages,
+            connections,
+            groups,
+            concurrency=settings.concurrency,
+            block_seconds=settings.block_seconds,
+        )
 
     def stop(self) -> None:
         """Stop taking requests; in-flight ones finish. Safe from any thread or signal handler."""
@@ -379,7 +418,8 @@ class Worker:
         """Requests being served now, in threads and on the event loop."""
         lanes = self._busy_receivers.busy if self._busy_receivers is not None else 0
         on_loop = self._serving.in_flight if self._serving is not None else 0
-        return lanes + on_loop
+        events = self._events.in_flight if self._events is not None else 0
+        return lanes + on_loop + events
 
     def registry_entry(self) -> dict[str, Any]:
         """What the worker registry says of this worker (``registry.py``), as of now."""
@@ -397,8 +437,16 @@ class Worker:
     def describe(self) -> str:
         """The startup line: what is served, from where, how."""
         served = "; ".join(
-            f"{service.name} [{protocol.summarize(sorted(service.methods))}] from {queue}"
-            for queue, service in self.by_queue.items()
+            [
+                *(
+                    f"{service.name} [{protocol.summarize(sorted(service.methods))}] from {queue}"
+                    for queue, service in self.by_queue.items()
+                ),
+                *(
+                    f"{service.name} events on [{protocol.summarize(event_sources(service))}]"
+                    for service in self.event_services
+                ),
+            ]
         )
         reliable = f", reliable: {', '.join(self.reliable_queues)}" if self.reliable_queues else ""
         where = (

@@ -12,11 +12,15 @@ from typing import Any
 
 from .. import protocol
 from ..connection import REDIS_ERRORS
+from ..errors import InvalidRequest
+from ..events import streams
+from ..middleware import run_hooks
 from ..printable import printable, printable_exception
 from .dispatch import Dispatcher
 from .handling import Handling, Outcome
 from .receiving import Command, WriteRetry
 from .reliable import Reliability
+from .streamer import Streaming
 from .writer import Writer
 
 logger = logging.getLogger("rpc_redis.worker")
@@ -35,12 +39,14 @@ class Serving:
         writer: Writer,
         reliability: Reliability,
         loop: asyncio.AbstractEventLoop,
+        streaming: Streaming,
     ) -> None:
         self.handling = handling
         self.dispatchers = dispatchers  # queue -> the dispatcher of its service
         self.writer = writer
         self.reliability = reliability
         self.loop = loop
+        self.streaming = streaming
         self._in_flight: dict[asyncio.Task[None], tuple[str, bytes]] = {}  # -> queue, raw
 
     @property
@@ -73,10 +79,31 @@ class Serving:
             screened = self.handling.screen(queue, raw)
             if isinstance(screened, Outcome):
                 return screened
+            if screened.stream is not None:
+                return await self.stream(queue, screened)
             response = await self._dispatch(queue, screened)
             return self.handling.answer(queue, screened, response)
         except Exception as exc:
             return self.handling.fault(queue, raw, exc)
+
+    async def stream(self, queue: str, message: protocol.Incoming) -> Outcome:
+        """Serve a stream request: its items and its end are pushed as they come; what
+        refuses it (a bad ``stream`` member, a method that does not stream...) is an
+        error reply, written as any reply is."""
+        window = streams.window_of(message.stream)
+        problem = streams.stream_problem(message.payload)
+        if isinstance(window, int) and problem is None:
+            dispatcher = self.dispatchers[queue]
+            opened = await dispatcher.open_stream(message.payload, message.deadline, message.meta)
+            if isinstance(opened, dict):
+                return self.handling.answer(queue, message, opened)
+            assert message.reply_to is not None  # screened: a stream has an id, so a reply key
+            if await self.streaming.run(opened, message.reply_to, window):
+                run_hooks(self.handling.hooks.after_reply_written, queue)
+            return Outcome()
+        error = window if not isinstance(window, int) else InvalidRequest(data=problem)
+        response = protocol.error_response(protocol.first_request_id(message.payload), error)
+        return self.handling.answer(queue, message, response)
 
     async def _dispatch(self, queue: str, message: protocol.Incoming) -> Any:
         dispatcher = self.dispatchers[queue]
@@ -179,6 +206,9 @@ class Serving:
             if isinstance(screened, Outcome):
                 return screened
             dispatcher = self.dispatchers[queue]
+            if screened.stream is not None:
+                streaming = self.stream(queue, screened)
+                return asyncio.run_coroutine_threadsafe(streaming, self.loop).result()
             if dispatcher.dispatches_in_thread(screened.payload):
                 response = dispatcher.dispatch_in_thread(
                     screened.payload, screened.deadline, screened.meta

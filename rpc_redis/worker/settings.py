@@ -19,6 +19,7 @@ DEFAULT_PREFETCH = 8
 DEFAULT_DEAD_LETTER_LIMIT = 10_000
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_EVENT_VISIBILITY = 30.0
 # A request with no deadline of its own (bare, or a notification sent without one) runs
 # at most this long: as long as an unread reply is kept.
 DEFAULT_TIME_LIMIT = 60.0
@@ -135,9 +136,18 @@ class WorkerSettings:
     )
     max_deliveries: int = setting(
         DEFAULT_MAX_DELIVERIES,
-        "reliable mode: a request delivered this often is dead-lettered",
+        "reliable mode: a request delivered this often is dead-lettered; durable events: "
+        "one that failed this often, or was delivered once more without an acknowledgement",
         minimum=1,
         metavar="N",
+    )
+    event_visibility: float = setting(
+        DEFAULT_EVENT_VISIBILITY,
+        "durable events: seconds an event may stay unacknowledged, its worker silent, "
+        "before another worker claims it; a failed event is retried after as long "
+        "(see docs/events.md)",
+        seconds=True,
+        metavar="S",
     )
     heartbeat_interval: float = setting(
         DEFAULT_HEARTBEAT_INTERVAL,
