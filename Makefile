@@ -34,8 +34,9 @@ demo: $(STAMP)  ## an embedded Redis, a worker, cats sent and kittens streamed, 
 test: lint $(META_SCHEMAS)  ## lint, then the whole suite, on embedded redis-server processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff and mypy --strict
+lint: $(STAMP)  ## ruff (checks and formatting) and mypy --strict
 	$(BIN)/ruff check rpc_redis services tests bench
+	$(BIN)/ruff format --check --quiet rpc_redis services tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)  ## the benchmark against the raw-Redis floor

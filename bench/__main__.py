@@ -486,9 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Events and streams, each path beside its own floor, on a Redis of their own.
     with EmbeddedRedis() as events_server:
-        event_rows, event_targets, event_met, event_codes = events.measure(
-            events_server.url, quick
-        )
+        event_rows, event_targets, event_met, event_codes = events.measure(events_server.url, quick)
     floors = floors_of(rows)
     print()
     print(table(rows, floors))

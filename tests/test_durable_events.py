@@ -353,15 +353,12 @@ def test_a_plain_handler_past_the_default_time_limit_is_given_up_and_claimed_aga
     its visibility time has passed."""
     redis_connection.set("test:slow:billing", 1.5)
     options = ("--default-time-limit", "0.3", "--event-visibility", VISIBILITY)
-    worker = workers.enter_context(
-        event_worker(redis_url, "tests.event_service:billing", *options)
-    )
+    worker = workers.enter_context(event_worker(redis_url, "tests.event_service:billing", *options))
     with Client(redis_url) as client:
         event_id = client.emit("orders", {"id": 1})
     worker.wait_for_line(f"ran past its time limit of 0.3s on event {event_id}", 10)
     wait_until(
-        lambda: [entry["delivery"] for entry in handled(redis_connection, "billing")][:2]
-        == [1, 2],
+        lambda: [entry["delivery"] for entry in handled(redis_connection, "billing")][:2] == [1, 2],
         10,
         "the event handled again, as its second delivery",
     )

@@ -41,19 +41,19 @@ def test_options_may_come_before_the_modules(redis_url: str) -> None:
 @pytest.mark.parametrize(
     ("source", "shown"),
     [
-        ("x = 1\ndef broken(:\n", ["broken_module.py\", line 2", "SyntaxError: invalid syntax"]),
+        ("x = 1\ndef broken(:\n", ['broken_module.py", line 2', "SyntaxError: invalid syntax"]),
         (
             "import rpc_redis\nimport no_such_dependency_here\n",
             [
                 "Traceback (most recent call last):",
-                "broken_module.py\", line 2, in <module>",
+                'broken_module.py", line 2, in <module>',
                 "    import no_such_dependency_here",
                 "ModuleNotFoundError: No module named 'no_such_dependency_here'",
             ],
         ),
         (
             "def f():\n    raise RuntimeError('boom')\nf()\n",
-            ["broken_module.py\", line 3, in <module>", "line 2, in f", "RuntimeError: boom"],
+            ['broken_module.py", line 3, in <module>', "line 2, in f", "RuntimeError: boom"],
         ),
     ],
     ids=["syntax", "import", "raise"],

@@ -142,6 +142,7 @@ def test_with_processes_one_endpoint_reports_all_of_them(
 def served_by_each_worker(connection: redis.Redis) -> list[int]:
     """What each registered worker has served of the calculator's queue, once the
     registry has caught up with all ten calls."""
+
     def counts() -> list[int]:
         entries = [json.loads(raw) for raw in connection.hvals("rpc:workers")]
         return [entry["served"].get("rpc:queue:{calculator}", 0) for entry in entries]

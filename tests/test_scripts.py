@@ -25,9 +25,7 @@ def test_every_script_compacted_is_valid_lua_that_redis_loads(
         for path in (resources.files("rpc_redis.worker") / "lua").iterdir()
         if path.name.endswith(".lua")
     ]
-    assert {"push_reply", "recover", "push_items", "claim_events", "forget_consumers"} <= set(
-        names
-    )
+    assert {"push_reply", "recover", "push_items", "claim_events", "forget_consumers"} <= set(names)
     for name in names:
         text = scripts.load(name)
         assert "--" not in text.splitlines()[0]

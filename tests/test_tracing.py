@@ -174,9 +174,10 @@ def test_the_trace_crosses_into_a_real_worker_process(
     env = {**os.environ, "SPANS_FILE": str(spans_file)}
     args = ["services.calculator", "--redis-url", redis_url]
     args += ["--middleware", "tests.traced_worker:tracing"]
-    with WorkerProcess(args, cwd=REPOSITORY, env=env), Client(
-        redis_url, timeout=5, middleware=[tracing]
-    ) as client:
+    with (
+        WorkerProcess(args, cwd=REPOSITORY, env=env),
+        Client(redis_url, timeout=5, middleware=[tracing]) as client,
+    ):
         assert client.proxy("calculator").mul(6, 7) == 42
         wait_until(spans_file.exists, 5, "the worker's span")
     [client_span] = exporter.get_finished_spans()

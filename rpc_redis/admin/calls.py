@@ -38,9 +38,7 @@ def json_value(text: str, what: str) -> Any:
     try:
         return protocol.loads(text)
     except ValueError:
-        raise UsageError(
-            f"{what} {text!r} is not JSON (quote strings: '\"{text}\"')"
-        ) from None
+        raise UsageError(f"{what} {text!r} is not JSON (quote strings: '\"{text}\"')") from None
 
 
 def params_of(arguments: Sequence[str], named: Sequence[str], whole: str | None) -> Params:

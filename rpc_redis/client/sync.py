@@ -59,9 +59,7 @@ class _Unsent(Exception):
     """Redis was lost where sending ``commands`` again is safe: before they were sent,
     or, once the push was answered (``pushed``), during the wait for the reply."""
 
-    def __init__(
-        self, error: BaseException, commands: list[tuple[Any, ...]], pushed: bool
-    ) -> None:
+    def __init__(self, error: BaseException, commands: list[tuple[Any, ...]], pushed: bool) -> None:
         super().__init__(str(error))
         self.error = error
         self.commands = commands

@@ -96,9 +96,7 @@ class RedisTarget:
         self._refuse_cluster()
         return redis.ConnectionPool(connection_class=self.sync_class, **options)
 
-    def async_pool(
-        self, *, shared: bool = False, **options: Any
-    ) -> redis.asyncio.ConnectionPool:
+    def async_pool(self, *, shared: bool = False, **options: Any) -> redis.asyncio.ConnectionPool:
         """The asyncio twin of :meth:`sync_pool`."""
         if shared and self._given_async is not None:
             return self._given_async

@@ -163,9 +163,7 @@ class WorkerSettings:
         minimum=0,
         metavar="PORT",
     )
-    metrics_host: str = setting(
-        "0.0.0.0", "the address --metrics-port listens on", metavar="HOST"
-    )
+    metrics_host: str = setting("0.0.0.0", "the address --metrics-port listens on", metavar="HOST")
     debug: bool = setting(False, "include tracebacks in internal-error replies")
     block_seconds: float = setting(
         DEFAULT_BLOCK_SECONDS,
