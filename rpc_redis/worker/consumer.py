@@ -4,20 +4,20 @@ A topic is a Redis Stream (``rpc:stream:{orders}``); a service consumes it throu
 consumer group named after the service, so every service gets every event, and within
 a service each event goes to one worker (a consumer: the worker's name). Each group is
 read by ``concurrency`` lanes, threads with a connection each, as requests are
-(``lanes.py``): a lane takes one new event (XREADGROUP ... COUNT 1 BLOCK ... >), runs a
+(``lanes.py``): a lane takes a new event (XREADGROUP ... COUNT n BLOCK ... >), runs a
 plain handler right there (an ``async def`` one on the loop, and waits), and sends the
 acknowledgement (XACK) in front of its next XREADGROUP, in one write. While its
-handlers are quick, a non-blocking XREADGROUP of up to ``prefetch`` more rides behind
-the blocking one, so a burst costs a round trip per few events, not per event: what a
-lane takes ahead (renewed as in flight from the moment it is taken, as many as its
-handlers' pace lets wait a few milliseconds, ``event_handling.Pace``) goes to a list
-of the group's that every lane takes from before it reads. One lane reads while its
-handlers are quick, and the others wait in reserve: once every working lane has been
-in a handler for KEEPER_SECONDS, the keeper (``event_handling.Keeper``) calls one
-more in, which takes what was taken ahead, then reads; it goes back once it finds
-nothing. So a burst of quick events runs on one thread, and a slow handler holds the
-others up no longer than that. One upkeep task
-on the loop keeps the rest honest, every third of the visibility time:
+handlers are quick, the same read brings up to ``prefetch`` more events already
+waiting (it blocks only while there are none), so a burst costs a round trip per few
+events, not per event: what a lane takes ahead (renewed as in flight from the moment
+it is taken, as many as its handlers' pace lets wait a few milliseconds,
+``event_handling.Pace``) goes to a list of the group's that every lane takes from
+before it reads. One lane reads while its handlers are quick, and the others wait in
+reserve: once every working lane has been in a handler for KEEPER_SECONDS, the keeper
+(``event_handling.Keeper``) calls one more in, which takes what was taken ahead, then
+reads; it goes back once it finds nothing. So a burst of quick events runs on one
+thread, and a slow handler holds the others up no longer than that. One upkeep task on
+the loop keeps the rest honest, every third of the visibility time:
 
 - it renews the events this worker is handling (XCLAIM ... JUSTID resets their idle
   time), so that a long handler is never taken for a dead one;
@@ -386,9 +386,10 @@ class Consumers:
         """Send what settles the lane's last events, then take one new event (waiting
         for one up to ``block`` seconds) and up to ``ahead`` more already waiting; None
         once the lane should stop."""
-        reads = [self._read_command(group, 1, block=block)]
-        if ahead:
-            reads.append(self._read_command(group, ahead, block=None))
+        # One read: it waits for a first event, and brings up to ``ahead`` more at
+        # once if they are there already (a second, non-blocking read cost a command
+        # and an answer to parse per read).
+        reads = [self._read_command(group, 1 + ahead, block=block)]
         sending = settling_commands(group, settlings)
         try:
             send_commands_sync(connection, [*sending, *reads])
@@ -408,7 +409,6 @@ class Consumers:
             self._keep_for_retry(settlings)
             return [] if self._ride_out(exc, group) else None
         self.outages.note_refusal([group.stream], None)
-        # After an unblocked read (a stop), what the second read took is still ours.
         return [entry for response in responses for entry in wire.entries_read(response)]
 
     def _read_command(self, group: Group, count: int, *, block: float | None) -> Command:
