@@ -321,16 +321,25 @@ class Handler:
         self.after_call = hooks.after_call
         self.validator = ParamsValidator(method.func) if method.validate else None
 
+    def _admitted(
+        self, context: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The params a call runs with, once admitted: ``before_call`` may refuse the
+        call (its RpcError), validation may refuse or convert the params. Each way of
+        running a handler (loop, thread, stream) admits it so, with the call current."""
+        if self.before_call:
+            run_hooks(self.before_call, context, may_refuse=True)
+        if self.validator is not None:
+            return self.validator.params(args, kwargs)  # type: ignore[no-any-return]
+        return args, kwargs
+
     def for_event_loop(self) -> Callable[..., Any]:
         async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
             bound = self._bound_of(context)
             token = enter_call(context)
             cut = False
             try:
-                if self.before_call:
-                    run_hooks(self.before_call, context, may_refuse=True)
-                if self.validator is not None:
-                    args, kwargs = self.validator.params(args, kwargs)
+                args, kwargs = self._admitted(context, args, kwargs)
                 if self.is_async:
                     running = self.func(*args, **kwargs)
                 elif self.threads is not None:
@@ -367,10 +376,7 @@ class Handler:
         async def call(context: CallContext, *args: Any, **kwargs: Any) -> Any:
             token = enter_call(context)
             try:
-                if self.before_call:
-                    run_hooks(self.before_call, context, may_refuse=True)
-                if self.validator is not None:
-                    args, kwargs = self.validator.params(args, kwargs)
+                args, kwargs = self._admitted(context, args, kwargs)
                 generator = self.func(*args, **kwargs)
                 running_in = contextvars.copy_context()  # with this call current
             except Exception as exc:
@@ -394,10 +400,7 @@ class Handler:
                 bound = self._bound_of(context)
             token = enter_call(context)
             try:
-                if self.before_call:
-                    run_hooks(self.before_call, context, may_refuse=True)
-                if self.validator is not None:
-                    args, kwargs = self.validator.params(args, kwargs)
+                args, kwargs = self._admitted(context, args, kwargs)
                 if bound is None or bound.limit is None or self.threads is None:
                     value = self.func(*args, **kwargs)
                 else:
