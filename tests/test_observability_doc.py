@@ -14,7 +14,7 @@ from rpc_redis import Service
 from rpc_redis.discovery import openrpc_document, summary_lines
 from rpc_redis.testing import WorkerProcess, serve_in_thread
 from tests.conftest import REPOSITORY
-from tests.test_protocol_doc import output_matches, parse_sessions, run_session
+from tests.test_protocol_doc import parse_sessions, run_session, session_mismatches
 from tests.test_readme import EXAMPLE_URL, python_blocks, with_checks
 
 PAGE = REPOSITORY / "docs" / "observability.md"
@@ -65,13 +65,7 @@ def test_the_console_session_prints_what_the_page_shows(
     args = ["services.calculator", "--redis-url", redis_url]
     with WorkerProcess(args, cwd=REPOSITORY):
         outputs = run_session(commands, Path(sys.executable).parent)  # rpc-admin's
-    mismatches = [
-        f"observability.md:{command.line}: $ {command.text}\n"
-        f"  page shows: {command.expected!r}\n"
-        f"  printed:    {actual!r}"
-        for command, actual in zip(commands, outputs, strict=True)
-        if not output_matches(command.expected, actual)
-    ]
+    mismatches = session_mismatches("observability.md", commands, outputs)
     assert not mismatches, "\n".join(mismatches)
 
 

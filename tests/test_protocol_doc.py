@@ -70,6 +70,17 @@ def output_matches(expected: list[str], actual: list[str]) -> bool:
     return len(expected) == len(actual) and all(map(line_matches, expected, actual))
 
 
+def session_mismatches(page: str, commands: list[Command], outputs: list[list[str]]) -> list[str]:
+    """Each command whose output is not what ``page`` shows for it, said for a person."""
+    return [
+        f"{page}:{command.line}: $ {command.text}\n"
+        f"  page shows: {command.expected!r}\n"
+        f"  printed:    {actual!r}"
+        for command, actual in zip(commands, outputs, strict=True)
+        if not output_matches(command.expected, actual)
+    ]
+
+
 def redis_cli_wrapper(directory: Path, redis_url: str) -> Path:
     """A ``redis-cli`` script that runs the real one against the test's server."""
     real = find_cli_binary()
@@ -142,13 +153,7 @@ def test_redis_cli_sessions_print_what_the_doc_shows(redis_url: str, tmp_path: P
         outputs = run_session(commands, path_directory)
         exit_code = worker.stop()
 
-    mismatches = [
-        f"protocol.md:{command.line}: $ {command.text}\n"
-        f"  doc shows: {command.expected!r}\n"
-        f"  printed:   {actual!r}"
-        for command, actual in zip(commands, outputs, strict=True)
-        if not output_matches(command.expected, actual)
-    ]
+    mismatches = session_mismatches("protocol.md", commands, outputs)
     assert not mismatches, "\n".join(mismatches) + f"\nrpc-worker said:\n{worker.output}"
     assert exit_code == 0, worker.output
     assert "unexpected error" not in worker.output, worker.output
