@@ -27,6 +27,7 @@ from rpc_redis import (
 )
 from rpc_redis import admin as rpc_admin
 from rpc_redis.embedded import EmbeddedRedis
+from rpc_redis.events import wire
 from rpc_redis.testing import serve_in_thread, wait_until
 from tests import event_service
 from tests.event_service import handled
@@ -168,7 +169,15 @@ def test_a_long_handler_is_renewed_not_handed_to_another_worker(redis_url: str) 
     ):
         client.emit("long", "job")
         seen.wait_for(1)
-        time.sleep(1.5)  # the time another worker would have claimed it in, had it not been renewed
+        # Acknowledged once its handler returned, after four visibility times: in which
+        # another worker would have claimed it (and been seen to), had it not been renewed.
+        with redis.Redis.from_url(redis_url) as connection:
+            stream = wire.stream_key("long")
+            wait_until(
+                lambda: connection.xpending(stream, "patient")["pending"] == 0,
+                5,
+                "the event acknowledged",
+            )
     assert seen.items == [("job", 1)]
 
 
