@@ -241,7 +241,9 @@ class Consumers:
                     continue
                 started = time.monotonic()
                 self.keeper.watch()
-                settlings += self._handle_here(group, index, entry)
+                settling = self._handle_here(group, index, entry, started)
+                if settling is not None:
+                    settlings.append(settling)
                 pace.took(time.monotonic() - started)
                 group.busy_since.pop(index, None)
                 if index:
@@ -450,52 +452,56 @@ class Consumers:
             return not self.outages.pause_from_thread(REFUSAL_PAUSE_SECONDS)
         return self.outages.wait_from_thread(error)
 
-    def _handle_here(self, group: Group, index: int, entry: wire.Entry) -> list[Settling]:
-        """Handle an event on this lane: what settles it (nothing, if it is to be
-        retried, or if the worker stops first, which leaves it to be claimed)."""
+    def _handle_here(
+        self, group: Group, index: int, entry: wire.Entry, now: float
+    ) -> Settling | None:
+        """Handle an event on this lane (from ``now``): what settles it (nothing, if it
+        is to be retried, or if the worker stops first, which leaves it to be claimed).
+        A burst runs through here once per event: it is kept lean."""
         triaged = self._triage(group, entry)
+        in_flight = group.in_flight
         if isinstance(triaged, Settling):
-            group.in_flight.pop(entry.id, None)
-            return self._riding([triaged])
-        if not self.slots.take_in_thread():
-            group.in_flight.pop(entry.id, None)
-            return []  # stopping: left pending, to be claimed
-        group.in_flight[entry.id] = time.monotonic()
+            in_flight.pop(entry.id, None)
+            return self._riding(triaged)
+        slots = self.slots
+        if not slots.take_in_thread():
+            in_flight.pop(entry.id, None)
+            return None  # stopping: left pending, to be claimed
+        in_flight[entry.id] = now
         group.handling[index] = entry.id
         try:
             assert self._loop is not None
             error = group.handler.run_here(triaged, self._loop)
         finally:
-            group.handling.pop(index, None)
-            group.overdue.discard(entry.id)
-            group.in_flight.pop(entry.id, None)
-            self.slots.give_back()
+            del group.handling[index]
+            if group.overdue:
+                group.overdue.discard(entry.id)
+            in_flight.pop(entry.id, None)
+            slots.give_back()
+        if error is None:
+            return Settling(group, entry)  # an acknowledgement: it rides as it is
         settling = self._after_run(group, entry, error)
-        return [] if settling is None else self._riding([settling])
+        return None if settling is None else self._riding(settling)
 
-    def _riding(self, settlings: list[Settling]) -> list[Settling]:
+    def _riding(self, settling: Settling) -> Settling | None:
         """What may ride with the lane's next read, on its connection to the stream's
         node. On a cluster a dead letter lies in another slot: it is written now,
         through the worker's writer, before its event is acknowledged; one that could
         not be written leaves its event pending, to be claimed and dead-lettered again."""
-        if not self.connections.is_cluster:
-            return settlings
-        riding = []
-        for settling in settlings:
-            if settling.commands:
-                assert self._loop is not None
-                writing = self.writer.write_with_others(settling.commands)
-                try:
-                    results = asyncio.run_coroutine_threadsafe(writing, self._loop).result()
-                except REDIS_ERRORS as exc:
-                    results = [exc]
-                failure = next((r for r in results if isinstance(r, Exception)), None)
-                if failure is not None:
-                    self._cannot_settle(settling, str(failure))
-                    continue
-                settling.commands = []
-            riding.append(settling)
-        return riding
+        if not settling.commands or not self.connections.is_cluster:
+            return settling
+        assert self._loop is not None
+        writing = self.writer.write_with_others(settling.commands)
+        try:
+            results = asyncio.run_coroutine_threadsafe(writing, self._loop).result()
+        except REDIS_ERRORS as exc:
+            results = [exc]
+        failure = next((r for r in results if isinstance(r, Exception)), None)
+        if failure is not None:
+            self._cannot_settle(settling, str(failure))
+            return None
+        settling.commands = []
+        return settling
 
     def _settled(self, settlings: list[Settling], results: list[Any]) -> None:
         """Judge the answers to what was sent (``settling_commands``); the hooks hear
@@ -503,9 +509,13 @@ class Consumers:
         if not settlings:
             return
         acknowledged = results[-1]
-        for settling in settlings:
-            mine, results = results[: len(settling.commands)], results[len(settling.commands) :]
-            self._judge(settling, [*mine, acknowledged])
+        failed = isinstance(acknowledged, Exception)
+        start = 0
+        for settling in settlings:  # most are plain acknowledgements, taken: passed by
+            end = start + len(settling.commands)
+            if failed or end > start or settling.dead_letter_reason is not None:
+                self._judge(settling, [*results[start:end], acknowledged])
+            start = end
 
     def _keep_for_retry(self, settlings: list[Settling]) -> None:
         """After a lost connection: what was sent without an answer goes again with the
@@ -549,15 +559,19 @@ class Consumers:
                 f"delivered {entry.delivery_count} times without being acknowledged: "
                 "its workers died, or stopped renewing it, while handling it",
             )
+        # service, method, params, meta, request_id, deadline, is_notification, event,
+        # delivery_count, event_id: positional, cheaper in a burst than by name
         return CallContext(
             group.service,
             group.handler.method.name,
             [event.data],
             dict(event.meta),
-            is_notification=True,
-            event=group.topic,
-            delivery_count=entry.delivery_count,
-            event_id=entry.id,
+            None,
+            None,
+            True,
+            group.topic,
+            entry.delivery_count,
+            entry.id,
         )
 
     def _after_run(self, group: Group, entry: wire.Entry, error: Any) -> Settling | None:

@@ -140,8 +140,9 @@ class Dispatcher:
         handler = Handler(method, self.service.name, self.options, self.hooks, self.watch)
         if method.is_async:
             return handler.for_event_loop(), None, None
-        watched = handler.default_limit if handler.limit is None else None
-        return handler.for_event_loop(), handler.for_thread(watched=True), watched
+        if handler.limit is None:
+            return handler.for_event_loop(), handler.for_event_thread(), handler.default_limit
+        return handler.for_event_loop(), handler.for_thread(watched=True), None
 
     def dispatches_in_thread(self, payload: Any) -> bool:
         """Whether :meth:`dispatch_in_thread` can serve this payload: one request that
@@ -410,6 +411,30 @@ class Handler:
             finally:
                 leave_call(token)
             return self._succeeded(context, value)
+
+        return self._signed(call)
+
+    def for_event_thread(self) -> Callable[..., None]:
+        """:meth:`for_thread`'s twin for an event handler without a time limit of its
+        own, on its receiving thread (which watches the default limit): the same
+        admission, middleware and failure mapping, without the jsonrpcserver Success
+        nobody reads for an event. Events come in bursts: this is their hot path."""
+        assert not self.is_async and self.limit is None
+        func = self.func
+        plain = not (self.before_call or self.after_call or self.validator is not None)
+
+        def call(context: CallContext, *args: Any) -> None:
+            token = enter_call(context)
+            try:
+                if plain:
+                    func(*args)
+                else:
+                    args, kwargs = self._admitted(context, args, {})
+                    self._succeeded(context, func(*args, **kwargs))
+            except Exception as exc:
+                raise self._failed(context, exc, None) from exc
+            finally:
+                leave_call(token)
 
         return self._signed(call)
 

@@ -135,6 +135,8 @@ class EventSlots:
             self.free += count
             if self.free == count:  # none was free: someone may be waiting
                 self._changed.notify(count)
+            if not self._waiting:
+                return
             waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.get_loop().call_soon_threadsafe(_wake, waiter)

@@ -169,6 +169,8 @@ class Outages:
     def note_refusal(self, queues: list[str], error: BaseException | None) -> None:
         """Log Redis's refusal to pop (a queue key holding a string...) once while it
         lasts, whichever receiver meets it; None: popping works again."""
+        if error is None and not self._refused:
+            return  # the usual case, every read: nothing refused, nothing to take back
         message = "" if error is None else str(error)
         with self._refused_lock:  # lanes meet it together: one of them logs
             first = message and message != self._refused
