@@ -150,6 +150,41 @@ def test_events_emitted_while_no_worker_runs_are_handled_when_one_starts(
     assert order_ids(handled(redis_connection, "billing")) == [0, 1, 2, 3, 4]
 
 
+def xreadgroup_calls(connection: redis.Redis) -> int:
+    return int(connection.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("event_prefetch", [63, 0])
+def test_a_waiting_burst_is_read_many_events_at_a_time_or_one_by_one(
+    redis_url: str, redis_connection: redis.Redis, event_prefetch: int
+) -> None:
+    """A burst of quick events costs a read per up to 64 (the floor's count), not per
+    event; with ``event_prefetch=0`` it is read one event at a time. The pace lets a
+    handler's events wait 5 ms: a quick one's, 32 at least even on a loaded machine."""
+    service = Service("tally")
+    seen: list[int] = []
+    all_seen = threading.Event()
+
+    @service.on("orders")
+    def tally(order: dict[str, int]) -> None:
+        seen.append(order["id"])
+        if len(seen) == 200:
+            all_seen.set()
+
+    with Client(redis_url) as client:
+        for number in range(200):
+            client.emit("orders", {"id": number})
+    before = xreadgroup_calls(redis_connection)
+    with serve_in_thread(service, redis_url, concurrency=1, event_prefetch=event_prefetch):
+        assert all_seen.wait(30)
+        reads = xreadgroup_calls(redis_connection) - before
+    assert seen == list(range(200))
+    if event_prefetch:
+        assert reads <= 200 // 32 + 2  # and the lane's last read, which waits
+    else:
+        assert reads >= 200
+
+
 def test_a_long_handler_is_renewed_not_handed_to_another_worker(redis_url: str) -> None:
     service = Service("patient")
     seen = Seen()

@@ -70,7 +70,7 @@ class EventReceivers:
                     tasks,
                     keeper,
                     threads=settings.concurrency,
-                    prefetch=settings.prefetch,
+                    prefetch=settings.event_prefetch,
                     prefix=settings.prefix,
                     max_message_bytes=settings.max_message_bytes,
                     block_seconds=settings.block_seconds,
@@ -98,7 +98,7 @@ class EventReceivers:
                     keeper,
                     consumer=worker_name,
                     lanes=settings.concurrency,
-                    prefetch=settings.prefetch,
+                    prefetch=settings.event_prefetch,
                     block_seconds=settings.block_seconds,
                 )
             )

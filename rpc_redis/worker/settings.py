@@ -16,6 +16,8 @@ from .. import protocol
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_PREFETCH = 8
+# A burst of events is read 64 at a time, as the floor reads it (bench/events_floor.py).
+DEFAULT_EVENT_PREFETCH = 63
 DEFAULT_DEAD_LETTER_LIMIT = 10_000
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
@@ -80,6 +82,13 @@ class WorkerSettings:
         DEFAULT_PREFETCH,
         "in threads: requests waiting on the queue that each thread may take ahead, to serve "
         "a burst in fewer round trips; 0 takes none",
+        minimum=0,
+        metavar="K",
+    )
+    event_prefetch: int = setting(
+        DEFAULT_EVENT_PREFETCH,
+        "events (pub/sub and durable) each receiving thread may take ahead with one read, "
+        "as many as its handlers' pace lets wait 5 ms at most; 0 takes none",
         minimum=0,
         metavar="K",
     )
