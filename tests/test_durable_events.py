@@ -31,7 +31,7 @@ from rpc_redis.events import wire
 from rpc_redis.testing import serve_in_thread, wait_until
 from tests import event_service
 from tests.event_service import handled
-from tests.test_pubsub import Seen, event_worker
+from tests.test_pubsub import BURST, MOST_THREADS_IN_A_BURST, Seen, event_worker
 
 STREAM = "rpc:stream:{orders}"
 VISIBILITY = "0.5"
@@ -183,6 +183,29 @@ def test_a_waiting_burst_is_read_many_events_at_a_time_or_one_by_one(
         assert reads <= 200 // 32 + 2  # and the lane's last read, which waits
     else:
         assert reads >= 200
+
+
+def test_a_burst_of_quick_events_runs_on_one_lane(redis_url: str) -> None:
+    """The working lane handles what it took ahead; the lanes in reserve, which wake
+    every half second to look, take none of it (they would run beside it, handing the
+    GIL over at every event)."""
+    service = Service("burst")
+    threads: list[int] = []
+    all_handled = threading.Event()
+
+    @service.on("orders")
+    def handle(order: dict[str, int]) -> None:
+        time.sleep(0.0003)
+        threads.append(threading.get_ident())
+        if len(threads) == BURST:
+            all_handled.set()
+
+    with Client(redis_url) as client:
+        for number in range(BURST):
+            client.emit("orders", {"id": number})
+    with serve_in_thread(service, redis_url, concurrency=8):
+        assert all_handled.wait(30)
+    assert len(set(threads)) <= MOST_THREADS_IN_A_BURST
 
 
 def test_a_long_handler_is_renewed_not_handed_to_another_worker(redis_url: str) -> None:

@@ -7,13 +7,15 @@ read by ``concurrency`` lanes, threads with a connection each, as requests are
 (``lanes.py``): a lane takes a new event (XREADGROUP ... COUNT n BLOCK ... >), runs a
 plain handler right there (an ``async def`` one on the loop, and waits), and sends the
 acknowledgement (XACK) in front of its next XREADGROUP, in one write. While its
-handlers are quick, the same read brings up to ``prefetch`` more events already
-waiting (it blocks only while there are none), so a burst costs a round trip per few
+handlers are quick, the same read brings up to ``event_prefetch`` more events already
+waiting (it blocks only while there are none), so a burst costs a round trip per many
 events, not per event: what a lane takes ahead (renewed as in flight from the moment
 it is taken, as many as its handlers' pace lets wait a few milliseconds,
-``event_handling.Pace``) goes to a list of the group's that every lane takes from
-before it reads. One lane reads while its handlers are quick, and the others wait in
-reserve: once every working lane has been in a handler for KEEPER_SECONDS, the keeper
+``event_handling.Pace``) goes to a list of the group's that every working lane takes
+from before it reads (a lane in reserve that wakes to look takes none: it would run
+beside the others, and a burst would hand the GIL over at every event). One lane
+reads while its handlers are quick, and the others wait in reserve: once every
+working lane has been in a handler for KEEPER_SECONDS, the keeper
 (``event_handling.Keeper``) calls one more in, which takes what was taken ahead, then
 reads; it goes back once it finds nothing. So a burst of quick events runs on one
 thread, and a slow handler holds the others up no longer than that. One upkeep task on
@@ -282,10 +284,10 @@ class Consumers:
         """The lane's next event: one taken ahead, else one read (while the lane
         works), the rest of the read taken ahead; None if there is none yet."""
         with group.gate:
-            if group.ahead:
+            working = index < group.working
+            if working and group.ahead:  # a lane in reserve takes none: see _lane
                 group.busy_since[index] = time.monotonic()
                 return group.ahead.popleft()
-            working = index < group.working
         if not working:
             self._flush(connection, group, settlings)  # nothing waits on a lane in reserve
             with group.gate:

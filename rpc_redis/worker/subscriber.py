@@ -12,8 +12,8 @@ turn to another thread, which reads on. While every thread is busy, nobody reads
 Redis keeps the messages, up to its ``client-output-buffer-limit pubsub``
 (docs/events.md). With each read a thread takes up to ``prefetch`` more messages
 already received, as many as its handlers' pace lets wait a few milliseconds; they go
-to a list any thread takes from before it reads, so that one stuck in a handler keeps
-none of them waiting.
+to a list the turn's holder takes from before it reads, so that one stuck in a handler
+keeps none of them waiting: its turn, and they, go to another thread.
 
 A lost connection is waited out with the other receivers (``Outages``); then the
 thread holding the turn subscribes again and says, in one line, for how long nobody
@@ -152,13 +152,16 @@ class Subscriber:
         thread keeps it, until the keeper takes it while this thread is in a handler),
         one from the connection. Only the turn's holder reads the connection."""
         with self._turn:
-            if not self._ahead:
-                if self._holder is None:
-                    self._holder = me
-                elif self._holder != me:
-                    self._turn.wait(TURN_WAIT_SECONDS)
-                    return None
-            else:
+            if self._holder is None:
+                self._holder = me
+            elif self._holder != me:
+                # What was read ahead is the holder's too: a thread that woke to look
+                # and took it would run beside the holder, and a burst would hand the
+                # GIL over at every message. A holder stuck in a handler loses the
+                # turn (the keeper), and the thread that takes it, these messages.
+                self._turn.wait(TURN_WAIT_SECONDS)
+                return None
+            if self._ahead:
                 self._mark_busy(me)
                 return self._ahead.popleft()
         messages = self._next_messages(pace.ahead())
