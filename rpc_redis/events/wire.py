@@ -130,13 +130,22 @@ class Entry(NamedTuple):
     delivery_count: int = 1
 
 
-_EVENT_NAMES = (EVENT_FIELD, EVENT_FIELD.encode())
+_EVENT_BYTES = EVENT_FIELD.encode()
+_EVENT_NAMES = (EVENT_FIELD, _EVENT_BYTES)
 _FOR_NAMES = (FOR_FIELD, FOR_FIELD.encode())
 
 
 def entry_from_fields(entry_id: Any, fields: Any, delivery_count: int = 1) -> Entry:
     """An entry from its id and its fields, as Redis answers them (a flat list of names
     and values, or a map)."""
+    if type(fields) is list and len(fields) == 2 and fields[0] == _EVENT_BYTES:  # the usual
+        value = fields[1]
+        return Entry(
+            entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+            value if isinstance(value, bytes) else None,
+            None,
+            delivery_count,
+        )
     if isinstance(fields, dict):
         pairs: Any = fields.items()
     else:

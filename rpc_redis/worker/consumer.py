@@ -46,6 +46,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,8 +113,13 @@ class Group:
     busy_since: dict[int, float] = field(default_factory=dict)  # lane -> in a handler since
     handling: dict[int, str] = field(default_factory=dict)  # lane -> the entry it handles
     overdue: set[str] = field(default_factory=set)  # entries given up on: not renewed
-    ahead: deque[wire.Entry] = field(default_factory=deque)  # taken, not started: under gate
-    gate: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
+    ahead: deque[wire.Entry] = field(default_factory=deque)  # taken, not started: under lock
+    # Held directly (as EventSlots' lock is), waited on and notified through ``gate``.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    gate: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = threading.Condition(self.lock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +144,12 @@ class Settling:
         self,
         group: Group,
         entry: wire.Entry,
-        commands: list[Command] | None = None,
+        commands: Sequence[Command] = (),
         dead_letter_reason: str | None = None,
     ) -> None:
         self.group = group
         self.entry = entry
-        self.commands = commands or []
+        self.commands = commands
         self.dead_letter_reason = dead_letter_reason
         self.since: float | None = None  # when a write of it first failed
 
@@ -153,8 +159,8 @@ def settling_commands(group: Group, settlings: list[Settling]) -> list[Command]:
     before its event is acknowledged."""
     if not settlings:
         return []
-    ack = ("XACK", group.stream, group.service, *(settling.entry.id for settling in settlings))
-    return [*(command for settling in settlings for command in settling.commands), ack]
+    ack = ("XACK", group.stream, group.service, *[settling.entry.id for settling in settlings])
+    return [command for settling in settlings for command in settling.commands] + [ack]
 
 
 class Consumers:
@@ -283,14 +289,14 @@ class Consumers:
     ) -> wire.Entry | None:
         """The lane's next event: one taken ahead, else one read (while the lane
         works), the rest of the read taken ahead; None if there is none yet."""
-        with group.gate:
+        with group.lock:
             working = index < group.working
             if working and group.ahead:  # a lane in reserve takes none: see _lane
                 group.busy_since[index] = time.monotonic()
                 return group.ahead.popleft()
         if not working:
             self._flush(connection, group, settlings)  # nothing waits on a lane in reserve
-            with group.gate:
+            with group.lock:
                 if index >= group.working and not self.outages.stop_requested:
                     group.gate.wait(RESERVE_WAIT_SECONDS)
             return None
@@ -303,7 +309,7 @@ class Consumers:
         taken = time.monotonic()
         for entry in entries:  # in flight, renewed, from now
             group.in_flight[entry.id] = taken
-        with group.gate:
+        with group.lock:
             group.ahead.extend(entries[1:])
             group.busy_since[index] = time.monotonic()
         return entries[0]
@@ -311,7 +317,7 @@ class Consumers:
     def _back_to_reserve(self, group: Group, index: int, unless_needed: bool = False) -> None:
         """A called-in lane goes back once it finds nothing, or (``unless_needed``) once
         the lanes below it are no longer all stuck in a handler: the last called in first."""
-        with group.gate:
+        with group.lock:
             if not index or index != group.working - 1:
                 return
             if unless_needed:
@@ -328,7 +334,7 @@ class Consumers:
         busy = False
         for group in self.groups:
             self._give_up_overdue(group)
-            with group.gate:
+            with group.lock:
                 since = [group.busy_since.get(index) for index in range(group.working)]
                 busy = busy or bool(group.busy_since)
                 stuck = all(started is not None and started < cutoff for started in since)
@@ -346,7 +352,7 @@ class Consumers:
         if limit is None:
             return
         cutoff = time.monotonic() - limit
-        with group.gate:
+        with group.lock:
             overdue = [
                 (index, entry_id)
                 for index, entry_id in group.handling.items()
@@ -369,7 +375,7 @@ class Consumers:
     async def _wake_reserve_at_stop(self) -> None:
         await self.outages.stopping.event.wait()
         for group in self.groups:
-            with group.gate:
+            with group.lock:
                 group.gate.notify_all()
 
     def _lane_connected(self) -> None:
@@ -493,7 +499,7 @@ class Consumers:
         if not settling.commands or not self.connections.is_cluster:
             return settling
         assert self._loop is not None
-        writing = self.writer.write_with_others(settling.commands)
+        writing = self.writer.write_with_others(list(settling.commands))
         try:
             results = asyncio.run_coroutine_threadsafe(writing, self._loop).result()
         except REDIS_ERRORS as exc:
@@ -502,7 +508,7 @@ class Consumers:
         if failure is not None:
             self._cannot_settle(settling, str(failure))
             return None
-        settling.commands = []
+        settling.commands = ()
         return settling
 
     def _settled(self, settlings: list[Settling], results: list[Any]) -> None:

@@ -91,7 +91,10 @@ class EventSlots:
     def __init__(self, count: int) -> None:
         self.count = count
         self.free = count
-        self._changed = threading.Condition(threading.Lock())  # no RLock: cheaper
+        # Held as a plain Lock (C-level `with`, where a Condition's is Python), waited on
+        # and notified through its Condition: no RLock either, cheaper still.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._waiting: list[asyncio.Future[None]] = []  # the loop's takers
         self.closed = False
 
@@ -101,7 +104,7 @@ class EventSlots:
 
     def take_in_thread(self) -> bool:
         """Wait for a slot; False if the slots were closed (the worker stops) first."""
-        with self._changed:
+        with self._lock:
             while self.free == 0 and not self.closed:
                 self._changed.wait()
             if self.closed:
@@ -112,7 +115,7 @@ class EventSlots:
     async def take(self) -> None:
         """Wait for a slot, on the event loop."""
         while True:
-            with self._changed:
+            with self._lock:
                 if self.free:
                     self.free -= 1
                     return
@@ -122,7 +125,7 @@ class EventSlots:
 
     def take_now(self, most: int) -> int:
         """Up to ``most`` free slots, without waiting; possibly none."""
-        with self._changed:
+        with self._lock:
             taken = min(most, self.free)
             self.free -= taken
             return taken
@@ -131,7 +134,7 @@ class EventSlots:
         """Thread-safe: wakes a waiting thread, and the loop's takers."""
         if not count:
             return
-        with self._changed:
+        with self._lock:
             self.free += count
             if self.free == count:  # none was free: someone may be waiting
                 self._changed.notify(count)
@@ -143,7 +146,7 @@ class EventSlots:
 
     def close(self) -> None:
         """At a stop: threads waiting for a slot give up."""
-        with self._changed:
+        with self._lock:
             self.closed = True
             self._changed.notify_all()
 

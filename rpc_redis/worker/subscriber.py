@@ -96,7 +96,8 @@ class Subscriber:
         self.block_seconds = block_seconds
         self.connected = asyncio.Event()  # subscribed, or met an outage trying
         # The turn: which thread reads the connection, and since when it is in a handler.
-        self._turn = threading.Condition(threading.Lock())
+        self._turn_lock = threading.Lock()  # held directly, as EventSlots' is
+        self._turn = threading.Condition(self._turn_lock)
         self._holder: int | None = None
         self._busy_since: float | None = None
         # thread -> (in a handler since, the handler, the channel, said to be overdue)
@@ -143,7 +144,7 @@ class Subscriber:
             self.keeper.watch()
             self._handle(message)
             pace.took(time.monotonic() - started)
-            with self._turn:
+            with self._turn_lock:
                 if self._holder == me:
                     self._busy_since = None
 
@@ -151,7 +152,7 @@ class Subscriber:
         """The next message for this thread: one read ahead, else, with the turn (this
         thread keeps it, until the keeper takes it while this thread is in a handler),
         one from the connection. Only the turn's holder reads the connection."""
-        with self._turn:
+        with self._turn_lock:
             if self._holder is None:
                 self._holder = me
             elif self._holder != me:
@@ -165,7 +166,7 @@ class Subscriber:
                 self._mark_busy(me)
                 return self._ahead.popleft()
         messages = self._next_messages(pace.ahead())
-        with self._turn:
+        with self._turn_lock:
             if not messages:
                 return None
             self._ahead.extend(messages[1:])
@@ -182,7 +183,7 @@ class Subscriber:
         turn to another thread, which takes what was read ahead, then reads on; whether
         the holder is in a handler now."""
         self._say_overdue()
-        with self._turn:
+        with self._turn_lock:
             since = self._busy_since
             if since is not None and since < cutoff and self._holder is not None:
                 self._holder, self._busy_since = None, None
@@ -195,7 +196,7 @@ class Subscriber:
         turn on, and the thread comes back when the handler returns."""
         now = time.monotonic()
         overdue = []
-        with self._turn:
+        with self._turn_lock:
             for thread, (since, handler, channel, said) in self._handling.items():
                 limit = handler.watched_limit
                 if not said and limit is not None and since < now - limit:
@@ -213,7 +214,7 @@ class Subscriber:
 
     def wake_all(self) -> None:
         """At a stop: threads waiting for the turn look at once."""
-        with self._turn:
+        with self._turn_lock:
             self._turn.notify_all()
 
     def _next_messages(self, ahead: int) -> list[list[Any]]:
@@ -308,25 +309,29 @@ class Subscriber:
         for handler in handlers:
             if not self.slots.take_in_thread():
                 return  # stopping
+            # service, method, params, meta, request_id, deadline, is_notification,
+            # event: positional, cheaper in a burst than by name
             call = CallContext(
                 handler.service,
                 handler.method.name,
                 [event.data],
                 dict(event.meta),
-                is_notification=True,
-                event=channel,
+                None,
+                None,
+                True,
+                channel,
             )
             if handler.in_thread is None:  # async: on the loop, and the thread reads on
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self.tasks.start, handler.run(call))
                 continue
             me = threading.get_ident()
-            with self._turn:
+            with self._turn_lock:
                 self._handling[me] = (time.monotonic(), handler, channel, False)
             try:
                 handler.run_here(call, self._loop)  # type: ignore[arg-type]
             finally:
-                with self._turn:
+                with self._turn_lock:
                     self._handling.pop(me, None)
                 self.slots.give_back()
 
