@@ -234,6 +234,39 @@ def test_event_handlers_share_the_worker_s_concurrency_limit(redis_url: str) -> 
     assert sorted(seen.items) == [0, 1, 2, 3, 4]
 
 
+def test_a_plain_handler_past_the_default_time_limit_is_one_log_line_and_the_others_go_on(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message has no caller's deadline: the worker's --default-time-limit bounds its
+    plain handler. A thread cannot be cut short, so past the limit one line says so; the
+    handler keeps its slot until it returns, and the other threads handle what comes."""
+    service = Service("slow_news")
+    release = threading.Event()
+    seen = Seen()
+
+    @service.subscribe("work")
+    def work(data: str) -> None:
+        if data == "slow":
+            release.wait(10)
+        seen.add(data)
+
+    caplog.set_level(logging.ERROR, logger="rpc_redis.worker")
+    with (
+        serve_in_thread(service, redis_url, default_time_limit=0.3),
+        Client(redis_url) as client,
+    ):
+        wait_until(lambda: client.publish("work", "warm-up") == 1, what="subscribed")
+        client.publish("work", "slow")
+        wait_until(lambda: "ran past its time limit" in caplog.text, 5, "the time limit's line")
+        client.publish("work", "after")
+        assert "after" in seen.wait_for(2)  # warm-up and after: slow still runs
+        release.set()
+        assert sorted(seen.wait_for(3)) == ["after", "slow", "warm-up"]
+    lines = [r.getMessage() for r in caplog.records if "ran past its time limit" in r.getMessage()]
+    assert len(lines) == 1
+    assert "slow_news.work ran past its time limit of 0.3s on a message of channel work" in lines[0]
+
+
 BURST = 3000
 
 

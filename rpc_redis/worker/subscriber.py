@@ -181,14 +181,15 @@ class Subscriber:
     def _step_in(self, cutoff: float) -> bool:
         """The keeper's look: a holder in a handler since before ``cutoff`` loses the
         turn to another thread, which takes what was read ahead, then reads on; whether
-        the holder is in a handler now."""
+        a thread is in a handler now (the holder, or one that lost the turn in it: the
+        keeper looks on, to say when it runs past its time limit)."""
         self._say_overdue()
         with self._turn_lock:
             since = self._busy_since
             if since is not None and since < cutoff and self._holder is not None:
                 self._holder, self._busy_since = None, None
                 self._turn.notify()
-            return since is not None
+            return since is not None or bool(self._handling)
 
     def _say_overdue(self) -> None:
         """A plain handler past its time limit on a receiving thread cannot be cut short
