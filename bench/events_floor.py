@@ -8,7 +8,7 @@ redis-py (hiredis) loops, no JSON, no envelope, no dispatch.
 - pubsub: SUBSCRIBE; for each message, RPUSH it to ACK (the caller BLPOPs ACK).
 - consumer: XREADGROUP BLOCK, up to 64 entries at a time; for each, RPUSH its event to
   ACK (the handler's work: a handler's own I/O is one round trip per event, whatever
-  runs it); then XACK them all, in one command.
+  runs it; ACK "-" does none); then XACK them all, in one command.
 - streamer: BLPOP a request (a reply key, a count, a payload); RPUSH the payload to the
   reply key that many times, one RPUSH each (the caller BLPOPs each item).
 """
@@ -54,8 +54,9 @@ def consumer(url: str, stream: str, group: str, ack: str) -> None:
     while running[0]:
         answer = connection.xreadgroup(group, "floor", {stream: ">"}, count=64, block=1000)
         for _, entries in answer or []:
-            for _, fields in entries:
-                connection.rpush(ack, fields[b"event"])
+            if ack != "-":  # "-": no handler's work, reading and acknowledging alone
+                for _, fields in entries:
+                    connection.rpush(ack, fields[b"event"])
             connection.xack(stream, group, *(entry_id for entry_id, _ in entries))
 
 

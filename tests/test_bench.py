@@ -52,3 +52,19 @@ def test_quick_benchmark_prints_its_table_and_targets() -> None:
                 line = rf"^{kind}\s+{system}\s+\S+\s+{callers}\s+1\s+100 B\s+\d+"
                 assert re.search(line, section, re.M), section
     assert re.search(r"^workers' exit codes on the other topologies: \[0(, 0){3}\]$", output, re.M)
+
+
+def test_the_drain_benchmark_sets_the_worker_beside_its_floor() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.events_drain", "--events", "300", "--rounds", "1"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout
+    assert done.returncode == 0, output + done.stderr
+    for system in ("floor", "rpc"):
+        assert re.search(rf"^round 0 {system}\s+\d+\.\d µs of CPU per event$", output, re.M)
+    line = r"^median CPU per event, rpush handler: worker [\d.]+ µs, floor [\d.]+ µs \([\d.]+x\)$"
+    assert re.search(line, output, re.M), output
