@@ -138,14 +138,10 @@ _FOR_NAMES = (FOR_FIELD, FOR_FIELD.encode())
 def entry_from_fields(entry_id: Any, fields: Any, delivery_count: int = 1) -> Entry:
     """An entry from its id and its fields, as Redis answers them (a flat list of names
     and values, or a map)."""
+    ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if type(fields) is list and len(fields) == 2 and fields[0] == _EVENT_BYTES:  # the usual
         value = fields[1]
-        return Entry(
-            entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-            value if isinstance(value, bytes) else None,
-            None,
-            delivery_count,
-        )
+        return Entry(ident, value if isinstance(value, bytes) else None, None, delivery_count)
     if isinstance(fields, dict):
         pairs: Any = fields.items()
     else:
@@ -159,7 +155,7 @@ def entry_from_fields(entry_id: Any, fields: Any, delivery_count: int = 1) -> En
         elif name in _FOR_NAMES:
             target = value
     return Entry(
-        entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+        ident,
         raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else None),
         _text(target) if target is not None else None,
         delivery_count,
