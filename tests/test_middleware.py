@@ -209,3 +209,24 @@ def test_the_shared_token_check_fails_closed_on_any_token(redis_url: str) -> Non
 def _log_at_info(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.INFO)
     yield
+
+
+def test_a_received_call_is_the_call_its_constructor_makes() -> None:
+    """Receivers build their calls field by field into the slots (quicker than the
+    frozen dataclass's __init__): every field lands where the constructor puts it, and
+    the call stays frozen."""
+    import dataclasses
+
+    from rpc_redis.context import received_call
+
+    values = ("svc", "m", [1], {"k": "v"}, 7, 12.5, False, "orders", 3, "1-0")
+    names = [field.name for field in dataclasses.fields(CallContext)]
+    assert len(names) == len(values)  # a new field must be added to received_call too
+    received = received_call(*values)  # type: ignore[arg-type]
+    assert received == CallContext(*values)  # type: ignore[arg-type]
+    assert [getattr(received, name) for name in names] == list(values)
+    assert received_call("svc", "m", [], {}, None, None, True) == CallContext(
+        "svc", "m", [], {}, None, None, True
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        received.method = "other"  # type: ignore[misc]

@@ -64,7 +64,7 @@ from ..connection import (
     send_commands_sync,
 )
 from ..connection.routes import BUSY_RETRY_SECONDS
-from ..context import CallContext
+from ..context import CallContext, received_call
 from ..events import wire
 from ..middleware import Hooks, run_hooks
 from . import scripts
@@ -568,12 +568,12 @@ class Consumers:
                 "its workers died, or stopped renewing it, while handling it",
             )
         # service, method, params, meta, request_id, deadline, is_notification, event,
-        # delivery_count, event_id: positional, cheaper in a burst than by name
-        return CallContext(
+        # delivery_count, event_id
+        return received_call(
             group.service,
             group.handler.method.name,
             [event.data],
-            dict(event.meta),
+            dict(event.meta) if event.meta else {},
             None,
             None,
             True,

@@ -35,7 +35,7 @@ with warnings.catch_warnings():
     from jsonrpcserver.sentinels import NODATA, NOID
 
 from .. import protocol
-from ..context import CallContext, enter_call, leave_call
+from ..context import CallContext, enter_call, leave_call, received_call
 from ..discovery import openrpc_document
 from ..errors import (
     SERVER_ERROR,
@@ -258,7 +258,7 @@ class Dispatcher:
             request_id = request.get("id") if isinstance(request, dict) else None
             request_id = request_id if protocol.is_valid_id(request_id) else None
             return protocol.error_response(request_id, InvalidRequest(data=problem))
-        return CallContext(
+        return received_call(
             self.service.name,
             request["method"],
             request.get("params", []),

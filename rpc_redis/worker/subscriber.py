@@ -36,7 +36,7 @@ import redis
 
 from .. import protocol
 from ..connection import REDIS_ERRORS, send_commands_sync
-from ..context import CallContext
+from ..context import received_call
 from ..events import wire
 from ..printable import printable
 from .connections import ReceivingConnections
@@ -310,13 +310,12 @@ class Subscriber:
         for handler in handlers:
             if not self.slots.take_in_thread():
                 return  # stopping
-            # service, method, params, meta, request_id, deadline, is_notification,
-            # event: positional, cheaper in a burst than by name
-            call = CallContext(
+            # service, method, params, meta, request_id, deadline, is_notification, event
+            call = received_call(
                 handler.service,
                 handler.method.name,
                 [event.data],
-                dict(event.meta),
+                dict(event.meta) if event.meta else {},
                 None,
                 None,
                 True,
