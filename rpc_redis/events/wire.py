@@ -77,6 +77,11 @@ class Event(NamedTuple):
     meta: Mapping[str, str] = NO_META
 
 
+# A NamedTuple's constructor is a Python function around this; the per-event paths call
+# it straight, as ``_tuple(Event, (data, meta))``.
+_tuple = tuple.__new__
+
+
 def decode_event(raw: bytes, max_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES) -> Event | str:
     """The event in a message, or why it cannot be handled (a reason for a log line or
     a dead letter). An object with ``v`` and ``data`` members is an envelope; any other
@@ -88,17 +93,17 @@ def decode_event(raw: bytes, max_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
     except ValueError as exc:
         return f"not valid JSON: {exc}"
     if not (isinstance(document, dict) and "v" in document and "data" in document):
-        return Event(document)
+        return _tuple(Event, (document, NO_META))
     version = document["v"]
     if type(version) is not int or version != protocol.ENVELOPE_VERSION:
         return f"unsupported envelope version {protocol.dumps(version).decode()}"
     meta = document.get("meta")
     if meta is None:
-        return Event(document["data"])
+        return _tuple(Event, (document["data"], NO_META))
     problem = protocol.meta_problem(meta)
     if problem is not None:
         return problem
-    return Event(document["data"], meta)
+    return _tuple(Event, (document["data"], meta))
 
 
 # -- commands -------------------------------------------------------------------------
@@ -141,7 +146,8 @@ def entry_from_fields(entry_id: Any, fields: Any, delivery_count: int = 1) -> En
     ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if type(fields) is list and len(fields) == 2 and fields[0] == _EVENT_BYTES:  # the usual
         value = fields[1]
-        return Entry(ident, value if isinstance(value, bytes) else None, None, delivery_count)
+        event = value if isinstance(value, bytes) else None
+        return _tuple(Entry, (ident, event, None, delivery_count))
     if isinstance(fields, dict):
         pairs: Any = fields.items()
     else:
