@@ -208,6 +208,68 @@ def test_a_burst_of_quick_events_runs_on_one_lane(redis_url: str) -> None:
     assert len(set(threads)) <= MOST_THREADS_IN_A_BURST
 
 
+def test_a_lane_holds_its_slot_across_a_burst_and_no_longer(redis_url: str) -> None:
+    """With one slot for every event source, a lane that drains a burst holds it from
+    one event to the next, and gives it back before it reads again: a message
+    published after the burst is handled, and so is the next burst."""
+    service = Service("one_slot")
+    orders: list[int] = []
+    messages: list[str] = []
+    burst_handled = threading.Event()
+    message_handled = threading.Event()
+
+    @service.on("orders")
+    def handle(order: dict[str, int]) -> None:
+        orders.append(order["id"])
+        if len(orders) % 300 == 0:
+            burst_handled.set()
+
+    @service.subscribe("news")
+    def read(text: str) -> None:
+        messages.append(text)
+        message_handled.set()
+
+    with Client(redis_url) as client, serve_in_thread(service, redis_url, concurrency=1):
+        for round_number in range(2):
+            burst_handled.clear()
+            message_handled.clear()
+            for number in range(300):
+                client.emit("orders", {"id": number})
+            assert burst_handled.wait(30)
+            text = f"after {round_number}"
+            wait_until(lambda text=text: client.publish("news", text) == 1)
+            assert message_handled.wait(10)
+    assert orders == list(range(300)) * 2
+    assert messages == ["after 0", "after 1"]
+
+
+def test_acknowledgements_that_could_not_be_written_are_retried_for_a_while() -> None:
+    """A lane owes plain acknowledgements as bare entries; once a write of them fails,
+    each remembers since when, and is given up on (its event stays pending, to be
+    claimed) WRITE_RETRY_SECONDS later."""
+    from rpc_redis.worker.consumer import Group, Settling, retried, settling_commands
+    from rpc_redis.worker.receiving import WRITE_RETRY_SECONDS
+
+    group = Group("svc", "orders", STREAM, handler=None)  # type: ignore[arg-type]
+    plain = wire.Entry("1-0", b"{}")
+    letter = Settling(group, wire.Entry("2-0", b"x"), [("RPUSH", "dead", "x")], "poison")
+    owed: list[Any] = [plain, letter]
+    assert settling_commands(group, owed) == [
+        ("RPUSH", "dead", "x"),
+        ("XACK", STREAM, "svc", "1-0", "2-0"),
+    ]
+    kept, given_up = retried(group, owed, 1000.0)
+    assert given_up == [] and [item.id for item in kept] == ["1-0", "2-0"]
+    assert all(isinstance(item, Settling) and item.since == 1000.0 for item in kept)
+    later = wire.Entry("3-0", b"{}")  # handled during the outage, from what was read ahead
+    kept, given_up = retried(group, [*kept, later], 1000.0 + WRITE_RETRY_SECONDS / 2)
+    assert given_up == [] and [item.id for item in kept] == ["1-0", "2-0", "3-0"]
+    kept, given_up = retried(group, kept, 1000.0 + WRITE_RETRY_SECONDS + 0.1)
+    assert [item.id for item in given_up] == ["1-0", "2-0"]
+    assert [item.id for item in kept] == ["3-0"]
+    assert settling_commands(group, kept) == [("XACK", STREAM, "svc", "3-0")]
+
+
 def test_a_long_handler_is_renewed_not_handed_to_another_worker(redis_url: str) -> None:
     service = Service("patient")
     seen = Seen()

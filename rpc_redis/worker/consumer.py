@@ -69,7 +69,15 @@ from ..events import wire
 from ..middleware import Hooks, run_hooks
 from . import scripts
 from .connections import ReceivingConnections
-from .event_handling import KEEPER_SECONDS, EventHandler, EventSlots, EventTasks, Keeper, Pace
+from .event_handling import (
+    KEEPER_SECONDS,
+    EventHandler,
+    EventSlots,
+    EventTasks,
+    HeldSlot,
+    Keeper,
+    Pace,
+)
 from .outage import Outages
 from .receiving import (
     READ_GRACE_SECONDS,
@@ -134,9 +142,10 @@ class DeliveryRules:
 
 
 class Settling:
-    """What settles one event: its acknowledgement, after ``commands`` if any (its dead
-    letter). The acknowledgements of a lane's events go together, in one XACK. (A plain
-    class: one is made per event, and a frozen dataclass costs several times more.)"""
+    """What settles one event beyond a plain acknowledgement: its dead letter first
+    (``commands``), or a write of it that failed (``since``). A lane owes a plain
+    acknowledgement as the bare entry (``Owed``), which a burst makes one of per event
+    for nothing. The acknowledgements of a lane's events go together, in one XACK."""
 
     __slots__ = ("commands", "dead_letter_reason", "entry", "group", "since")
 
@@ -153,14 +162,36 @@ class Settling:
         self.dead_letter_reason = dead_letter_reason
         self.since: float | None = None  # when a write of it first failed
 
+    @property
+    def id(self) -> str:
+        return self.entry.id
 
-def settling_commands(group: Group, settlings: list[Settling]) -> list[Command]:
+
+# What a lane owes Redis for an event it handled: an entry alone is its plain
+# acknowledgement, not yet failed to be sent.
+Owed = Settling | wire.Entry
+
+
+def settling_commands(group: Group, owed: Sequence[Owed]) -> list[Command]:
     """The dead letters among them, then one XACK for all: each dead letter is written
     before its event is acknowledged."""
-    if not settlings:
+    if not owed:
         return []
-    ack = ("XACK", group.stream, group.service, *[settling.entry.id for settling in settlings])
-    return [command for settling in settlings for command in settling.commands] + [ack]
+    ack = ("XACK", group.stream, group.service, *[item.id for item in owed])
+    return [command for item in owed if type(item) is Settling for command in item.commands] + [ack]
+
+
+def retried(group: Group, owed: list[Owed], now: float) -> tuple[list[Owed], list[Settling]]:
+    """After a write of ``owed`` failed (at ``now``): what goes again with the next
+    write, each now a Settling that remembers when its writes began to fail, and what
+    has failed for WRITE_RETRY_SECONDS already, given up on."""
+    kept: list[Owed] = []
+    given_up: list[Settling] = []
+    for item in owed:
+        settling = item if isinstance(item, Settling) else Settling(group, item)
+        settling.since = settling.since or now
+        (kept if settling.since >= now - WRITE_RETRY_SECONDS else given_up).append(settling)
+    return kept, given_up
 
 
 class Consumers:
@@ -234,14 +265,15 @@ class Consumers:
         read_timeout = self.block_seconds + READ_GRACE_SECONDS
         # On a cluster, to the node serving the stream's hash slot.
         connection = self.connections.new_event_sync(read_timeout, group.stream)
-        settlings: list[Settling] = []  # to ride in front of the next read
+        owed: list[Owed] = []  # to ride in front of the next read
+        slot = HeldSlot(self.slots)  # across the events of one read
         try:
             self._connect(connection, group)
             self._lane_connected()
             pace = Pace(self.prefetch)
             while not self.outages.stop_requested:
                 try:
-                    entry = self._next(connection, group, index, settlings, pace)
+                    entry = self._next(connection, group, index, owed, pace, slot)
                 except Redirected as redirected:
                     connection = self._follow(connection, group, redirected.redirect)
                     continue
@@ -249,15 +281,16 @@ class Consumers:
                     continue
                 started = time.monotonic()
                 self.keeper.watch()
-                settling = self._handle_here(group, index, entry, started)
+                settling = self._handle_here(group, index, entry, started, slot)
                 if settling is not None:
-                    settlings.append(settling)
+                    owed.append(settling)
                 pace.took(time.monotonic() - started)
                 group.busy_since.pop(index, None)
                 if index:
                     self._back_to_reserve(group, index, unless_needed=True)
-            self._flush(connection, group, settlings)
+            self._flush(connection, group, owed)
         finally:
+            slot.give_back()
             connection.disconnect()  # type: ignore[no-untyped-call]
 
     def _connect(self, connection: redis.Connection, group: Group) -> None:
@@ -284,24 +317,27 @@ class Consumers:
         connection: redis.Connection,
         group: Group,
         index: int,
-        settlings: list[Settling],
+        owed: list[Owed],
         pace: Pace,
+        slot: HeldSlot,
     ) -> wire.Entry | None:
         """The lane's next event: one taken ahead, else one read (while the lane
-        works), the rest of the read taken ahead; None if there is none yet."""
+        works), the rest of the read taken ahead; None if there is none yet. The lane
+        holds its slot only while it takes what was taken ahead."""
         with group.lock:
             working = index < group.working
             if working and group.ahead:  # a lane in reserve takes none: see _lane
                 group.busy_since[index] = time.monotonic()
                 return group.ahead.popleft()
+        slot.give_back()
         if not working:
-            self._flush(connection, group, settlings)  # nothing waits on a lane in reserve
+            self._flush(connection, group, owed)  # nothing waits on a lane in reserve
             with group.lock:
                 if index >= group.working and not self.outages.stop_requested:
                     group.gate.wait(RESERVE_WAIT_SECONDS)
             return None
         block = self.block_seconds if index == 0 else RESERVE_BLOCK_SECONDS
-        entries = self._read(connection, group, settlings, pace.ahead(), block)
+        entries = self._read(connection, group, owed, pace.ahead(), block)
         if not entries:
             if entries is not None:
                 self._back_to_reserve(group, index)
@@ -389,7 +425,7 @@ class Consumers:
         self,
         connection: redis.Connection,
         group: Group,
-        settlings: list[Settling],
+        owed: list[Owed],
         ahead: int,
         block: float,
     ) -> list[wire.Entry] | None:
@@ -400,11 +436,11 @@ class Consumers:
         # once if they are there already (a second, non-blocking read cost a command
         # and an answer to parse per read).
         reads = [self._read_command(group, 1 + ahead, block=block)]
-        sending = settling_commands(group, settlings)
+        sending = settling_commands(group, owed)
         try:
             send_commands_sync(connection, [*sending, *reads])
-            self._settled(settlings, read_responses_sync(connection, len(sending), None))
-            settlings.clear()
+            self._settled(group, owed, read_responses_sync(connection, len(sending), None))
+            owed.clear()
             responses = read_responses_sync(connection, len(reads), None)
             redirect = next(filter(None, map(redirect_of, responses)), None)
             if redirect is not None:
@@ -416,7 +452,7 @@ class Consumers:
         except Redirected:
             raise
         except Exception as exc:
-            self._keep_for_retry(settlings)
+            self._keep_for_retry(group, owed)
             return [] if self._ride_out(exc, group) else None
         self.outages.note_refusal([group.stream], None)
         return [entry for response in responses for entry in wire.entries_read(response)]
@@ -461,8 +497,8 @@ class Consumers:
         return self.outages.wait_from_thread(error)
 
     def _handle_here(
-        self, group: Group, index: int, entry: wire.Entry, now: float
-    ) -> Settling | None:
+        self, group: Group, index: int, entry: wire.Entry, now: float, slot: HeldSlot
+    ) -> Owed | None:
         """Handle an event on this lane (from ``now``): what settles it (nothing, if it
         is to be retried, or if the worker stops first, which leaves it to be claimed).
         A burst runs through here once per event: it is kept lean."""
@@ -471,8 +507,7 @@ class Consumers:
         if isinstance(triaged, Settling):
             in_flight.pop(entry.id, None)
             return self._riding(triaged)
-        slots = self.slots
-        if not slots.take_in_thread():
+        if not (slot.held or slot.take()):
             in_flight.pop(entry.id, None)
             return None  # stopping: left pending, to be claimed
         in_flight[entry.id] = now
@@ -485,9 +520,8 @@ class Consumers:
             if group.overdue:
                 group.overdue.discard(entry.id)
             in_flight.pop(entry.id, None)
-            slots.give_back()
         if error is None:
-            return Settling(group, entry)  # an acknowledgement: it rides as it is
+            return entry  # its plain acknowledgement
         settling = self._after_run(group, entry, error)
         return None if settling is None else self._riding(settling)
 
@@ -506,47 +540,49 @@ class Consumers:
             results = [exc]
         failure = next((r for r in results if isinstance(r, Exception)), None)
         if failure is not None:
-            self._cannot_settle(settling, str(failure))
+            self._cannot_settle(settling.group, settling.id, str(failure))
             return None
         settling.commands = ()
         return settling
 
-    def _settled(self, settlings: list[Settling], results: list[Any]) -> None:
+    def _settled(self, group: Group, owed: list[Owed], results: list[Any]) -> None:
         """Judge the answers to what was sent (``settling_commands``); the hooks hear
         of dead letters written."""
-        if not settlings:
+        if not owed:
             return
         acknowledged = results[-1]
         failed = isinstance(acknowledged, Exception)
         start = 0
-        for settling in settlings:  # most are plain acknowledgements, taken: passed by
-            end = start + len(settling.commands)
-            if failed or end > start or settling.dead_letter_reason is not None:
-                self._judge(settling, [*results[start:end], acknowledged])
+        for item in owed:
+            if type(item) is not Settling:  # a plain acknowledgement, most of them
+                if failed:
+                    self._cannot_settle(group, item.id, str(acknowledged))
+                continue
+            end = start + len(item.commands)
+            if failed or end > start or item.dead_letter_reason is not None:
+                self._judge(item, [*results[start:end], acknowledged])
             start = end
 
-    def _keep_for_retry(self, settlings: list[Settling]) -> None:
+    def _keep_for_retry(self, group: Group, owed: list[Owed]) -> None:
         """After a lost connection: what was sent without an answer goes again with the
         next read, unless it has been retried past its time (then the event stays
         pending, to be claimed and handled again)."""
-        now = time.time()
-        for settling in settlings:
-            settling.since = settling.since or now
-        for settling in [s for s in settlings if s.since and s.since < now - WRITE_RETRY_SECONDS]:
-            self._cannot_settle(settling, "Redis unreachable")
-            settlings.remove(settling)
+        kept, given_up = retried(group, owed, time.time())
+        for settling in given_up:
+            self._cannot_settle(group, settling.id, "Redis unreachable")
+        owed[:] = kept
 
-    def _flush(self, connection: redis.Connection, group: Group, settlings: list[Settling]) -> None:
+    def _flush(self, connection: redis.Connection, group: Group, owed: list[Owed]) -> None:
         """At stop: send what settles the lane's last events."""
-        commands = settling_commands(group, settlings)
+        commands = settling_commands(group, owed)
         if not commands:
             return
         try:
             send_commands_sync(connection, commands)
-            self._settled(settlings, read_responses_sync(connection, len(commands), 10))
+            self._settled(group, owed, read_responses_sync(connection, len(commands), 10))
         except REDIS_ERRORS as exc:
-            for settling in settlings:
-                self._cannot_settle(settling, str(exc))
+            for item in owed:
+                self._cannot_settle(group, item.id, str(exc))
 
     # -- what an event earns -------------------------------------------------------------
 
@@ -611,17 +647,16 @@ class Consumers:
     def _judge(self, settling: Settling, results: list[Any]) -> None:
         failures = [result for result in results if isinstance(result, Exception)]
         if failures:
-            self._cannot_settle(settling, str(failures[0]))
+            self._cannot_settle(settling.group, settling.id, str(failures[0]))
         elif settling.dead_letter_reason is not None:
             run_hooks(
                 self.hooks.after_dead_letter, settling.group.stream, settling.dead_letter_reason
             )
 
-    def _cannot_settle(self, settling: Settling, why: str) -> None:
-        group, entry = settling.group, settling.entry
+    def _cannot_settle(self, group: Group, entry_id: str, why: str) -> None:
         logger.error(
             "could not acknowledge event %s of %s for %s: %s",
-            entry.id,
+            entry_id,
             group.stream,
             group.service,
             why,
@@ -654,7 +689,7 @@ class Consumers:
             except REDIS_ERRORS as exc:
                 delay = retry.next_delay()
                 if delay is None:
-                    self._cannot_settle(settling, str(exc))
+                    self._cannot_settle(settling.group, settling.id, str(exc))
                     return
                 await asyncio.sleep(delay)
                 continue

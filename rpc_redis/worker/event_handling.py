@@ -7,7 +7,8 @@ logged in one line. Events are received on threads (``subscriber.py``,
 its event, as a request's does in a lane; an ``async def`` handler runs on the event
 loop. Events take slots of their own, ``concurrency`` of them for pub/sub and durable
 events together, taken from threads and from the loop alike (``EventSlots``), so a
-flood of events cannot starve requests, nor the reverse.
+flood of events cannot starve requests, nor the reverse; a durable lane holds its slot
+across the events of one read (``HeldSlot``), not taking it again for each.
 """
 
 from __future__ import annotations
@@ -149,6 +150,33 @@ class EventSlots:
         with self._lock:
             self.closed = True
             self._changed.notify_all()
+
+
+class HeldSlot:
+    """One of the events' slots, held by a receiving thread across the events it took
+    together: taken for the first of them, given back before the thread reads or waits
+    again (a read may block, and the slots bound what runs). A burst takes one slot per
+    read so, not one per event."""
+
+    __slots__ = ("held", "slots")
+
+    def __init__(self, slots: EventSlots) -> None:
+        self.slots = slots
+        self.held = False
+
+    def take(self) -> bool:
+        """Hold a slot, waiting for one; False if the slots were closed (the worker
+        stops) first. Holding one already, check ``held`` rather than call this."""
+        if not self.held:
+            if not self.slots.take_in_thread():
+                return False
+            self.held = True
+        return True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.give_back()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
