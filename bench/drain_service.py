@@ -13,13 +13,14 @@ from rpc_redis import Service
 
 service = Service("bench_drain")
 ACK = "bench:ack:drain"
+NOOP = os.environ.get("BENCH_DRAIN_HANDLER") == "noop"  # read once: os.environ is slow
 _connection: redis.Redis | None = None
 
 
 @service.on("drain")
 def drained(payload: str) -> None:
     global _connection
-    if os.environ.get("BENCH_DRAIN_HANDLER") == "noop":
+    if NOOP:
         return
     if _connection is None:
         _connection = redis.Redis.from_url(os.environ["RPC_REDIS_URL"], socket_timeout=None)
