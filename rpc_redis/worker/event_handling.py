@@ -7,8 +7,8 @@ logged in one line. Events are received on threads (``subscriber.py``,
 its event, as a request's does in a lane; an ``async def`` handler runs on the event
 loop. Events take slots of their own, ``concurrency`` of them for pub/sub and durable
 events together, taken from threads and from the loop alike (``EventSlots``), so a
-flood of events cannot starve requests, nor the reverse; a durable lane holds its slot
-across the events of one read (``HeldSlot``), not taking it again for each.
+flood of events cannot starve requests, nor the reverse; a receiving thread holds its
+slot across the events of one read (``HeldSlot``), not taking it again for each.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from ..context import received_call
 from ..events import wire
 from ..printable import printable
 from .connections import ReceivingConnections
-from .event_handling import EventHandler, EventSlots, EventTasks, Keeper, Pace
+from .event_handling import EventHandler, EventSlots, EventTasks, HeldSlot, Keeper, Pace
 from .outage import Outages
 from .receiving import READ_GRACE_SECONDS, REFUSAL_PAUSE_SECONDS, AfterFailure
 
@@ -136,22 +136,32 @@ class Subscriber:
     def _take_turns(self) -> None:
         me = threading.get_ident()
         pace = Pace(self.prefetch)
-        while not self.outages.stop_requested:
-            message = self._next(me, pace)
-            if message is None:
-                continue
-            started = time.monotonic()
-            self.keeper.watch()
-            self._handle(message)
-            pace.took(time.monotonic() - started)
-            with self._turn_lock:
-                if self._holder == me:
-                    self._busy_since = None
+        slot = HeldSlot(self.slots)  # for plain handlers, across the messages of one read
+        try:
+            while not self.outages.stop_requested:
+                message = self._next(me, pace, slot)
+                if message is None:
+                    continue
+                started = time.monotonic()
+                self.keeper.watch()
+                self._handle(message, slot)
+                pace.took(time.monotonic() - started)
+                with self._turn_lock:
+                    if self._holder == me:
+                        self._busy_since = None
+        finally:
+            slot.give_back()
 
-    def _next(self, me: int, pace: Pace) -> list[Any] | None:
+    def _next(self, me: int, pace: Pace, slot: HeldSlot) -> list[Any] | None:
         """The next message for this thread: one read ahead, else, with the turn (this
         thread keeps it, until the keeper takes it while this thread is in a handler),
-        one from the connection. Only the turn's holder reads the connection."""
+        one from the connection. Only the turn's holder reads the connection, and the
+        thread holds its slot only while it takes what was read ahead."""
+        with self._turn_lock:
+            if self._holder == me and self._ahead:
+                self._mark_busy(me)
+                return self._ahead.popleft()
+        slot.give_back()
         with self._turn_lock:
             if self._holder is None:
                 self._holder = me
@@ -291,8 +301,9 @@ class Subscriber:
             raise TimeoutError(f"no answer from Redis to a PING in {self.block_seconds}s")
         send_commands_sync(connection, [("PING",)])
 
-    def _handle(self, message: list[Any]) -> None:
-        """Hand a message to each of its handlers, each when a slot is free."""
+    def _handle(self, message: list[Any], slot: HeldSlot) -> None:
+        """Hand a message to each of its handlers, each when a slot is free: a plain
+        one runs here in the thread's ``slot``, an async one's task holds its own."""
         kind = message[0]
         if kind == b"message" and message[1] in self._routes:
             handlers, channel = self._routes[message[1]]
@@ -308,7 +319,11 @@ class Subscriber:
             logger.warning("ignored a message on channel %s: %s", printable(channel), event)
             return
         for handler in handlers:
-            if not self.slots.take_in_thread():
+            plain = handler.in_thread is not None
+            if plain:
+                if not (slot.held or slot.take()):
+                    return  # stopping
+            elif not self.slots.take_in_thread():
                 return  # stopping
             # service, method, params, meta, request_id, deadline, is_notification, event
             call = received_call(
@@ -321,7 +336,7 @@ class Subscriber:
                 True,
                 channel,
             )
-            if handler.in_thread is None:  # async: on the loop, and the thread reads on
+            if not plain:  # async: on the loop, and the thread reads on
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self.tasks.start, handler.run(call))
                 continue
@@ -333,7 +348,6 @@ class Subscriber:
             finally:
                 with self._turn_lock:
                     self._handling.pop(me, None)
-                self.slots.give_back()
 
     def _after_failure(self, error: Exception) -> None:
         """Ride out a lost subscription with the other receivers."""
