@@ -146,9 +146,6 @@ class Subscriber:
                 self.keeper.watch()
                 self._handle(message, slot)
                 pace.took(time.monotonic() - started)
-                with self._turn_lock:
-                    if self._holder == me:
-                        self._busy_since = None
         finally:
             slot.give_back()
 
@@ -158,9 +155,11 @@ class Subscriber:
         one from the connection. Only the turn's holder reads the connection, and the
         thread holds its slot only while it takes what was read ahead."""
         with self._turn_lock:
-            if self._holder == me and self._ahead:
-                self._mark_busy(me)
-                return self._ahead.popleft()
+            if self._holder == me:
+                if self._ahead:
+                    self._busy_since = time.monotonic()
+                    return self._ahead.popleft()
+                self._busy_since = None  # out of its handler, about to read
         slot.give_back()
         with self._turn_lock:
             if self._holder is None:
@@ -238,8 +237,8 @@ class Subscriber:
         assert connection is not None
         try:
             while len(messages) <= ahead and connection.can_read(timeout=0):
-                more = self._next_message()
-                if more is not None:
+                more = connection.read_response()  # here already: no second look
+                if isinstance(more, list) and len(more) >= 3:
                     messages.append(more)
         except REDIS_ERRORS:
             pass  # the next turn meets it
