@@ -234,6 +234,7 @@ class Pace:
 # How long every working thread of a receiver may be in a handler before the keeper
 # calls another one in: as long as lanes let a call keep others waiting.
 KEEPER_SECONDS = 0.005
+KEEPER_THREAD = "rpc-events-keeper"
 
 
 class Keeper:
@@ -242,45 +243,57 @@ class Keeper:
     A burst of quick events runs best on one thread: no thread hands over to another at
     every event, as the floor's loop does. A slow handler must not hold the others up,
     though. So a receiver works on few threads and keeps the rest in reserve; a thread
-    that starts handling calls ``watch``, and while any is in a handler the keeper, on
-    the event loop, looks every KEEPER_SECONDS and asks each receiver to ``step_in``:
-    to bring a thread in from its reserve if those working have all been in a handler
-    that long. It looks only while asked to, as the lanes' keeper does.
+    that starts handling calls ``watch``, and while any is in a handler the keeper looks
+    every KEEPER_SECONDS and asks each receiver to ``step_in``: to bring a thread in
+    from its reserve if those working have all been in a handler that long. It looks
+    only while asked to, as the lanes' keeper does, and from a thread of its own: on
+    the event loop, each of its 200 looks a second in a burst went through asyncio's
+    timers and a task's step, and took the GIL from the working thread for as long.
     """
 
     def __init__(self) -> None:
         self._steps: list[Callable[[float], bool]] = []  # step_in(cutoff) -> still busy?
         self._watched = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._watch: asyncio.Event | None = None
+        self._asked = threading.Event()
+        self._stopped = False
 
     def add(self, step_in: Callable[[float], bool]) -> None:
         self._steps.append(step_in)
 
     def watch(self) -> None:
         """From a thread that starts handling: look, unless looking already."""
-        if not self._watched and self._loop is not None and self._watch is not None:
+        if not self._watched:
             self._watched = True
-            self._loop.call_soon_threadsafe(self._watch.set)
+            self._asked.set()
 
     async def run(self, done: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        watch = self._watch = asyncio.Event()
-        stopping = asyncio.ensure_future(done.wait())
+        """Look, on the keeper's thread, until ``done``."""
+        thread = threading.Thread(target=self._keep, name=KEEPER_THREAD, daemon=True)
+        thread.start()
         try:
-            while not done.is_set():
-                waiting = asyncio.ensure_future(watch.wait())
-                await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                while not done.is_set():
-                    await asyncio.sleep(KEEPER_SECONDS)
-                    cutoff = time.monotonic() - KEEPER_SECONDS
-                    busy = [step_in(cutoff) for step_in in self._steps]
-                    if not any(busy):
-                        break
-                self._watched = False
-                watch.clear()
-                if any(step_in(float("-inf")) for step_in in self._steps):
-                    self.watch()  # busy again just now, by a thread that saw us looking
+            await done.wait()
         finally:
-            stopping.cancel()
+            self._stopped = True
+            self._asked.set()
+            thread.join(1.0)  # it sleeps KEEPER_SECONDS at most, then sees the stop
+
+    def _keep(self) -> None:
+        while not self._stopped:
+            self._asked.wait()
+            self._asked.clear()
+            while not self._stopped:
+                time.sleep(KEEPER_SECONDS)
+                if not self._look(time.monotonic() - KEEPER_SECONDS):
+                    break
+            self._watched = False
+            if self._look(float("-inf")):
+                self.watch()  # busy again just now, by a thread that saw us looking
+
+    def _look(self, cutoff: float) -> bool:
+        """Each receiver's step in; whether any is busy. A failure is a bug: logged, and
+        the keeper looks on."""
+        try:
+            return any([step_in(cutoff) for step_in in self._steps])
+        except Exception:
+            logger.exception("the events' keeper failed to look at the receivers")
+            return True
