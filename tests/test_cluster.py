@@ -18,11 +18,13 @@ import pytest
 import redis
 import redis.asyncio
 
-from rpc_redis import AsyncClient, Client, protocol
+from rpc_redis import AsyncClient, Client, Service, protocol
 from rpc_redis.embedded import EmbeddedRedis
+from rpc_redis.events import wire
 from rpc_redis.testing import WorkerProcess, pid_alive, serve_in_thread, wait_until
 from rpc_redis.topologies import EmbeddedCluster
 from rpc_redis.topologies.nodes import connect
+from rpc_redis.worker.receiving import CLUSTER_BLOCK_SECONDS
 from tests.call_streams import CallStream, assert_answered_or_typed_within_timeout
 from tests.conftest import REPOSITORY
 from tests.production_services import NAMES, echoes, held
@@ -116,6 +118,68 @@ def test_a_slot_migrated_while_calls_run_loses_no_call(cluster: EmbeddedCluster)
         outcomes = [outcome for stream in streams.values() for outcome in stream.stop()]
     unanswered = [outcome for outcome in outcomes if not outcome.answered]
     assert not unanswered, unanswered[:3]
+
+
+def blocked_on(connection: redis.Redis, command: str) -> int:
+    """How many clients of this node are blocked in ``command`` now."""
+    return sum(
+        1
+        for client in connection.client_list()
+        if client.get("cmd") == command and "b" in client.get("flags", "")
+    )
+
+
+def test_workers_blocked_on_a_slot_being_migrated_take_new_calls_within_a_block(
+    cluster: EmbeddedCluster,
+) -> None:
+    """While a slot migrates, the calls clients send go to its new node (ASK), and Redis
+    leaves a worker's BLPOP blocked on the old node blocked there, seeing none of them:
+    on a cluster, lanes block CLUSTER_BLOCK_SECONDS at a time, not the 5 seconds they
+    block elsewhere, so a call sent then waits that long at most, while the slot is
+    still migrating. A durable event emitted meanwhile waits the migration out (its
+    lane does not read a stream half moved), and is handled once the slot has moved."""
+    service = Service("mover")
+    handled = threading.Event()
+
+    @service.method
+    def echo(value: int) -> int:
+        return value
+
+    @service.on("moves")
+    def moved(number: int) -> None:
+        handled.set()
+
+    bound = CLUSTER_BLOCK_SECONDS + 2.0  # and what a busy 2-core machine adds
+    with (
+        serve_in_thread(service, cluster.url, concurrency=2),
+        Client(cluster.url, timeout=TIMEOUT) as client,
+    ):
+        assert client.proxy("mover").echo(1) == 1
+        client.emit("moves", 0)
+        assert handled.wait(TIMEOUT)
+        handled.clear()
+        for key, command, blocking in (
+            (protocol.queue_key("mover"), "blpop", 2),  # both lanes
+            (wire.stream_key("moves"), "xreadgroup", 1),  # the other waits in reserve
+        ):
+            slot = cluster.slot_of(key)
+            source = cluster.node_for_slot(slot)
+            target = next(node for node in cluster.primaries() if node is not source)
+            with connect(source) as connection:
+                wait_until(
+                    lambda c=connection, n=command, b=blocking: blocked_on(c, n) >= b,
+                    what=f"{blocking} {command} blocked on {source.url}",
+                )
+            migration = cluster.begin_slot_migration(slot, target)
+            migration.move_keys()
+            if command == "blpop":
+                assert client.proxy("mover", timeout=bound).echo(2) == 2
+                migration.finish()
+            else:
+                client.emit("moves", 1)
+                migration.finish()
+                assert handled.wait(TIMEOUT)
+        assert client.proxy("mover").echo(3) == 3
 
 
 def test_a_reliable_worker_killed_on_a_cluster_has_its_request_recovered(

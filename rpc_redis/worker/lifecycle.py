@@ -41,7 +41,7 @@ from .handling import Handling, WorkerStats
 from .lanes import Lanes
 from .loop import LoopReceivers
 from .outage import Outages, Stopping
-from .receiving import AfterFailure, after_receive_failure, slot_groups
+from .receiving import AfterFailure, after_receive_failure, receiving_block, slot_groups
 from .registry import Presence, Upkeep
 from .reliable import Reliability
 from .serving import Serving
@@ -368,6 +368,7 @@ class Worker:
         plain_queues = [queue for queue in self.by_queue if queue not in self.reliable_queues]
         # One BLPOP waits on all queues of a node, or on those of one slot of a cluster.
         plain_groups = slot_groups(plain_queues, routes.slot) if plain_queues else []
+        block_seconds = receiving_block(settings.block_seconds, routes.is_cluster)
         if self.uses_lanes:
             self._busy_receivers = Lanes(
                 serving,
@@ -376,7 +377,7 @@ class Worker:
                 plain_groups,
                 count=settings.concurrency,
                 prefetch=settings.prefetch,
-                block_seconds=settings.block_seconds,
+                block_seconds=block_seconds,
                 stats=self.stats,
                 routes=routes,
             )
@@ -389,7 +390,7 @@ class Worker:
             connections,
             groups,
             concurrency=settings.concurrency,
-            block_seconds=settings.block_seconds,
+            block_seconds=block_seconds,
         )
 
     def stop(self) -> None:

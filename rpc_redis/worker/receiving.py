@@ -51,6 +51,17 @@ def rotate(queues: list[str]) -> None:
         queues.append(queues.pop(0))
 
 
+# Redis leaves a receiver blocked on a node while its slot migrates to another, and
+# what clients send meanwhile goes there (ASK): on a cluster, receivers block this long
+# at a time at most, so that they come to the new node within it.
+CLUSTER_BLOCK_SECONDS = 1.0
+
+
+def receiving_block(block_seconds: float, is_cluster: bool) -> float:
+    """How long a receiver blocks on Redis at a time (see CLUSTER_BLOCK_SECONDS)."""
+    return min(block_seconds, CLUSTER_BLOCK_SECONDS) if is_cluster else block_seconds
+
+
 def receive_commands(queues: Sequence[str], block_seconds: float, take_more: int) -> list[Command]:
     """A BLPOP of every queue and, with ``take_more``, an LPOP of up to that many more
     from the first queue (the one BLPOP looks at first), to send in one write."""
