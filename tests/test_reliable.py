@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -11,8 +12,10 @@ from contextlib import ExitStack
 
 import pytest
 import redis
+import redis.asyncio
 
 from rpc_redis import Client, RpcTimeout
+from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.protocol import decode_dead_letter
 from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
 from tests.conftest import REPOSITORY
@@ -184,3 +187,40 @@ def test_sigterm_on_a_heartbeat_tick_always_exits_0(
         assert worker.wait(timeout=10) == 0, worker.output
         assert "stopped" in worker.lines[-1]
         assert redis_connection.hlen("rpc:workers") == 0
+
+
+def test_a_request_moved_in_progress_is_served_when_moving_more_fails(
+    fresh_redis: EmbeddedRedis,
+) -> None:
+    """A reliable receiver moves one request (BLMOVE), then as many of those waiting as
+    it has room for (LMOVE). When none of those moves (the slot migrating under them, a
+    refusal: here an ACL that forbids LMOVE), the one moved already is still handed on,
+    to be served before the error is ridden out. Dropped, it sat in the worker's
+    in-progress list, served by nobody, until the worker stopped."""
+    from rpc_redis.worker.loop import Link, move_requests
+    from rpc_redis.worker.receiving import TakenThenFailed
+
+    with redis.Redis(host=fresh_redis.host, port=fresh_redis.port) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "no-lmove", "on", ">pw", "~*", "+@all", "-lmove"
+        )  # fmt: skip
+        admin.rpush(QUEUE, b"first", b"second", b"third")
+
+        async def take() -> TakenThenFailed:
+            link = object.__new__(Link)  # a receiver's link, on a connection of our own
+            link.queues, link.asking = [QUEUE], False
+            link.connection = redis.asyncio.Connection(
+                host=fresh_redis.host, port=fresh_redis.port, username="no-lmove", password="pw"
+            )
+            try:
+                with pytest.raises(TakenThenFailed) as caught:
+                    await move_requests(link, QUEUE, f"{QUEUE}:in-progress", 3, 1.0)
+            finally:
+                await link.connection.disconnect()
+            return caught.value
+
+        taken = asyncio.run(take())
+        assert taken.requests == [b"first"]
+        assert isinstance(taken.error, redis.exceptions.NoPermissionError)
+        assert admin.lrange(f"{QUEUE}:in-progress", 0, -1) == [b"first"]
+        assert admin.lrange(QUEUE, 0, -1) == [b"second", b"third"]

@@ -294,6 +294,8 @@ async def move_requests(
             moved += await move_more(link, queue, in_progress, min(waiting, up_to - 1))
         except TakenThenFailed as partial:
             raise TakenThenFailed(queue, moved + partial.requests, partial.error) from None
+        except Exception as exc:  # none moved after it (a slot migrating, a refusal...)
+            raise TakenThenFailed(queue, moved, exc) from None  # never drop the one moved
     return queue, moved
 
 
