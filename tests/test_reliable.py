@@ -14,10 +14,10 @@ import pytest
 import redis
 import redis.asyncio
 
-from rpc_redis import Client, RpcTimeout
+from rpc_redis import Client, RpcTimeout, Service
 from rpc_redis.embedded import EmbeddedRedis
 from rpc_redis.protocol import decode_dead_letter
-from rpc_redis.testing import WorkerProcess, calls_in_flight, wait_until
+from rpc_redis.testing import WorkerProcess, calls_in_flight, serve_in_thread, wait_until
 from tests.conftest import REPOSITORY
 
 QUEUE = "rpc:queue:{slow}"
@@ -224,3 +224,28 @@ def test_a_request_moved_in_progress_is_served_when_moving_more_fails(
         assert isinstance(taken.error, redis.exceptions.NoPermissionError)
         assert admin.lrange(f"{QUEUE}:in-progress", 0, -1) == [b"first"]
         assert admin.lrange(QUEUE, 0, -1) == [b"second", b"third"]
+
+
+def test_requests_taken_are_served_when_taking_more_beside_them_is_refused(
+    fresh_redis: EmbeddedRedis,
+) -> None:
+    """A worker serving two reliable queues takes a request from one, then more beside
+    it with LMOVE; refused those (an ACL here, a slot migrating on a cluster), it still
+    serves the one taken before it rides the refusal out. It dropped it, in its
+    in-progress list, and the caller timed out."""
+    first, second = Service("first"), Service("second")
+
+    @first.method
+    def echo(value: str) -> str:
+        return value
+
+    second.method(echo)
+    with redis.Redis(host=fresh_redis.host, port=fresh_redis.port) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "no-lmove", "on", ">pw", "~*", "&*", "+@all", "-lmove"
+        )  # fmt: skip
+    url = f"redis://no-lmove:pw@{fresh_redis.host}:{fresh_redis.port}/0"
+    with Client(url, timeout=10) as client:
+        worker = serve_in_thread([first, second], url, reliable=True, concurrency=4)
+        with worker:
+            assert client.proxy("first").echo("served") == "served"

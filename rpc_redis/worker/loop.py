@@ -137,6 +137,8 @@ class LoopReceivers:
                     except TakenThenFailed as partial:
                         messages += partial.requests
                         trouble = partial.error
+                    except Exception as exc:  # none more: those taken are still served
+                        trouble = exc
             except TakenThenFailed as partial:
                 queue, messages, trouble = partial.queue, partial.requests, partial.error
             except Exception as exc:
