@@ -493,3 +493,43 @@ def test_a_plain_handler_past_the_default_time_limit_is_given_up_and_claimed_aga
     )
     line = next(line for line in worker.lines if "ran past its time limit" in line)
     assert "billing.bill" in line and STREAM in line
+
+
+def test_a_keeper_whose_look_fails_says_so_once_and_looks_again_when_asked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The keeper looks from a thread of its own; a look that raises (a bug) is one
+    log line, and the keeper looks again the next time a thread starts handling."""
+    import asyncio
+
+    from rpc_redis.worker.event_handling import Keeper
+
+    keeper = Keeper()
+    looks: list[float] = []
+
+    def step_in(cutoff: float) -> bool:
+        looks.append(cutoff)
+        if len(looks) == 1:
+            raise RuntimeError("a bug in a receiver")
+        return False
+
+    keeper.add(step_in)
+
+    async def watched_twice() -> None:
+        done = asyncio.Event()
+        keeping = asyncio.create_task(keeper.run(done))
+        await asyncio.sleep(0)  # its thread started
+        keeper.watch()
+        await asyncio.to_thread(wait_until, lambda: len(looks) >= 2)
+        keeper.watch()
+        await asyncio.to_thread(wait_until, lambda: len(looks) >= 4)
+        done.set()
+        await keeping
+
+    with caplog.at_level("ERROR", logger="rpc_redis.worker"):
+        asyncio.run(watched_twice())
+    failed = [r for r in caplog.records if "keeper failed" in r.getMessage()]
+    assert len(failed) == 1 and "a bug in a receiver" in (failed[0].exc_text or "")
+    # A look after KEEPER_SECONDS, then a last one for anyone busy meanwhile: twice
+    # (and a last one at the stop).
+    assert looks[0] > 0 and looks[2] > 0 and looks[1] == looks[3] == float("-inf")

@@ -291,9 +291,9 @@ class Keeper:
 
     def _look(self, cutoff: float) -> bool:
         """Each receiver's step in; whether any is busy. A failure is a bug: logged, and
-        the keeper looks on."""
+        the keeper looks again when next asked to (not 200 times a second)."""
         try:
             return any([step_in(cutoff) for step_in in self._steps])
         except Exception:
             logger.exception("the events' keeper failed to look at the receivers")
-            return True
+            return False
