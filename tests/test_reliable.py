@@ -249,3 +249,36 @@ def test_requests_taken_are_served_when_taking_more_beside_them_is_refused(
         worker = serve_in_thread([first, second], url, reliable=True, concurrency=4)
         with worker:
             assert client.proxy("first").echo("served") == "served"
+
+
+def test_a_request_popped_is_served_when_popping_more_fails(fresh_redis: EmbeddedRedis) -> None:
+    """The plain twin: a receiver of two queues BLPOPs a request, then LPOPs more from
+    the queue it came from; refused that (an ACL here), the one popped, off its queue
+    already, is still handed on to be served."""
+    from rpc_redis.worker.loop import Link, pop_requests
+    from rpc_redis.worker.receiving import TakenThenFailed
+
+    other = "rpc:queue:{other}"
+    with redis.Redis(host=fresh_redis.host, port=fresh_redis.port) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "no-lpop", "on", ">pw", "~*", "+@all", "-lpop"
+        )  # fmt: skip
+        admin.rpush(QUEUE, b"first", b"second")
+
+        async def take() -> TakenThenFailed:
+            link = object.__new__(Link)  # a receiver's link, on a connection of our own
+            link.queues, link.asking = [QUEUE, other], False
+            link.connection = redis.asyncio.Connection(
+                host=fresh_redis.host, port=fresh_redis.port, username="no-lpop", password="pw"
+            )
+            try:
+                with pytest.raises(TakenThenFailed) as caught:
+                    await pop_requests(link, link.queues, 3, 1.0)
+            finally:
+                await link.connection.disconnect()
+            return caught.value
+
+        taken = asyncio.run(take())
+        assert (taken.queue, taken.requests) == (QUEUE, [b"first"])
+        assert isinstance(taken.error, redis.exceptions.NoPermissionError)
+        assert admin.lrange(QUEUE, 0, -1) == [b"second"]

@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import redis.exceptions
-
 from ..connection import REDIS_ERRORS, exchange, read_responses, redirect_of, send_commands
 from ..connection.routes import with_asking, without_asking
 from .connections import ReceivingConnections
@@ -260,7 +258,7 @@ async def pop_requests(
     if rest and not rest_pipelined:
         try:
             more = await pop_more(link, received.queue, rest)
-        except redis.exceptions.ResponseError as exc:  # never drop the one popped
+        except Exception as exc:  # never drop the one popped: it is off the queue
             raise TakenThenFailed(received.queue, [received.request], exc) from None
     return received.queue, [received.request, *more]
 
