@@ -271,21 +271,24 @@ class Consumers:
             self._connect(connection, group)
             self._lane_connected()
             pace = Pace(self.prefetch)
-            while not self.outages.stop_requested:
+            # Looked up once: a burst goes round this loop once per event.
+            stopping, watch, monotonic = self.outages.stopping, self.keeper.watch, time.monotonic
+            next_event, handle, busy_since = self._next, self._handle_here, group.busy_since
+            while not stopping.requested:
                 try:
-                    entry = self._next(connection, group, index, owed, pace, slot)
+                    entry = next_event(connection, group, index, owed, pace, slot)
                 except Redirected as redirected:
                     connection = self._follow(connection, group, redirected.redirect)
                     continue
                 if entry is None:
                     continue
-                started = time.monotonic()
-                self.keeper.watch()
-                settling = self._handle_here(group, index, entry, started, slot)
+                started = monotonic()
+                watch()
+                settling = handle(group, index, entry, started, slot)
                 if settling is not None:
                     owed.append(settling)
-                pace.took(time.monotonic() - started)
-                group.busy_since.pop(index, None)
+                pace.took(monotonic() - started)
+                busy_since.pop(index, None)
                 if index:
                     self._back_to_reserve(group, index, unless_needed=True)
             self._flush(connection, group, owed)

@@ -137,15 +137,18 @@ class Subscriber:
         me = threading.get_ident()
         pace = Pace(self.prefetch)
         slot = HeldSlot(self.slots)  # for plain handlers, across the messages of one read
+        # Looked up once: a burst goes round this loop once per message.
+        stopping, watch, monotonic = self.outages.stopping, self.keeper.watch, time.monotonic
+        next_message, handle = self._next, self._handle
         try:
-            while not self.outages.stop_requested:
-                message = self._next(me, pace, slot)
+            while not stopping.requested:
+                message = next_message(me, pace, slot)
                 if message is None:
                     continue
-                started = time.monotonic()
-                self.keeper.watch()
-                self._handle(message, slot)
-                pace.took(time.monotonic() - started)
+                started = monotonic()
+                watch()
+                handle(message, slot)
+                pace.took(monotonic() - started)
         finally:
             slot.give_back()
 
