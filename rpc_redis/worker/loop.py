@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 from ..connection import REDIS_ERRORS, exchange, read_responses, redirect_of, send_commands
@@ -130,13 +131,7 @@ class LoopReceivers:
                 if messages and not alone:
                     more = slots.take_now(most)
                     taken += more
-                    try:
-                        messages += await self._take_more(link, queue, more)
-                    except TakenThenFailed as partial:
-                        messages += partial.requests
-                        trouble = partial.error
-                    except Exception as exc:  # none more: those taken are still served
-                        trouble = exc
+                    messages = await with_more(queue, messages, self._take_more(link, queue, more))
             except TakenThenFailed as partial:
                 queue, messages, trouble = partial.queue, partial.requests, partial.error
             except Exception as exc:
@@ -254,13 +249,10 @@ async def pop_requests(
     if received.queue is None or received.request is None:
         # An unblocked BLPOP (at stop) may still be followed by a successful LPOP.
         return received.more_from, received.more
-    more = received.more
+    popped = [received.request, *received.more]
     if rest and not rest_pipelined:
-        try:
-            more = await pop_more(link, received.queue, rest)
-        except Exception as exc:  # never drop the one popped: it is off the queue
-            raise TakenThenFailed(received.queue, [received.request], exc) from None
-    return received.queue, [received.request, *more]
+        popped = await with_more(received.queue, popped, pop_more(link, received.queue, rest))
+    return received.queue, popped
 
 
 async def move_requests(
@@ -290,13 +282,22 @@ async def move_requests(
     raise_unless_taken(queue, moved, responses[1:])
     waiting = int(responses[1]) if up_to > 1 else 0
     if moved and waiting:
-        try:
-            moved += await move_more(link, queue, in_progress, min(waiting, up_to - 1))
-        except TakenThenFailed as partial:
-            raise TakenThenFailed(queue, moved + partial.requests, partial.error) from None
-        except Exception as exc:  # none moved after it (a slot migrating, a refusal...)
-            raise TakenThenFailed(queue, moved, exc) from None  # never drop the one moved
+        more = move_more(link, queue, in_progress, min(waiting, up_to - 1))
+        moved = await with_more(queue, moved, more)
     return queue, moved
+
+
+async def with_more(queue: str, taken: list[bytes], more: Awaitable[list[bytes]]) -> list[bytes]:
+    """``taken`` and what ``more`` takes beside them from ``queue``. However ``more``
+    fails (a slot migrating, a refusal, a lost connection), those taken already are
+    never dropped: TakenThenFailed carries them, and any ``more`` took before failing,
+    to be served before its error is ridden out."""
+    try:
+        return taken + await more
+    except TakenThenFailed as partial:
+        raise TakenThenFailed(queue, taken + partial.requests, partial.error) from None
+    except Exception as exc:
+        raise TakenThenFailed(queue, taken, exc) from None
 
 
 async def pop_more(link: Link, queue: str, count: int) -> list[bytes]:
