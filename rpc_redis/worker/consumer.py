@@ -64,7 +64,7 @@ from ..connection import (
     send_commands_sync,
 )
 from ..connection.routes import BUSY_RETRY_SECONDS
-from ..context import CallContext, received_call
+from ..context import CallContext
 from ..events import wire
 from ..middleware import Hooks, run_hooks
 from . import scripts
@@ -606,20 +606,7 @@ class Consumers:
                 f"delivered {entry.delivery_count} times without being acknowledged: "
                 "its workers died, or stopped renewing it, while handling it",
             )
-        # service, method, params, meta, request_id, deadline, is_notification, event,
-        # delivery_count, event_id
-        return received_call(
-            group.service,
-            group.handler.method.name,
-            [event.data],
-            dict(event.meta) if event.meta else {},
-            None,
-            None,
-            True,
-            group.topic,
-            entry.delivery_count,
-            entry.id,
-        )
+        return group.handler.call_for(event, group.topic, entry.delivery_count, entry.id)
 
     def _after_run(self, group: Group, entry: wire.Entry, error: Any) -> Settling | None:
         """After the handler: its acknowledgement, its dead letter, or nothing: a failed

@@ -24,8 +24,9 @@ from typing import Any
 from jsonrpcserver import JsonRpcError
 from jsonrpcserver.sentinels import NODATA
 
-from ..context import CallContext
+from ..context import CallContext, received_call
 from ..errors import RpcError
+from ..events import wire
 from ..printable import printable
 from ..service import Method
 
@@ -48,6 +49,30 @@ class EventHandler:
     # The limit a receiving thread's handler runs to before its receiver gives up on it
     # (None: none, or one the handler threads keep).
     watched_limit: float | None = None
+
+    def call_for(
+        self,
+        event: wire.Event,
+        source: str,
+        delivery_count: int = 1,
+        event_id: str | None = None,
+    ) -> CallContext:
+        """The call an event is served as, from its channel or topic (``source``): its
+        data the one param, a copy of its meta (a handler may change it), no reply."""
+        # service, method, params, meta, request_id, deadline, is_notification, event,
+        # delivery_count, event_id
+        return received_call(
+            self.service,
+            self.method.name,
+            [event.data],
+            dict(event.meta) if event.meta else {},
+            None,
+            None,
+            True,
+            source,
+            delivery_count,
+            event_id,
+        )
 
     async def run(self, call: CallContext) -> RpcError | None:
         """Run the handler on the loop: None if it returned, else the error its failure

@@ -36,7 +36,6 @@ import redis
 
 from .. import protocol
 from ..connection import REDIS_ERRORS, send_commands_sync
-from ..context import received_call
 from ..events import wire
 from ..printable import printable
 from .connections import ReceivingConnections
@@ -327,17 +326,7 @@ class Subscriber:
                     return  # stopping
             elif not self.slots.take_in_thread():
                 return  # stopping
-            # service, method, params, meta, request_id, deadline, is_notification, event
-            call = received_call(
-                handler.service,
-                handler.method.name,
-                [event.data],
-                dict(event.meta) if event.meta else {},
-                None,
-                None,
-                True,
-                channel,
-            )
+            call = handler.call_for(event, channel)
             if not plain:  # async: on the loop, and the thread reads on
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self.tasks.start, handler.run(call))
