@@ -6,22 +6,12 @@ Timing belongs to the benchmark, not to tests: nothing here checks a number.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
-from tests.conftest import REPOSITORY
+from tests.conftest import module_output
 
 
 def test_quick_benchmark_prints_its_table_and_targets() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--duration", "0.2"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = done.stdout
-    assert done.returncode == 0, output + done.stderr
+    output = module_output("bench", "--quick", "--duration", "0.2", timeout=300)
     assert re.search(r"^machine: \d+ cores, .*Python 3\.\d+.*Redis \d+\.\d+", output, re.M)
     assert "noisy" in output
     for system in ("floor", "sync", "async"):
@@ -55,15 +45,7 @@ def test_quick_benchmark_prints_its_table_and_targets() -> None:
 
 
 def test_the_drain_benchmark_sets_the_worker_beside_its_floor() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.events_drain", "--events", "300", "--rounds", "1"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = done.stdout
-    assert done.returncode == 0, output + done.stderr
+    output = module_output("bench.events_drain", "--events", "300", "--rounds", "1", timeout=120)
     for system in ("floor", "rpc"):
         assert re.search(rf"^round 0 {system}\s+\d+\.\d µs of CPU per event$", output, re.M)
     line = r"^median CPU per event, rpush handler: worker [\d.]+ µs, floor [\d.]+ µs \([\d.]+x\)$"

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
-from tests.conftest import REPOSITORY
+from tests.conftest import module_output
 
 
 def test_short_chaos_run_loses_no_call() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--duration", "8", "--kill-every", "2"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = done.stdout
-    assert done.returncode == 0, report + done.stderr
+    report = module_output("bench.chaos", "--duration", "8", "--kill-every", "2", timeout=120)
     assert re.search(r"^worker kills: [1-9]\d*, Redis restarts: 1$", report, re.M), report
     assert re.search(r"^lost: 0$", report, re.M)
     assert re.search(r"^wrong: 0$", report, re.M)
