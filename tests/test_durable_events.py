@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import pytest
@@ -208,39 +209,52 @@ def test_a_burst_of_quick_events_runs_on_one_lane(redis_url: str) -> None:
     assert len(set(threads)) <= MOST_THREADS_IN_A_BURST
 
 
-def test_a_lane_holds_its_slot_across_a_burst_and_no_longer(redis_url: str) -> None:
-    """With one slot for every event source, a lane that drains a burst holds it from
-    one event to the next, and gives it back before it reads again: a message
-    published after the burst is handled, and so is the next burst."""
+@pytest.mark.parametrize("bursting", ["durable", "pub/sub"])
+def test_a_receiving_thread_holds_its_slot_across_a_burst_and_no_longer(
+    redis_url: str, bursting: str
+) -> None:
+    """With one slot for every event source, the thread draining a burst (a durable
+    lane, or pub/sub's turn holder) holds it from one event to the next, and gives it
+    back before it reads again: an event of the other kind sent after the burst is
+    handled, and so is the next burst."""
     service = Service("one_slot")
-    orders: list[int] = []
-    messages: list[str] = []
-    burst_handled = threading.Event()
-    message_handled = threading.Event()
+    burst: list[int] = []
+    after: list[int] = []
+    burst_handled, after_handled = threading.Event(), threading.Event()
 
-    @service.on("orders")
-    def handle(order: dict[str, int]) -> None:
-        orders.append(order["id"])
-        if len(orders) % 300 == 0:
-            burst_handled.set()
+    def take_burst(number: int) -> None:
+        if number >= 0:  # not the one that found the subscription up
+            burst.append(number)
+            if len(burst) % 300 == 0:
+                burst_handled.set()
 
-    @service.subscribe("news")
-    def read(text: str) -> None:
-        messages.append(text)
-        message_handled.set()
+    def take_after(number: int) -> None:
+        if number >= 0:
+            after.append(number)
+            after_handled.set()
 
+    durable, published = (
+        (take_burst, take_after) if bursting == "durable" else (take_after, take_burst)
+    )
+    service.on("orders")(durable)
+    service.subscribe("news")(published)
     with Client(redis_url) as client, serve_in_thread(service, redis_url, concurrency=1):
+        send = {
+            "durable": partial(client.emit, "orders"),
+            "pub/sub": partial(client.publish, "news"),
+        }
+        other = "pub/sub" if bursting == "durable" else "durable"
+        wait_until(lambda: client.publish("news", -1) == 1)  # subscribed
         for round_number in range(2):
             burst_handled.clear()
-            message_handled.clear()
+            after_handled.clear()
             for number in range(300):
-                client.emit("orders", {"id": number})
+                send[bursting](number)
             assert burst_handled.wait(30)
-            text = f"after {round_number}"
-            wait_until(lambda text=text: client.publish("news", text) == 1)
-            assert message_handled.wait(10)
-    assert orders == list(range(300)) * 2
-    assert messages == ["after 0", "after 1"]
+            send[other](round_number)
+            assert after_handled.wait(10)
+    assert burst == list(range(300)) * 2
+    assert after == [0, 1]
 
 
 def test_acknowledgements_that_could_not_be_written_are_retried_for_a_while() -> None:

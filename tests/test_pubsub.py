@@ -276,43 +276,6 @@ BURST = 3000
 MOST_THREADS_IN_A_BURST = 3
 
 
-def test_the_turn_holds_its_slot_across_a_burst_and_no_longer(redis_url: str) -> None:
-    """With one slot for every event source, the thread holding the turn keeps it from
-    one message of a burst to the next, and gives it back before it reads again: a
-    durable event emitted after the burst is handled, and so is the next burst."""
-    service = Service("one_slot")
-    messages: list[int] = []
-    orders: list[int] = []
-    burst_handled = threading.Event()
-    order_handled = threading.Event()
-
-    @service.subscribe("news")
-    def read(number: int) -> None:
-        if number < 0:
-            return  # the one that found the subscription up
-        messages.append(number)
-        if len(messages) % 300 == 0:
-            burst_handled.set()
-
-    @service.on("orders")
-    def handle(order: int) -> None:
-        orders.append(order)
-        order_handled.set()
-
-    with Client(redis_url) as client, serve_in_thread(service, redis_url, concurrency=1):
-        wait_until(lambda: client.publish("news", -1) == 1)  # subscribed
-        for round_number in range(2):
-            burst_handled.clear()
-            order_handled.clear()
-            for number in range(300):
-                client.publish("news", number)
-            assert burst_handled.wait(30)
-            client.emit("orders", round_number)
-            assert order_handled.wait(10)
-    assert messages == list(range(300)) * 2
-    assert orders == [0, 1]
-
-
 def test_a_burst_of_quick_messages_runs_on_one_thread(redis_url: str) -> None:
     """The turn's holder handles what it read ahead; the other threads, which wake every
     half second to look, take none of it (they would run beside it, handing the GIL
