@@ -26,9 +26,11 @@ from ..connection import (
     REDIS_ERRORS,
     command_key,
     read_responses_sync,
+    read_within,
     redirect_of,
     send_commands_sync,
 )
+from ..connection.lending import Lenders
 from ..connection.routes import MAX_REDIRECTS
 from ..errors import REDIS_FAILURES, RpcTimeout
 from ..events import streams, wire
@@ -101,6 +103,9 @@ class Client(ProxyMaker):
             socket_timeout=self.settings.timeout,
             **redis_options,
         )
+        # The pools' connections, lent for less than a pool lends; a pool the user gave
+        # gets each back at once, as their own code may share it.
+        self._lenders = Lenders(keep=not self.target.shares_given_pool)
 
     # -- public API ------------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class Client(ProxyMaker):
         return Stream(call, self._hooks, self._exchange)
 
     def close(self) -> None:
+        self._lenders.give_all_back()
         self._routes.disconnect()
         self.target.close()
 
@@ -334,22 +340,26 @@ class Client(ProxyMaker):
         """Send the commands on one connection of ``pool`` and read their responses (error
         replies as values); an error reply ends the reading at once, so a wait behind a
         refused push is not waited out. A connection left half-read is closed."""
+        lender = self._lenders(pool)
         try:
-            connection = pool.get_connection()
+            connection = lender.lend()
         except REDIS_ERRORS as exc:  # not connected: nothing was sent
             raise _Unsent(exc, commands, pushed) from exc
         complete = False
         try:
             sent = [("ASKING",), *commands] if asking else commands
             send_commands_sync(connection, sent)
+            # One timeout for every read, set on the socket only when it must change
+            # (two system calls a read when set per read): from the call's time left to
+            # a grace past it, for Redis's own BLPOP timeout reply.
+            read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
             if asking:
-                read_responses_sync(connection, 1, max(deadline - time.monotonic(), 0.001))
+                read_responses_sync(connection, 1, None)
             responses: list[Any] = []
             for index in range(len(commands)):
                 last = index == len(commands) - 1
-                left = max(deadline - time.monotonic(), 0.001) + (READ_GRACE if last else 0)
                 try:
-                    [response] = read_responses_sync(connection, 1, left)
+                    [response] = read_responses_sync(connection, 1, None)
                 except REDIS_ERRORS as exc:
                     if last and (pushed or responses):  # the wait alone was lost
                         raise _Unsent(exc, commands[-1:], True) from exc
@@ -364,7 +374,7 @@ class Client(ProxyMaker):
                 # Responses may be left unread: a connection is never handed out again
                 # half-read.
                 connection.disconnect()  # type: ignore[no-untyped-call]
-            pool.release(connection)
+            lender.give_back(connection)
 
     def _through_failover(self, unsent: _Unsent, deadline: float) -> list[Any]:
         """Send again what may be sent again (a push Redis never got; the wait for a reply

@@ -17,6 +17,7 @@ from .raw import (
     pool_options,
     read_responses,
     read_responses_sync,
+    read_within,
     send_commands,
     send_commands_sync,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "pool_options",
     "read_responses",
     "read_responses_sync",
+    "read_within",
     "redact_url",
     "redirect_of",
     "resolve",

@@ -78,6 +78,11 @@ class RedisTarget:
         return self.kind == "cluster"
 
     @property
+    def shares_given_pool(self) -> bool:
+        """Whether sync pools asked for with ``shared=True`` are the one the user gave."""
+        return self._given_sync is not None
+
+    @property
     def follows_failover(self) -> bool:
         """Whether a lost primary is replaced (Sentinel, Cluster): worth riding out."""
         return self.kind != "node"
