@@ -1,7 +1,8 @@
-"""The sync Client's connections between calls (connection/lending.py): kept for the
-next call, replaced when Redis closed one meanwhile, never shared with a forked child,
-given back at once to a pool the user gave; and each call's reads bounded by its own
-timeout, whatever the call before it on the same connection waited."""
+"""The clients' connections between calls (connection/lending.py): kept for the next
+call, replaced when Redis closed one meanwhile (both twins); and for the sync Client,
+never shared with a forked child, given back at once (with its own socket timeout) to a
+pool the user gave, and each step of a call bounded by the call's own time left,
+whatever the call before it on the same connection waited."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis
 
 from rpc_redis import Client, RpcTimeout
 from rpc_redis.embedded import EmbeddedRedis
+from tests.client_twins import Twin, twin_fixture  # noqa: F401  (the fixture "twin")
 
 NAME = "lending-test"
 
@@ -30,25 +32,25 @@ def named_ids(admin: redis.Redis) -> list[int]:
 
 
 def test_calls_one_after_another_go_on_one_connection(
-    fresh_redis: EmbeddedRedis, admin: redis.Redis
+    fresh_redis: EmbeddedRedis, admin: redis.Redis, twin: Twin
 ) -> None:
-    with Client(fresh_redis.url, timeout=5, client_name=NAME) as client:
-        ids = {client.emit("orders", {"n": n}) for n in range(50)}
-        assert len(ids) == 50
-        assert len(named_ids(admin)) == 1
+    client = twin.connect(fresh_redis.url, timeout=5, client_name=NAME)
+    ids = {client.emit("orders", {"n": n}) for n in range(50)}
+    assert len(ids) == 50
+    assert len(named_ids(admin)) == 1
     assert admin.xlen("rpc:stream:{orders}") == 50
 
 
 def test_a_connection_redis_closed_while_it_waited_is_replaced_at_the_next_call(
-    fresh_redis: EmbeddedRedis, admin: redis.Redis
+    fresh_redis: EmbeddedRedis, admin: redis.Redis, twin: Twin
 ) -> None:
-    with Client(fresh_redis.url, timeout=5, client_name=NAME) as client:
-        client.emit("orders", {"n": 1})
-        [first] = named_ids(admin)
-        admin.client_kill_filter(_id=first)
-        client.emit("orders", {"n": 2})  # not an RpcConnectionError: a new connection
-        [second] = named_ids(admin)
-        assert second != first
+    client = twin.connect(fresh_redis.url, timeout=5, client_name=NAME)
+    client.emit("orders", {"n": 1})
+    [first] = named_ids(admin)
+    admin.client_kill_filter(_id=first)
+    client.emit("orders", {"n": 2})  # not an RpcConnectionError: a new connection
+    [second] = named_ids(admin)
+    assert second != first
     assert admin.xlen("rpc:stream:{orders}") == 2
 
 
@@ -126,3 +128,29 @@ def test_a_long_call_after_a_short_one_waits_its_whole_timeout(
         with pytest.raises(RpcTimeout, match=r"within 1\.000s"):
             client.call("absent", "method", timeout=1.0)
         assert time.monotonic() - started >= 1.0
+
+
+def test_a_call_redis_is_slow_at_each_step_of_still_ends_within_its_timeout_and_grace(
+    fresh_redis: EmbeddedRedis, admin: redis.Redis
+) -> None:
+    """The push waits out most of the timeout; the wait for the reply then gets only
+    what is left, not a timeout of its own."""
+    with Client(fresh_redis.url, timeout=1.0) as client:
+        client.emit("orders", {"n": 1})
+        admin.execute_command("CLIENT", "PAUSE", 900, "WRITE")  # the RPUSH waits 0.9 s
+        started = time.monotonic()
+        with pytest.raises(RpcTimeout):
+            client.call("absent", "method", timeout=1.0)
+        assert time.monotonic() - started < 1.0 + 0.25 + 0.1
+
+
+def test_a_pool_the_user_gave_gets_its_connections_back_with_its_own_socket_timeout(
+    fresh_redis: EmbeddedRedis,
+) -> None:
+    pool = redis.ConnectionPool.from_url(fresh_redis.url, max_connections=1)  # no timeout
+    with Client(redis=pool, timeout=0.3) as client, redis.Redis(connection_pool=pool) as theirs:
+        client.emit("orders", {"n": 1})
+        started = time.monotonic()
+        assert theirs.blpop(["nothing:here"], timeout=1) is None  # not cut at 0.3 s
+        assert time.monotonic() - started >= 1.0
+    pool.disconnect()

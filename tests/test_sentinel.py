@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,12 +18,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpc_redis import AsyncClient, Client, RpcConfigurationError, protocol
+from rpc_redis import (
+    AsyncClient,
+    Client,
+    RpcConfigurationError,
+    RpcConnectionError,
+    RpcTimeout,
+    protocol,
+)
 from rpc_redis.connection import resolve
 from rpc_redis.embedded import free_port
 from rpc_redis.testing import WorkerProcess, pid_alive, serve_in_thread, wait_until
 from rpc_redis.topologies import SentinelSet
-from rpc_redis.topologies.nodes import connect, multi_host_url
+from rpc_redis.topologies.nodes import connect, multi_host_url, replication
 from rpc_redis.topologies.sentinel import MASTER_NAME
 from tests.call_streams import CallStream, assert_answered_or_typed_within_timeout
 from tests.conftest import REPOSITORY
@@ -100,6 +108,58 @@ def test_the_primary_killed_mid_stream_of_sync_and_async_calls(sentinels: Sentin
     assert new != old
     assert_answered_or_typed_within_timeout(outcomes, TIMEOUT)
     sentinels.restart(killed)
+
+
+def test_connections_a_client_kept_go_to_the_new_primary_after_a_failover(
+    sentinels: SentinelSet,
+) -> None:
+    """A planned failover (SENTINEL FAILOVER): the old primary lives on, a replica that
+    refuses writes. The client kept four connections to it between calls; once a call
+    has found the new primary, no kept connection writes to the old one (as redis-py's
+    pool drops its idle connections when the primary moves)."""
+    waits: list[BaseException | None] = []
+
+    def wait_for_no_reply(client: Client) -> None:
+        try:
+            client.call("absent", "method", timeout=0.5)
+        except RpcTimeout:
+            waits.append(None)
+        except BaseException as exc:
+            waits.append(exc)
+
+    with Client(sentinels.url, timeout=TIMEOUT) as client:
+        threads = [threading.Thread(target=wait_for_no_reply, args=(client,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert waits == [None] * 4  # four connections at once, kept since
+        old = sentinels.primary_address()
+        with connect(sentinels.sentinels[0], SENTINEL_PASSWORD) as sentinel:
+            sentinel.execute_command("SENTINEL", "FAILOVER", sentinels.master_name)
+        new = sentinels.wait_for_failover(old)
+        # What the sentinels do to it at their next look (up to 10 s away), done now.
+        with connect(sentinels.node_at(old), PASSWORD) as demoted:
+            demoted.execute_command("REPLICAOF", *new)
+        wait_until(
+            lambda: replication(sentinels.node_at(old), PASSWORD).get("role") == "slave",
+            what="the old primary turned replica",
+        )
+        # The first call meets the refusal, and may fail; the next, on the connection it
+        # dropped, asks the sentinels and finds the new primary. (Calls one by one would
+        # go on reusing that one connection: the others are lent four at once.)
+        with contextlib.suppress(RpcConnectionError):
+            client.emit("after_failover", {"n": 0})
+        client.emit("after_failover", {"n": 1})
+        waits.clear()
+        threads = [threading.Thread(target=wait_for_no_reply, args=(client,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert waits == [None] * 4  # all four kept connections lent: none to the old one
+        with connect(sentinels.node_at(new), PASSWORD) as primary:
+            assert primary.llen("rpc:queue:{absent}") >= 4
 
 
 def test_reliable_mode_recovers_what_the_old_primary_acknowledged(

@@ -30,7 +30,6 @@ from ..connection import (
     redirect_of,
     send_commands_sync,
 )
-from ..connection.lending import Lenders
 from ..connection.routes import MAX_REDIRECTS
 from ..errors import REDIS_FAILURES, RpcTimeout
 from ..events import streams, wire
@@ -103,9 +102,6 @@ class Client(ProxyMaker):
             socket_timeout=self.settings.timeout,
             **redis_options,
         )
-        # The pools' connections, lent for less than a pool lends; a pool the user gave
-        # gets each back at once, as their own code may share it.
-        self._lenders = Lenders(keep=not self.target.shares_given_pool)
 
     # -- public API ------------------------------------------------------------------
 
@@ -170,7 +166,6 @@ class Client(ProxyMaker):
         return Stream(call, self._hooks, self._exchange)
 
     def close(self) -> None:
-        self._lenders.give_all_back()
         self._routes.disconnect()
         self.target.close()
 
@@ -340,7 +335,7 @@ class Client(ProxyMaker):
         """Send the commands on one connection of ``pool`` and read their responses (error
         replies as values); an error reply ends the reading at once, so a wait behind a
         refused push is not waited out. A connection left half-read is closed."""
-        lender = self._lenders(pool)
+        lender = self._routes.lender(pool)
         try:
             connection = lender.lend()
         except REDIS_ERRORS as exc:  # not connected: nothing was sent
@@ -348,16 +343,19 @@ class Client(ProxyMaker):
         complete = False
         try:
             sent = [("ASKING",), *commands] if asking else commands
-            send_commands_sync(connection, sent)
-            # One timeout for every read, set on the socket only when it must change
-            # (two system calls a read when set per read): from the call's time left to
-            # a grace past it, for Redis's own BLPOP timeout reply.
+            # Each step (the send, each read) waits no longer than the call's time left
+            # and a grace past it, for Redis's own BLPOP timeout reply: the socket's
+            # timeout, set only when it must change (redis-py's timeout per read sets it
+            # and back, two system calls a read).
             read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
+            send_commands_sync(connection, sent)
             if asking:
+                read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
                 read_responses_sync(connection, 1, None)
             responses: list[Any] = []
             for index in range(len(commands)):
                 last = index == len(commands) - 1
+                read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
                 try:
                     [response] = read_responses_sync(connection, 1, None)
                 except REDIS_ERRORS as exc:

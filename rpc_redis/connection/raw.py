@@ -141,18 +141,18 @@ def read_responses_sync(
 
 
 def read_within(connection: redis.Connection, seconds: float, grace: float) -> None:
-    """Bound the next reads on ``connection`` (each ``read_responses_sync`` with no
-    timeout of its own) by its socket's timeout: ``seconds`` and a grace, at least half
-    of it (for a reply Redis sends as its own timeout ends) and at most one and a half.
-    The timeout is set only when it lies outside: redis-py's timeout per read sets it
-    and back at every read, two system calls, where calls with the same timeout one
-    after another need none."""
+    """Bound the next step on ``connection`` (a send, a ``read_responses_sync`` with no
+    timeout of its own) by its socket's timeout: ``seconds`` and half a grace to a whole
+    one (for a reply Redis sends as its own timeout ends). It is set, to ``seconds`` and
+    three quarters of the grace, only when it lies outside: redis-py's timeout per read
+    sets it and back at every read, two system calls, where calls with the same timeout
+    one after another need none."""
     sock = connection._sock
     if sock is None:
         return
     current = sock.gettimeout()
-    if current is None or not seconds + grace / 2 <= current <= seconds + grace * 1.5:
-        sock.settimeout(seconds + grace)
+    if current is None or not seconds + grace / 2 <= current <= seconds + grace:
+        sock.settimeout(seconds + grace * 0.75)
 
 
 def pool_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import redis.exceptions
 from redis.crc import key_slot
 
 from ..errors import RedisFailure, classify_redis_error
+from .lending import AsyncLender, Lender
 from .raw import REDIS_ERRORS, NotSentError, exchange
 
 HASH_SLOTS = 16384
@@ -37,6 +38,7 @@ KEYLESS_COMMANDS = frozenset({"PING", "ASKING", "MULTI", "EXEC", "CLIENT", "CLUS
 Address = tuple[str, int]
 Command = tuple[Any, ...]
 Pool = TypeVar("Pool")
+AnyLender = TypeVar("AnyLender", bound=Lender | AsyncLender)
 
 
 def slot_of(key: str | bytes) -> int:
@@ -109,23 +111,46 @@ class SlotMap:
         return known + [seed for seed in self.seeds if seed not in known]
 
 
-class Routes(Generic[Pool]):
+class Routes(Generic[Pool, AnyLender]):
     """What the sync and async twins share: the one pool, or the slot map and a pool per
-    node, made on first use by ``make_pool(address)``."""
+    node, made on first use by ``make_pool(address)``; and a lender of each pool's
+    connections (``lending.py``), which keeps them between exchanges unless
+    ``keep_connections`` is False (a pool the user gave, theirs to share)."""
 
     def __init__(
         self,
         single: Pool | None = None,
         slot_map: SlotMap | None = None,
         make_pool: Callable[[Address], Pool] | None = None,
+        *,
+        keep_connections: bool = True,
     ) -> None:
         if (single is None) == (slot_map is None):
             raise ValueError("one pool, or a slot map and a way to make pools")
         self.single = single
         self.slot_map = slot_map
+        self.keep_connections = keep_connections
         self._make_pool = make_pool
         self._pools: dict[Address, Pool] = {}
+        self._lenders: dict[int, AnyLender] = {}  # by id(pool): each lender holds its pool
         self._lock = threading.Lock()
+
+    def lender(self, pool: Pool) -> AnyLender:
+        """The lender of ``pool``'s connections, made on first use."""
+        lender = self._lenders.get(id(pool))
+        if lender is None:
+            with self._lock:
+                lender = self._lenders.get(id(pool))
+                if lender is None:
+                    lender = self._lenders[id(pool)] = self._new_lender(pool)
+        return lender
+
+    def _new_lender(self, pool: Pool) -> AnyLender:
+        raise NotImplementedError
+
+    def _all_lenders(self) -> list[AnyLender]:
+        with self._lock:
+            return list(self._lenders.values())
 
     @property
     def is_cluster(self) -> bool:
@@ -213,8 +238,11 @@ def without_asking(responses: list[Any], asking: Sequence[bool]) -> list[Any]:
     return kept
 
 
-class SyncRoutes(Routes[redis.ConnectionPool]):
+class SyncRoutes(Routes[redis.ConnectionPool, Lender]):
     """The sync twin: for the sync Client and a worker's receiving threads."""
+
+    def _new_lender(self, pool: redis.ConnectionPool) -> Lender:
+        return Lender(pool, keeps=self.keep_connections)
 
     def refresh(self, timeout: float = 5.0) -> None:
         """Load the slot map from the first node that answers ``CLUSTER SLOTS``."""
@@ -222,9 +250,9 @@ class SyncRoutes(Routes[redis.ConnectionPool]):
             return
         error: BaseException | None = None
         for address in self.slot_map.candidates():
-            pool = self.pool_at(address)
+            lender = self.lender(self.pool_at(address))
             try:
-                connection = pool.get_connection()
+                connection = lender.lend()
             except REDIS_ERRORS as exc:
                 error = exc
                 continue
@@ -236,17 +264,22 @@ class SyncRoutes(Routes[redis.ConnectionPool]):
                 connection.disconnect()  # type: ignore[no-untyped-call]
                 error = exc
             finally:
-                pool.release(connection)
+                lender.give_back(connection)
         assert error is not None
         raise error
 
     def disconnect(self) -> None:
+        for lender in self._all_lenders():
+            lender.give_all_back()
         for pool in self.pools():
             pool.disconnect()
 
 
-class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
+class AsyncRoutes(Routes[redis.asyncio.ConnectionPool, AsyncLender]):
     """The asyncio twin, with the routed exchanges the worker and the AsyncClient use."""
+
+    def _new_lender(self, pool: redis.asyncio.ConnectionPool) -> AsyncLender:
+        return AsyncLender(pool, keeps=self.keep_connections)
 
     async def refresh(self, timeout: float = 5.0) -> None:
         """Load the slot map from the first node that answers ``CLUSTER SLOTS``."""
@@ -283,8 +316,9 @@ class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
         """One exchange on a connection of ``pool``; a connection an error or a cancel
         interrupted is never handed out again half-read. NotSentError if no connection
         could be had (nothing was sent)."""
+        lender = self.lender(pool)
         try:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            connection = await lender.lend()
         except REDIS_ERRORS as exc:
             if classify_redis_error(exc) is RedisFailure.CONFIGURATION:
                 raise  # a wrong password is no outage
@@ -295,7 +329,7 @@ class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
             await connection.disconnect(nowait=True)
             raise
         finally:
-            await pool.release(connection)
+            await lender.give_back(connection)
 
     async def exchange(
         self, commands: list[Command], read_timeout: float, *, errors_in_place: bool = False
@@ -388,5 +422,7 @@ class AsyncRoutes(Routes[redis.asyncio.ConnectionPool]):
                 await asyncio.sleep(BUSY_RETRY_SECONDS)
 
     async def disconnect(self) -> None:
+        for lender in self._all_lenders():
+            await lender.give_all_back()
         for pool in self.pools():
             await pool.disconnect()

@@ -78,11 +78,6 @@ class RedisTarget:
         return self.kind == "cluster"
 
     @property
-    def shares_given_pool(self) -> bool:
-        """Whether sync pools asked for with ``shared=True`` are the one the user gave."""
-        return self._given_sync is not None
-
-    @property
     def follows_failover(self) -> bool:
         """Whether a lost primary is replaced (Sentinel, Cluster): worth riding out."""
         return self.kind != "node"
@@ -116,7 +111,9 @@ class RedisTarget:
     def sync_routes(self, *, shared: bool = False, **options: Any) -> SyncRoutes:
         """Where each command goes, for sync code: one pool, or a pool per cluster node."""
         if self.slot_map is None:
-            return SyncRoutes(self.sync_pool(shared=shared, **options))
+            # A pool the user gave is theirs to share: each connection goes back to it.
+            given = shared and self._given_sync is not None
+            return SyncRoutes(self.sync_pool(shared=shared, **options), keep_connections=not given)
         return SyncRoutes(
             slot_map=self.slot_map,
             make_pool=lambda address: self._node_sync_pool(address, options),
@@ -125,7 +122,10 @@ class RedisTarget:
     def async_routes(self, *, shared: bool = False, **options: Any) -> AsyncRoutes:
         """The asyncio twin of :meth:`sync_routes`."""
         if self.slot_map is None:
-            return AsyncRoutes(self.async_pool(shared=shared, **options))
+            given = shared and self._given_async is not None
+            return AsyncRoutes(
+                self.async_pool(shared=shared, **options), keep_connections=not given
+            )
         return AsyncRoutes(
             slot_map=self.slot_map,
             make_pool=lambda address: self._node_async_pool(address, options),
