@@ -70,11 +70,12 @@ class Lender:
             stale = True
         if stale:
             connection.disconnect()  # type: ignore[no-untyped-call]
-        try:
-            connection.connect()  # type: ignore[no-untyped-call]  # nothing if connected
-        except REDIS_ERRORS:
-            self._idle.append(connection)  # unconnected: the next lend connects it
-            raise
+        if connection._sock is None:  # connect() costs a retry wrapper even when connected
+            try:
+                connection.connect()  # type: ignore[no-untyped-call]
+            except REDIS_ERRORS:
+                self._idle.append(connection)  # unconnected: the next lend connects it
+                raise
         return connection
 
     def give_back(self, connection: redis.Connection) -> None:
