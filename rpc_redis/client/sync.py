@@ -347,15 +347,15 @@ class Client(ProxyMaker):
             # and a grace past it, for Redis's own BLPOP timeout reply: the socket's
             # timeout, set only when it must change (redis-py's timeout per read sets it
             # and back, two system calls a read).
-            read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
+            read_within(connection, deadline, READ_GRACE)
             send_commands_sync(connection, sent)
             if asking:
-                read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
+                read_within(connection, deadline, READ_GRACE)
                 read_responses_sync(connection, 1, None)
             responses: list[Any] = []
             for index in range(len(commands)):
                 last = index == len(commands) - 1
-                read_within(connection, max(deadline - time.monotonic(), 0.001), READ_GRACE)
+                read_within(connection, deadline, READ_GRACE)
                 try:
                     [response] = read_responses_sync(connection, 1, None)
                 except REDIS_ERRORS as exc:

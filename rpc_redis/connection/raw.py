@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from typing import Any
 
 import hiredis
@@ -140,16 +141,18 @@ def read_responses_sync(
     return responses
 
 
-def read_within(connection: redis.Connection, seconds: float, grace: float) -> None:
+def read_within(connection: redis.Connection, deadline: float, grace: float) -> None:
     """Bound the next step on ``connection`` (a send, a ``read_responses_sync`` with no
-    timeout of its own) by its socket's timeout: ``seconds`` and half a grace to a whole
-    one (for a reply Redis sends as its own timeout ends). It is set, to ``seconds`` and
-    three quarters of the grace, only when it lies outside: redis-py's timeout per read
-    sets it and back at every read, two system calls, where calls with the same timeout
-    one after another need none."""
+    timeout of its own) by its socket's timeout: the time left to ``deadline`` (on
+    ``time.monotonic``, at least a millisecond) and half a grace to a whole one (for a
+    reply Redis sends as its own timeout ends). It is set, to the time left and three
+    quarters of the grace, only when it lies outside: redis-py's timeout per read sets
+    it and back at every read, two system calls, where calls with the same timeout one
+    after another need none."""
     sock = connection._sock
     if sock is None:
         return
+    seconds = max(deadline - time.monotonic(), 0.001)
     current = sock.gettimeout()
     if current is None or not seconds + grace / 2 <= current <= seconds + grace:
         sock.settimeout(seconds + grace * 0.75)
